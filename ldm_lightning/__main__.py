@@ -1,0 +1,3 @@
+from ldm_lightning.cli import main
+
+main()

@@ -1,0 +1,265 @@
+"""Anatomy of a latent diffusion model: parameters, bytes and FLOPs of each component.
+
+FLOPs are counted, not estimated: `torch.utils.flop_counter.FlopCounterMode` records every matmul,
+convolution and attention call of one forward pass, run on the meta device so that SD v1.4 costs no
+memory and well under a second. The counter follows the usual convention, 2 FLOPs per
+multiply-accumulate, and skips elementwise work (norms, activations, softmax, additions).
+
+    python -m ldm_lightning.anatomy                        # SD v1.4 architecture, 512×512
+    python -m ldm_lightning.anatomy --model path/to/diffusers_folder --height 64 --width 64
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ldm_lightning.architectures import build_sd14
+
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2}
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".ckpt", ".pt"}
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of CPU flash attention, the kernel `scaled_dot_product_attention` picks on CPU."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch 2.13's counter registers the CUDA attention kernels only: on CPU tensors SDPA dispatches to
+# `_scaled_dot_product_flash_attention_for_cpu` and counted 0 FLOPs. On meta tensors it decomposes
+# into `bmm`s, which are counted; the mapping makes real CPU tensors count the same.
+_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """Run `fn()` without autograd and return the FLOPs counted (2 per multiply-accumulate)."""
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
+    with counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops()
+
+
+def count_params(*modules: nn.Module | None) -> int:
+    """Total parameter count of the given modules (None entries are skipped)."""
+    return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+
+def _like(module: nn.Module) -> dict:
+    """Device and dtype of a module's parameters, to create matching inputs."""
+    p = next(module.parameters())
+    return {"device": p.device, "dtype": p.dtype}
+
+
+def vae_downsample(vae: AutoencoderKL) -> int:
+    """Spatial downsampling factor of the VAE: one halving per block after the first."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def latent_shape(vae: AutoencoderKL, height: int, width: int) -> tuple[int, int, int]:
+    """(channels, height, width) of the latent the VAE makes from a height×width image."""
+    f = vae_downsample(vae)
+    if height % f or width % f:
+        raise ValueError(f"height and width must be multiples of {f}, got {height}×{width}")
+    return vae.config.latent_channels, height // f, width // f
+
+
+def compression(vae: AutoencoderKL, height: int, width: int) -> float:
+    """Number of pixel values per latent value (48 for SD v1.4: 3·512·512 / 4·64·64)."""
+    c, h, w = latent_shape(vae, height, width)
+    return vae.config.in_channels * height * width / (c * h * w)
+
+
+def unet_step_flops(unet: UNet2DConditionModel, latent_hw: tuple[int, int], batch: int) -> int:
+    """FLOPs of one U-Net call on `batch` latents, conditioned on full-length text embeddings."""
+    kw = _like(unet)
+    sample = torch.zeros(batch, unet.config.in_channels, *latent_hw, **kw)
+    text = torch.zeros(batch, 77, unet.config.cross_attention_dim, **kw)  # CLIP's 77 tokens
+    t = torch.full((batch,), 999, device=kw["device"])
+    return count_flops(lambda: unet(sample, t, encoder_hidden_states=text))
+
+
+def vae_encode_flops(vae: AutoencoderKL, height: int, width: int) -> int:
+    """FLOPs of encoding one image into the latent distribution's parameters."""
+    image = torch.zeros(1, vae.config.in_channels, height, width, **_like(vae))
+    return count_flops(lambda: vae.encode(image))
+
+
+def vae_decode_flops(vae: AutoencoderKL, height: int, width: int) -> int:
+    """FLOPs of decoding one latent into a height×width image."""
+    latent = torch.zeros(1, *latent_shape(vae, height, width), **_like(vae))
+    return count_flops(lambda: vae.decode(latent))
+
+
+def text_encoder_flops(text_encoder: CLIPTextModel, batch: int) -> int:
+    """FLOPs of encoding `batch` prompts padded to the model's full context length."""
+    length = text_encoder.config.max_position_embeddings
+    ids = torch.zeros(batch, length, dtype=torch.long, device=_like(text_encoder)["device"])
+    return count_flops(lambda: text_encoder(ids))
+
+
+def load_components(model: str) -> tuple[dict[str, nn.Module], str]:
+    """Build a model's U-Net, VAE and text encoder on the meta device; say where weights stand.
+
+    Args:
+        model: "sd14" for SD v1.4's architecture, or a local diffusers folder with unet/, vae/
+            and text_encoder/ configs (only the configs are read).
+    """
+    if model == "sd14":
+        return build_sd14("meta"), "none: SD v1.4 architecture, random/meta weights"
+    root = Path(model)
+    if not all((root / sub / "config.json").is_file() for sub in ("unet", "vae", "text_encoder")):
+        raise ValueError(f"--model must be 'sd14' or a diffusers folder, got {model!r}")
+    with torch.device("meta"):
+        modules: dict[str, nn.Module] = {
+            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+            "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
+        }
+    real = all(
+        any(p.suffix in WEIGHT_SUFFIXES for p in (root / sub).iterdir()) for sub in modules
+    )
+    status = "real, in the folder" if real else "missing from the folder"
+    return modules, f"{status} (architecture from {root}'s configs, measured on meta)"
+
+
+@dataclass(frozen=True)
+class ComponentStats:
+    """One row of the anatomy table."""
+
+    name: str
+    params: int
+    call: str  # what one call processes
+    flops_per_call: int
+    calls_per_image: int
+
+    @property
+    def flops_per_image(self) -> int:
+        return self.flops_per_call * self.calls_per_image
+
+
+def measure(
+    modules: dict[str, nn.Module], height: int, width: int, steps: int = 50, cfg: bool = True
+) -> dict:
+    """Parameters and FLOPs of each component for text-to-image sampling at height×width.
+
+    With classifier-free guidance each step runs the U-Net on a batch of 2 (conditional and
+    unconditional; Ho & Salimans 2022), and the text encoder encodes 2 prompts once.
+    """
+    unet, vae, text_encoder = modules["unet"], modules["vae"], modules["text_encoder"]
+    batch = 2 if cfg else 1
+    c, h, w = latent_shape(vae, height, width)
+    px, lat = f"{vae.config.in_channels}×{height}×{width}", f"{c}×{h}×{w}"
+    unet_flops = unet_step_flops(unet, (h, w), batch)
+    tokens = text_encoder.config.max_position_embeddings
+    rows = [
+        ComponentStats("VAE encoder", count_params(vae.encoder, vae.quant_conv),
+                       f"1×{px} → 1×{lat}", vae_encode_flops(vae, height, width), 0),
+        ComponentStats("VAE decoder", count_params(vae.decoder, vae.post_quant_conv),
+                       f"1×{lat} → 1×{px}", vae_decode_flops(vae, height, width), 1),
+        ComponentStats("text encoder", count_params(text_encoder), f"{batch}×{tokens} tokens",
+                       text_encoder_flops(text_encoder, batch), 1),
+        ComponentStats("U-Net", count_params(unet), f"{batch}×{lat}, 1 step", unet_flops, steps),
+    ]
+    return {
+        "height": height, "width": width, "latent_shape": [c, h, w],
+        "compression": compression(vae, height, width), "steps": steps, "cfg": cfg,
+        "unet_flops_per_sample": unet_flops // batch,
+        "total_flops_per_image": sum(r.flops_per_image for r in rows),
+        "components": [asdict(r) | {"flops_per_image": r.flops_per_image} for r in rows],
+    }
+
+
+def format_table(report: dict) -> str:
+    """Render a `measure` report as a markdown table with a few summary lines."""
+    lines = [
+        f"| component | params | fp32 MB | fp16 MB | bf16 MB | one call | GFLOP/call "
+        f"| calls/image | TFLOP/image |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for r in report["components"]:
+        mb = [f"{r['params'] * BYTES_PER_PARAM[k] / 1e6:,.1f}" for k in BYTES_PER_PARAM]
+        lines.append(
+            f"| {r['name']} | {r['params']:,} | {' | '.join(mb)} | {r['call']} "
+            f"| {r['flops_per_call'] / 1e9:,.1f} | {r['calls_per_image']} "
+            f"| {r['flops_per_image'] / 1e12:.3f} |"
+        )
+    total = sum(r["params"] for r in report["components"])
+    mb = [f"{total * BYTES_PER_PARAM[k] / 1e6:,.1f}" for k in BYTES_PER_PARAM]
+    lines.append(f"| **total** | {total:,} | {' | '.join(mb)} | | | "
+                 f"| **{report['total_flops_per_image'] / 1e12:.3f}** |")
+    c, h, w = report["latent_shape"]
+    guidance = "with CFG (U-Net batch 2)" if report["cfg"] else "without CFG"
+    lines += [
+        "",
+        f"- model: {report['model']}; weights: {report['weights']}",
+        f"- image 3×{report['height']}×{report['width']} → latent {c}×{h}×{w}: "
+        f"{report['compression']:g}× fewer values",
+        f"- U-Net: {report['unet_flops_per_sample'] / 1e12:.3f} TFLOP per sample per step",
+        f"- one image, {report['steps']} steps {guidance}: "
+        f"{report['total_flops_per_image'] / 1e12:.2f} TFLOP (FLOPs = 2 × multiply-adds; "
+        "norms and activations not counted)",
+    ]
+    return "\n".join(lines)
+
+
+def plot_flops(report: dict, path: str | Path) -> None:
+    """Save a bar chart of TFLOP per generated image, by component."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in report["components"]]
+    tflops = [r["flops_per_image"] / 1e12 for r in report["components"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, tflops)
+    ax.bar_label(ax.containers[0], fmt="%.2f")
+    ax.set_ylabel("TFLOP per image")
+    ax.set_title(f"{report['model']} at {report['height']}×{report['width']}, {report['steps']} steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def anatomy(
+    model: str = "sd14",
+    height: int = 512,
+    width: int = 512,
+    steps: int = 50,
+    cfg: bool = True,
+    json: str | None = None,
+    plot: str | None = None,
+) -> dict:
+    """Print parameters, weight bytes and FLOPs per component of a latent diffusion model.
+
+    Args:
+        model: "sd14" (SD v1.4's architecture, no weights needed) or a local diffusers folder.
+        height: image height in pixels.
+        width: image width in pixels.
+        steps: denoising steps per image.
+        cfg: count classifier-free guidance (U-Net batch 2 per step).
+        json: if given, write the numbers to this JSON file.
+        plot: if given, save a bar chart of FLOPs per component to this PNG file.
+    """
+    modules, weights = load_components(model)
+    report = {"model": model, "weights": weights} | measure(modules, height, width, steps, cfg)
+    print(format_table(report))
+    if json:
+        Path(json).write_text(jsonlib.dumps(report, indent=2) + "\n")
+    if plot:
+        plot_flops(report, plot)
+    return report
+
+
+if __name__ == "__main__":
+    from jsonargparse import auto_cli
+
+    auto_cli(anatomy)

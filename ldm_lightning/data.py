@@ -1,0 +1,180 @@
+"""Prompt rows for `predict` and `test`: read from a list or a file, seeded, split across ranks exactly once."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from ldm_lightning.errors import UserError
+
+# Prompts the embedded tiny-shapes model understands; any text works with real SD weights.
+EXAMPLE_PROMPTS = [
+    "a red circle",
+    "a large blue square at the top",
+    "a small green triangle on the left",
+    "a yellow star",
+    "a purple cross at the bottom",
+    "a large white circle on the right",
+    "blue star on the left",
+    "a small red square in the center",
+]
+TABLE_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def _read_table(source: str, split: str):
+    """A 🤗 datasets table from a data file, a saved dataset folder, or a hub dataset name."""
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.suffix in TABLE_FORMATS and path.is_file():
+        return datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train")
+    saved_markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    if path.is_dir() and any((path / m).exists() for m in saved_markers):
+        table = datasets.load_from_disk(str(path))
+        return table[split] if isinstance(table, datasets.DatasetDict) else table
+    if path.suffix or source.startswith((".", "/", "~")):
+        raise UserError(
+            f"data.prompts: no prompt file at {source!r} (expected .txt, .csv, .jsonl, .parquet, "
+            "a saved dataset folder, or an inline list)"
+        )
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as err:  # datasets raises many kinds; the user needs one line
+        raise UserError(f"data.prompts: could not load dataset {source!r}: {err}") from None
+
+
+def read_rows(
+    prompts: str | list[str],
+    seed: int,
+    negative_prompt: str = "",
+    prompt_column: str = "prompt",
+    split: str = "train",
+) -> list[dict[str, Any]]:
+    """Prompt rows `{index, prompt, negative_prompt, seed}`; a row without a seed gets `seed + index`."""
+    if isinstance(prompts, str) and Path(prompts).expanduser().suffix == ".txt":
+        path = Path(prompts).expanduser()
+        if not path.is_file():
+            raise UserError(f"data.prompts: no prompt file at {prompts!r}")
+        records = [{"prompt": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif isinstance(prompts, str):
+        table = _read_table(prompts, split)
+        if prompt_column not in table.column_names:
+            raise UserError(
+                f"data.prompt_column: {prompts!r} has no column {prompt_column!r} "
+                f"(columns: {', '.join(table.column_names)})"
+            )
+        records = [dict(r, prompt=r[prompt_column]) for r in table]
+    else:
+        records = [{"prompt": p} for p in prompts]
+    if not records:
+        raise UserError(f"data.prompts: no prompts found in {prompts!r}; give at least one")
+    rows = []
+    for index, r in enumerate(records):
+        if not isinstance(r["prompt"], str):
+            raise UserError(f"data.prompts: row {index} has a prompt that is not text: {r['prompt']!r}")
+        row_seed = r.get("seed")
+        rows.append(
+            {
+                "index": index,
+                "prompt": r["prompt"],
+                "negative_prompt": r.get("negative_prompt") or negative_prompt,
+                "seed": int(seed + index if row_seed is None else row_seed),
+            }
+        )
+    return rows
+
+
+class _Rows(Dataset):
+    def __init__(self, rows: list[dict[str, Any]]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rows -> one batch: lists of strings, tensors of indices and seeds."""
+    return {
+        "index": torch.tensor([r["index"] for r in rows]),
+        "prompt": [r["prompt"] for r in rows],
+        "negative_prompt": [r["negative_prompt"] for r in rows],
+        "seed": torch.tensor([r["seed"] for r in rows]),
+    }
+
+
+class PromptDataModule(LightningDataModule):
+    """Prompts for `predict` and `test`, each row on exactly one rank.
+
+    Lightning's distributed test sampler pads with duplicates (Lightning#7929); here each rank
+    takes rows `rank, rank + world, …` itself, so run the Trainer with
+    `use_distributed_sampler=False` (the CLI does).
+    """
+
+    def __init__(
+        self,
+        prompts: str | list[str] | None = None,
+        batch_size: int = 4,
+        seed: int = 0,
+        negative_prompt: str = "",
+        prompt_column: str = "prompt",
+        split: str = "train",
+        limit: int | None = None,
+        num_workers: int = 0,
+    ):
+        """
+        Args:
+            prompts: inline list, or a .txt (one prompt per line), .csv/.jsonl/.parquet file with a
+                `prompt` column (optional `negative_prompt`, `seed`), a saved dataset folder or a
+                hub dataset name. Default: example prompts for the embedded model.
+            batch_size: prompts per batch (images do not depend on it).
+            seed: base seed; a row without its own seed gets `seed + row index`.
+            negative_prompt: negative prompt for rows that have none ("" = unconditional).
+            prompt_column: column holding the prompt in table files.
+            split: split to read from a dataset with several.
+            limit: use only the first N prompts.
+            num_workers: DataLoader workers.
+        """
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"data.batch_size: must be at least 1, got {batch_size}")
+        self.save_hyperparameters()
+        self.rows: list[dict[str, Any]] = []
+        self.skip: set[int] = set()  # indices already finished in the output folder (resume)
+
+    def load_rows(self) -> list[dict[str, Any]]:
+        """All prompt rows, read once."""
+        if not self.rows:
+            hp = self.hparams
+            source = EXAMPLE_PROMPTS if hp.prompts is None else hp.prompts
+            rows = read_rows(source, hp.seed, hp.negative_prompt, hp.prompt_column, hp.split)
+            self.rows = rows[: hp.limit] if hp.limit else rows
+        return self.rows
+
+    def setup(self, stage: str) -> None:
+        self.load_rows()
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            uses_padding_sampler = getattr(trainer._accelerator_connector, "use_distributed_sampler", False)
+            if uses_padding_sampler:
+                raise UserError(
+                    "trainer.use_distributed_sampler: set it to false; PromptDataModule splits prompts "
+                    "across ranks itself, without Lightning's padded duplicates"
+                )
+
+    def _loader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        mine = [r for r in self.rows[rank::world] if r["index"] not in self.skip]
+        return DataLoader(
+            _Rows(mine), batch_size=self.hparams.batch_size, collate_fn=collate, num_workers=self.hparams.num_workers
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()

@@ -1,0 +1,154 @@
+"""The LightningModule: frozen SD v1 components, sampling in `predict_step`/`test_step`, the LDM loss in `training_step`.
+
+It orchestrates; the math lives in `sampling.py` (generation), `training.py` (the loss) and
+`clip_score.py` (the metric).
+"""
+
+from typing import Any, Literal
+
+import torch
+from lightning import LightningModule
+
+from ldm_lightning.components import SD14, load_components, vae_scale_factor
+from ldm_lightning.errors import UserError
+from ldm_lightning.sampling import Samples, generate
+from ldm_lightning.schedulers import SchedulerName, build_scheduler, check_scheduler_name
+
+DEFAULT_MODEL = "tiny-shapes"
+
+
+class LatentDiffusionModule(LightningModule):
+    """Stable Diffusion v1 text-to-image in Lightning: `predict` draws, `test` scores, `fit` trains the U-Net."""
+
+    def __init__(
+        self,
+        pretrained_model_name_or_path: str = DEFAULT_MODEL,
+        revision: str | None = None,
+        variant: str | None = None,
+        allow_pickle: bool = False,
+        scheduler: SchedulerName = "ddim",
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        eta: float = 0.0,
+        height: int | None = None,
+        width: int | None = None,
+        decode_fp32: Literal["auto", "always", "never"] = "auto",
+        learning_rate: float = 1e-3,
+        warmup_steps: int = 100,
+        snr_gamma: float | None = 5.0,
+    ):
+        """
+        Args:
+            pretrained_model_name_or_path: a diffusers-format SD v1 model: hub id (e.g.
+                CompVis/stable-diffusion-v1-4, cached or downloadable), local folder, or the
+                embedded "tiny-shapes".
+            revision: hub revision (branch, tag or commit) of the model.
+            variant: weight variant to load, e.g. "fp16".
+            allow_pickle: also load .bin (pickle) weights; only for files you trust.
+            scheduler: sampler, built from the checkpoint's own scheduler config.
+            num_inference_steps: denoising steps.
+            guidance_scale: classifier-free guidance scale; <= 1 disables guidance.
+            eta: DDIM noise (0 = deterministic DDIM, 1 = DDPM-like); other samplers ignore it.
+            height: image height in pixels, a multiple of the VAE factor (8 for SD). Default: the
+                U-Net's training size.
+            width: image width in pixels, as height.
+            decode_fp32: decode latents with the VAE in fp32: "auto" does so under 16-bit precisions,
+                where SD v1's VAE overflows into black images.
+            learning_rate: peak AdamW learning rate for `fit` (U-Net only).
+            warmup_steps: linear warm-up steps before cosine decay, for `fit`.
+            snr_gamma: min-SNR loss weighting gamma (Hang et al. 2023) for `fit`; null for plain MSE.
+        """
+        super().__init__()
+        check_scheduler_name(scheduler)
+        if num_inference_steps < 1:
+            raise UserError(f"model.num_inference_steps: must be at least 1, got {num_inference_steps}")
+        if guidance_scale < 0:
+            raise UserError(f"model.guidance_scale: must be >= 0, got {guidance_scale}")
+        if not 0.0 <= eta <= 1.0:
+            raise UserError(f"model.eta: must be in [0, 1], got {eta}")
+        self.save_hyperparameters()
+        self.parts = load_components(pretrained_model_name_or_path, revision, variant, allow_pickle)
+        # Registered as submodules so that Lightning moves and casts them.
+        self.unet, self.vae, self.text_encoder = self.parts.unet, self.parts.vae, self.parts.text_encoder
+        self.tokenizer = self.parts.tokenizer
+        factor = vae_scale_factor(self.vae)
+        native = int(self.unet.config.sample_size) * factor
+        self.height, self.width = height or native, width or native
+        for name, value in (("height", self.height), ("width", self.width)):
+            if value % factor:
+                raise UserError(
+                    f"model.{name}: {value} is not a multiple of {factor} (the VAE's downsampling "
+                    f"factor); try {max(factor, round(value / factor) * factor)}"
+                )
+        self.strict_loading = False  # checkpoints hold only the trained U-Net
+
+    # ----- sampling (predict and test share it) -----
+
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the prompt row that changes the pixels (precision is the Trainer's)."""
+        hp = self.hparams
+        return {
+            "model": hp.pretrained_model_name_or_path,
+            "revision": hp.revision,
+            "variant": hp.variant,
+            "scheduler": hp.scheduler,
+            "num_inference_steps": hp.num_inference_steps,
+            "guidance_scale": hp.guidance_scale,
+            "eta": hp.eta,
+            "height": self.height,
+            "width": self.width,
+        }
+
+    def extra_settings(self, stage: str) -> dict[str, Any]:
+        """Settings that change a stage's results beyond the pixels (the scoring CLIP for `test`)."""
+        return {}
+
+    def _decode_fp32(self) -> bool:
+        mode = self.hparams.decode_fp32
+        if mode == "auto":
+            return self.trainer is not None and str(self.trainer.precision).startswith("16")
+        return mode == "always"
+
+    def sample(self, batch: dict[str, Any]) -> Samples:
+        """Generate the batch's images; a fresh scheduler per batch (diffusers#8711)."""
+        hp = self.hparams
+        return generate(
+            self.parts,
+            build_scheduler(hp.scheduler, self.parts.scheduler_config),
+            batch["prompt"],
+            batch["negative_prompt"],
+            batch["seed"].tolist(),
+            num_inference_steps=hp.num_inference_steps,
+            guidance_scale=hp.guidance_scale,
+            eta=hp.eta,
+            height=self.height,
+            width=self.width,
+            decode_fp32=self._decode_fp32(),
+        )
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        samples = self.sample(batch)
+        return rows_of(batch, samples)
+
+
+def rows_of(batch: dict[str, Any], samples: Samples) -> list[dict[str, Any]]:
+    """One dict per image: the prompt row, the uint8 HWC image and its health flags."""
+    pixels = (samples.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    black = samples.images.flatten(1).amax(dim=1).cpu() < 1 / 255
+    return [
+        {
+            "index": int(batch["index"][i]),
+            "prompt": batch["prompt"][i],
+            "negative_prompt": batch["negative_prompt"][i],
+            "seed": int(batch["seed"][i]),
+            "pixels": pixels[i],
+            "num_tokens": int(samples.num_tokens[i]),
+            "truncated": bool(samples.truncated[i]),
+            "finite": bool(samples.finite[i]),
+            "black": bool(black[i]),
+        }
+        for i in range(len(batch["prompt"]))
+    ]
+
+
+__all__ = ["LatentDiffusionModule", "DEFAULT_MODEL", "SD14"]

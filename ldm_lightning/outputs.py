@@ -1,0 +1,112 @@
+"""The output folder: safe file names, atomic writes, the manifest, and which run a folder belongs to.
+
+A folder holds one run: `run.json` records its fingerprint (the settings that change pixels and
+the prompt rows). Starting the same run again resumes it; a different run never lands in the same
+folder: it goes to `<dir>-1`, `<dir>-2`, … instead, so nothing is mixed or overwritten.
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+MANIFEST = "manifest.jsonl"
+RUN_FILE = "run.json"
+
+
+def fingerprint(settings: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """A short hash of the settings and the prompt rows `(index, prompt, negative_prompt, seed)`."""
+    keyed = [[r["index"], r["prompt"], r["negative_prompt"], r["seed"]] for r in rows]
+    blob = json.dumps([settings, keyed], sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def choose_run_dir(base: str | Path, run_fingerprint: str) -> Path:
+    """`base` if it is free or holds this very run, else the first such `base-N`."""
+    base = Path(base)
+    for n in range(10_000):
+        candidate = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        if not candidate.exists() or not any(candidate.iterdir()):
+            return candidate
+        run = candidate / RUN_FILE
+        if run.is_file() and json.loads(run.read_text()).get("fingerprint") == run_fingerprint:
+            return candidate
+    raise RuntimeError(f"no free output folder next to {base}")
+
+
+def image_name(index: int, prompt: str, max_chars: int = 48) -> str:
+    """`00012-a-red-circle.png`: the row index keeps it unique; the rest is ASCII, no separators."""
+    ascii_ = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_.lower()).strip("-")[:max_chars].strip("-")
+    return f"{index:05d}-{slug or 'prompt'}.png"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def png_bytes(pixels) -> bytes:
+    """PNG bytes of an HWC uint8 array."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line with a single `write` on an O_APPEND file, so lines from several ranks never interleave."""
+    line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file; a torn last line (a killed run) is dropped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def finished(folder: Path, rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Rows of a JSONL file whose image is on disk and decodes, by index (the last row wins)."""
+    done = {}
+    for row in rows:
+        try:
+            with Image.open(folder / row["image"]) as im:
+                im.load()
+        except (OSError, KeyError, ValueError):
+            continue
+        done[row["index"]] = row
+    return done
+
+
+def rewrite_sorted(path: Path, rows: dict[int, dict[str, Any]]) -> None:
+    """Replace a JSONL file with its rows in index order, one per index."""
+    text = "".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows))
+    atomic_write(path, text.encode())

@@ -1,0 +1,153 @@
+"""Train the tiny ``AutoencoderKL`` (SD v1's VAE anatomy at 64²: 64² → 16²×4) on shapes images.
+
+Run: ``python -m ldm_lightning.recipes.vae --out DIR --minutes M --seed S``. The saved config carries
+``scaling_factor`` = 1 / std of latents, computed as SD did (Rombach et al. 2022, sec. 4.3.2 / app. G).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from torch.utils.data import DataLoader
+
+from ldm_lightning.judge import judge
+from ldm_lightning.shapes import Shape, ShapesDataset, Split, combos, render, shape_at, to_tensor
+
+
+def build_vae() -> AutoencoderKL:
+    """SD v1's VAE layout scaled down: 3 levels (32, 64, 64), 1 ResNet per level, 4 latent channels."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), norm_num_groups=32,
+    )
+
+
+def image_batches(batch_size: int, seed: int, split: Split = "train") -> Iterator[torch.Tensor]:
+    """Endless batches of pixel values in [-1, 1], deterministic in ``seed``."""
+    dataset = ShapesDataset(10**9, split, seed, caption_style="short")
+    loader = DataLoader(dataset, batch_size=batch_size)  # sequential indices: no sampler state
+    for batch in loader:
+        yield batch["pixel_values"]
+
+
+def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, edge_weight: float,
+             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 + L1 on image gradients (sharp edges decide the judged shape) + KL to N(0, I)."""
+    posterior = vae.encode(x).latent_dist
+    x_hat = vae.decode(posterior.sample(generator)).sample
+    l1 = F.l1_loss(x_hat, x)
+    edge = F.l1_loss(x_hat.diff(dim=-1), x.diff(dim=-1)) + F.l1_loss(x_hat.diff(dim=-2), x.diff(dim=-2))
+    kl = posterior.kl().mean() / x[0].numel()  # per pixel, like the reconstruction terms
+    loss = l1 + edge_weight * edge + kl_weight * kl
+    return loss, {"loss": loss.item(), "l1": l1.item(), "edge": edge.item(), "kl": kl.item()}
+
+
+def train_vae(vae: AutoencoderKL, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+              kl_weight: float = 1e-4, edge_weight: float = 0.5, warmup: int = 50,
+              log_every: int = 50) -> list[float]:
+    """AdamW with linear warm-up and cosine decay to 1% of ``lr``; returns the loss of every step."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
+        0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    vae.train()
+    losses, start = [], time.time()
+    for step, x in zip(range(steps), image_batches(batch_size, seed)):
+        loss, parts = vae_loss(vae, x, kl_weight, edge_weight, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(parts["loss"])
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step:5d}/{steps} {time.time() - start:6.0f}s "
+                  + " ".join(f"{k} {v:.4f}" for k, v in parts.items()), flush=True)
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae: AutoencoderKL, num_images: int = 512, seed: int = 0) -> float:
+    """1 / std of posterior samples over training images, as SD v1 derived 0.18215."""
+    generator = torch.Generator().manual_seed(seed)
+    x = next(image_batches(num_images, seed + 1))
+    z = vae.encode(x).latent_dist.sample(generator)
+    return float(1.0 / z.flatten().std())
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, shapes: list[Shape]) -> tuple[np.ndarray, np.ndarray]:
+    """Render ``shapes`` and pass them through the VAE (posterior mode); returns uint8 (real, recon)."""
+    x = torch.stack([to_tensor(render(s)) for s in shapes])
+    x_hat = vae.decode(vae.encode(x).latent_dist.mode()).sample
+    to_uint8 = lambda t: ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # noqa: E731
+    return to_uint8(x), to_uint8(x_hat)
+
+
+def evaluate(vae: AutoencoderKL, shapes: list[Shape]) -> dict[str, float]:
+    """PSNR (dB, on [0, 1]) and the pixel judge's accuracy per attribute on reconstructions."""
+    real, recon = reconstruct(vae, shapes)
+    mse = ((real.astype(np.float64) - recon.astype(np.float64)) / 255.0) ** 2
+    psnr = float(np.mean(-10 * np.log10(mse.reshape(len(shapes), -1).mean(axis=1) + 1e-12)))
+    verdicts = [judge(image) for image in recon]
+    result = {"psnr": psnr}
+    for attribute in ("colour", "shape", "size", "position"):
+        hits = [getattr(v, attribute) == getattr(s, attribute) for v, s in zip(verdicts, shapes)]
+        result[attribute] = float(np.mean(hits))
+    return result
+
+
+def eval_sets(seed: int = 1234, jittered: int = 300) -> dict[str, list[Shape]]:
+    """Every unjittered seen / held-out combination, plus ``jittered`` random draws of each split."""
+    return {
+        "seen": combos("train") + [shape_at(i, "train", seed) for i in range(jittered)],
+        "held_out": combos("held_out") + [shape_at(i, "held_out", seed) for i in range(jittered)],
+    }
+
+
+def main() -> None:
+    """CLI: time a few steps, train for ``--minutes``, set ``scaling_factor``, evaluate and save."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for save_pretrained")
+    parser.add_argument("--minutes", type=float, default=8.0, help="training budget; sets --steps if absent")
+    parser.add_argument("--steps", type=int, default=None, help="exact number of steps (overrides minutes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data and sampling")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the per-pixel KL term")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    vae = build_vae()
+    steps = args.steps
+    if steps is None:  # time steps on a throw-away copy (first ones are slow warm-up) to keep seeding
+        probe = build_vae()
+        train_vae(probe, 3, args.batch_size, args.lr, args.seed, log_every=0)
+        start = time.time()
+        train_vae(probe, 5, args.batch_size, args.lr, args.seed, log_every=0)
+        steps = max(10, int(args.minutes * 60 / ((time.time() - start) / 5)))
+    print(f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, {steps} steps", flush=True)
+    start = time.time()
+    train_vae(vae, steps, args.batch_size, args.lr, args.seed, args.kl_weight)
+    print(f"trained in {time.time() - start:.0f} s", flush=True)
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, seed=args.seed))
+    vae.save_pretrained(args.out, safe_serialization=True)
+    print(f"scaling_factor {vae.config.scaling_factor:.4f}, saved to {args.out}", flush=True)
+    for name, shapes in eval_sets().items():
+        print(name, {k: round(v, 4) for k, v in evaluate(vae, shapes).items()}, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Text-to-image sampling in latent space: prompts -> text embeddings -> noise -> denoised latents -> pixels.
+
+Each stage is a function with tensors in and tensors out. `generate` strings them together in the
+order of diffusers' `StableDiffusionPipeline.__call__`, so that the same components, scheduler and
+seeds give the same images (the parity tests hold us to 1e-5).
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from ldm_lightning.components import Components, vae_scale_factor
+
+
+@dataclass
+class Samples:
+    """What one sampling call returns, row by row."""
+
+    images: torch.Tensor  # (B, 3, H, W) float32 in [0, 1]
+    finite: torch.Tensor  # (B,) bool: the final latents hold no NaN/inf
+    truncated: torch.Tensor  # (B,) bool: the prompt was longer than the tokenizer's limit
+    num_tokens: torch.Tensor  # (B,) int: prompt length in tokens, start/end tokens included
+
+
+def tokenize(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids padded to the tokenizer's limit, plus each prompt's full length and a truncation flag.
+
+    Truncation keeps the end-of-text token last (the tokenizer adds special tokens after
+    truncating), which CLIP's pooled output and SD's conditioning expect.
+    """
+    limit = tokenizer.model_max_length
+    ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
+    lengths = torch.tensor([len(x) for x in tokenizer(prompts, truncation=False).input_ids])
+    return ids.input_ids, lengths, lengths > limit
+
+
+def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-token text embeddings (the last hidden state) that the U-Net cross-attends to."""
+    embeds = text_encoder(input_ids.to(text_encoder.device))[0]
+    # Keep the text encoder's dtype even under autocast, as the reference pipeline does.
+    return embeds.to(dtype=text_encoder.dtype)
+
+
+def initial_noise(
+    seeds: list[int], shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Gaussian latents, one CPU generator per row, drawn exactly as diffusers' `randn_tensor` does.
+
+    Row i is what `StableDiffusionPipeline` draws for one image given
+    `torch.Generator("cpu").manual_seed(seeds[i])`, whatever the batch and the device. The
+    generators are returned so that stochastic schedulers keep drawing from each row's own stream.
+    """
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    noise = randn_tensor((len(seeds), *shape), generator=generators, device=device, dtype=dtype)
+    return noise, generators
+
+
+def step_kwargs(scheduler: SchedulerMixin, eta: float, generators: list[torch.Generator]) -> dict:
+    """The optional arguments this scheduler's `step` accepts (eta: DDIM only; generator: the stochastic ones)."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "eta" in accepted:
+        kwargs["eta"] = eta
+    if "generator" in accepted:
+        kwargs["generator"] = generators
+    return kwargs
+
+
+def predict_noise(unet, latents, t, cond, uncond, guidance_scale: float) -> torch.Tensor:
+    """The U-Net's noise estimate, with classifier-free guidance as one batched call when scale > 1."""
+    if uncond is None:
+        return unet(latents, t, encoder_hidden_states=cond, return_dict=False)[0]
+    both = unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
+    # Classifier-free guidance, Ho & Salimans 2022, eq. 6: extrapolate from the unconditional
+    # estimate towards the conditional one.
+    eps_uncond, eps_cond = both.chunk(2)
+    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+
+def decode(vae, latents: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
+    """Latents -> images in [0, 1]. The scaling factor is the VAE's own (0.18215 for SD v1)."""
+    latents = latents / vae.config.scaling_factor
+    if force_fp32:
+        # SD v1's VAE overflows in fp16 and decodes black images (diffusers#2153).
+        with torch.autocast(latents.device.type, enabled=False):
+            images = vae.float().decode(latents.float(), return_dict=False)[0]
+    else:
+        images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def generate(
+    parts: Components,
+    scheduler: SchedulerMixin,
+    prompts: list[str],
+    negative_prompts: list[str],
+    seeds: list[int],
+    *,
+    num_inference_steps: int,
+    guidance_scale: float,
+    eta: float,
+    height: int,
+    width: int,
+    decode_fp32: bool = False,
+) -> Samples:
+    """Sample one image per prompt. `scheduler` must be a fresh instance (its state is consumed)."""
+    device = parts.unet.device
+    use_cfg = guidance_scale > 1.0
+
+    # 1. Encode the prompts (and, for guidance, the negative prompts) with the frozen CLIP text encoder.
+    ids, num_tokens, truncated = tokenize(parts.tokenizer, prompts)
+    cond = encode_text(parts.text_encoder, ids)
+    uncond = encode_text(parts.text_encoder, tokenize(parts.tokenizer, negative_prompts)[0]) if use_cfg else None
+
+    # 2. Timesteps of this sampler for the requested number of steps.
+    scheduler.set_timesteps(num_inference_steps, device=device)
+
+    # 3. Initial noise in latent space: 4 × H/8 × W/8 for SD v1, one seeded stream per row.
+    factor = vae_scale_factor(parts.vae)
+    shape = (parts.unet.config.in_channels, height // factor, width // factor)
+    latents, generators = initial_noise(seeds, shape, device, cond.dtype)
+    latents = latents * scheduler.init_noise_sigma
+    extra = step_kwargs(scheduler, eta, generators)
+
+    # 4. Denoising loop: predict the noise, guide, step from x_t to x_{t-1}.
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(latents, t)  # elementwise: same as on the CFG batch
+        noise = predict_noise(parts.unet, model_input, t, cond, uncond, guidance_scale)
+        latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+
+    # 5. Decode the latents to pixels with the VAE.
+    finite = torch.isfinite(latents).flatten(1).all(dim=1).cpu()
+    images = decode(parts.vae, latents, force_fp32=decode_fp32)
+    return Samples(images=images, finite=finite, truncated=truncated, num_tokens=num_tokens)

@@ -1,0 +1,68 @@
+"""Samplers by name: each a diffusers scheduler built from the checkpoint's own scheduler config."""
+
+from typing import Any, Literal
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from ldm_lightning.errors import UserError
+
+SchedulerName = Literal[
+    "ddim",
+    "pndm",
+    "dpmpp_2m_karras",
+    "dpmpp_2m_sde_karras",
+    "unipc",
+    "euler",
+    "euler_ancestral",
+    "lms",
+    "heun",
+]
+
+# name -> (class, overrides on top of the checkpoint's config). The overrides follow the
+# k-diffusion / A1111 names: "DPM++ 2M Karras" is DPM-Solver++ (Lu et al. 2022), order 2, Karras
+# sigmas (Karras et al. 2022). DDIM runs on latents, which must not be clipped to [-1, 1]; SD v1.4's
+# PNDM config leaves `clip_sample` out, so it is set here rather than taken from DDIM's default.
+SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "ddim": (DDIMScheduler, {"clip_sample": False}),
+    "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
+    "dpmpp_2m_karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "dpmpp_2m_sde_karras": (
+        DPMSolverMultistepScheduler,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "unipc": (UniPCMultistepScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
+    "lms": (LMSDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),
+}
+
+
+def check_scheduler_name(name: str) -> str:
+    """Return `name` if known, else raise naming the known ones."""
+    if name not in SCHEDULERS:
+        known = ", ".join(SCHEDULERS)
+        raise UserError(f"model.scheduler: unknown scheduler {name!r}; choose one of: {known}")
+    return name
+
+
+def build_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
+    """A fresh scheduler instance from the checkpoint's scheduler config.
+
+    Build one per batch: multistep schedulers keep state between calls (diffusers#8711).
+    """
+    cls, overrides = SCHEDULERS[check_scheduler_name(name)]
+    return cls.from_config(config, **overrides)

@@ -1,0 +1,117 @@
+"""A tiny random SD-v1-shaped model (diffusers fast-test sized), saved as a diffusers folder.
+
+It draws noise, not pictures: it exists so that loading, sampling, parity and multi-process
+behaviour can be tested in seconds with no download.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
+def _byte_vocab() -> dict[str, int]:
+    # CLIP's byte-to-unicode table (Radford et al. 2021, GPT-2 BPE): every byte has a printable
+    # symbol, so any text tokenizes with no merges at all.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[b] = chr(b)
+        else:
+            symbols[b] = chr(256 + extra)
+            extra += 1
+    tokens = [symbols[b] for b in range(256)]
+    tokens += [t + "</w>" for t in tokens] + ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def save_byte_tokenizer(folder: Path, max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP tokenizer over single bytes (no merges), saved to and reloaded from `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(_byte_vocab(), ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=max_length)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def build_tiny_random(folder: str | Path, seed: int = 0, max_length: int = 32) -> Path:
+    """Save seeded tiny random SD v1 components as a diffusers folder and return its path."""
+    folder = Path(folder)
+    tokenizer = save_byte_tokenizer(folder / "tokenizer", max_length)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        sample_size=16,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            layer_norm_eps=1e-5,
+        )
+    )
+    # SD v1.4's own scheduler config (scheduler/scheduler_config.json on the hub).
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
+    )
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    text_encoder.save_pretrained(folder / "text_encoder")
+    scheduler.save_pretrained(folder / "scheduler")
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "scheduler": ["diffusers", "PNDMScheduler"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+                "safety_checker": [None, None],
+                "feature_extractor": [None, None],
+            },
+            indent=2,
+        )
+    )
+    return folder
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(build_tiny_random(sys.argv[1] if len(sys.argv) > 1 else "tiny-random"))

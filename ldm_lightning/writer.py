@@ -1,0 +1,119 @@
+"""A Lightning callback that saves every generated image as a PNG with one manifest row, on every rank."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from diffusers.utils import make_image_grid
+from lightning import LightningModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image
+
+from ldm_lightning.outputs import (
+    MANIFEST,
+    RUN_FILE,
+    append_jsonl,
+    atomic_write,
+    finished,
+    image_name,
+    png_bytes,
+    read_jsonl,
+    rewrite_sorted,
+)
+
+GRID = "grid.png"
+MAX_GRID_IMAGES = 64
+
+
+class ImageWriter(BasePredictionWriter):
+    """Writes `run_dir/<index>-<prompt>.png` and a `manifest.jsonl` row per image, atomically.
+
+    At start it records the run (`run.json`) and tells the data module which rows are already
+    finished, so a killed run started again only does the rest.
+    """
+
+    def __init__(self, run_dir: str | Path, settings: dict[str, Any], run_fingerprint: str):
+        super().__init__(write_interval="batch")
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.fingerprint = run_fingerprint
+        self.manifest = self.run_dir / MANIFEST
+        self.started = 0.0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if trainer.is_global_zero and not (self.run_dir / RUN_FILE).exists():
+            run = {"fingerprint": self.fingerprint, "stage": stage, "settings": self.settings}
+            atomic_write(self.run_dir / RUN_FILE, json.dumps(run, indent=2).encode())
+        trainer.strategy.barrier("ldm_lightning.writer.setup")
+        done = finished(self.run_dir, read_jsonl(self.done_file(stage)))
+        datamodule = trainer.datamodule
+        datamodule.skip = set(done)
+        total = len(datamodule.rows)
+        if done:
+            rank_zero_info(f"Resuming {self.run_dir}: {len(done)} of {total} images already done.")
+        self.started = time.perf_counter()
+
+    def done_file(self, stage: str) -> Path:
+        """The file whose rows mark a sample finished: the manifest, or the scores when testing."""
+        return self.run_dir / ("results.jsonl" if stage == "test" else MANIFEST)
+
+    def manifest_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The JSON row of one image: prompt row, file name, settings and health flags."""
+        name = image_name(row["index"], row["prompt"])
+        kept = {k: v for k, v in row.items() if k != "pixels"}
+        return {**kept, "image": name, **self.settings}
+
+    def write_rows(self, rows: list[dict[str, Any]], extra_file: Path | None = None) -> None:
+        """Save each row's image, then its manifest row (the image is on disk before its row)."""
+        for row in rows:
+            out = self.manifest_row(row)
+            atomic_write(self.run_dir / out["image"], png_bytes(row["pixels"]))
+            append_jsonl(self.manifest, out)
+            if extra_file is not None:
+                append_jsonl(extra_file, out)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        self.write_rows(prediction)
+
+    def finish(self, trainer: Trainer) -> dict[int, dict[str, Any]]:
+        """After all ranks: sort the manifest, draw the grid; returns the finished rows by index."""
+        trainer.strategy.barrier("ldm_lightning.writer.finish")
+        done = finished(self.run_dir, read_jsonl(self.manifest))
+        if trainer.is_global_zero and done:
+            rewrite_sorted(self.manifest, done)
+            grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
+            log_grid(trainer, grid, [done[i]["prompt"] for i in sorted(done)][:MAX_GRID_IMAGES])
+            seconds = time.perf_counter() - self.started
+            rank_zero_info(f"{len(done)} images in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")
+        return done
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.finish(trainer)
+
+
+def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:
+    """All images (up to 64) in one near-square grid, saved as `grid.png`."""
+    images = [Image.open(run_dir / r["image"]).convert("RGB") for r in rows]
+    cols = min(8, len(images))
+    rows_n = -(-len(images) // cols)
+    images += [Image.new("RGB", images[0].size)] * (rows_n * cols - len(images))
+    grid = make_image_grid(images, rows=rows_n, cols=cols)
+    atomic_write(run_dir / GRID, png_bytes(np.asarray(grid)))
+    return grid
+
+
+def log_grid(trainer: Trainer, grid: Image.Image, prompts: list[str]) -> None:
+    """The grid and its prompts in TensorBoard, if a TensorBoard logger is attached."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image("samples/grid", np.asarray(grid), dataformats="HWC")
+            text = "\n".join(f"{i}. {p}" for i, p in enumerate(prompts))
+            logger.experiment.add_text("samples/prompts", text.replace("\n", "  \n"))
+            logger.experiment.flush()
+

@@ -106,7 +106,7 @@ class LatentDiffusionModule(LightningModule):
     def _decode_fp32(self) -> bool:
         mode = self.hparams.decode_fp32
         if mode == "auto":
-            return self.trainer is not None and str(self.trainer.precision).startswith("16")
+            return self._trainer is not None and str(self._trainer.precision).startswith("16")
         return mode == "always"
 
     def sample(self, batch: dict[str, Any]) -> Samples:

@@ -33,7 +33,7 @@ def tokenize(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor,
     """
     limit = tokenizer.model_max_length
     ids = tokenizer(prompts, padding="max_length", max_length=limit, truncation=True, return_tensors="pt")
-    lengths = torch.tensor([len(x) for x in tokenizer(prompts, truncation=False).input_ids])
+    lengths = torch.tensor([len(x) for x in tokenizer(prompts, truncation=False, verbose=False).input_ids])
     return ids.input_ids, lengths, lengths > limit
 
 

@@ -179,6 +179,24 @@ def caption(shape: Shape, style: CaptionStyle | np.random.Generator = "full") ->
     return f"{phrase}, {noun}" if rng.random() < 0.25 else f"{noun} {phrase}"
 
 
+def parse_caption(text: str) -> dict[str, str]:
+    """Attributes a caption names, e.g. ``{"colour": "red", "shape": "circle"}``; unnamed ones are absent."""
+    words = set(text.lower().replace(",", " ").split())
+    found: dict[str, str] = {}
+    for attribute, options in (("colour", {c: (c,) for c in COLOURS}), ("shape", {s: (s,) for s in SHAPES}),
+                               ("size", SIZE_WORDS),
+                               ("position", {p: tuple(x.split()[-1] for x in v) for p, v in POSITION_PHRASES.items()})):
+        for value, synonyms in options.items():
+            if words & set(synonyms):
+                found[attribute] = value
+    return found
+
+
+def matches(text: str, shape: Shape) -> bool:
+    """Whether every attribute ``text`` names agrees with ``shape`` (an empty caption matches all)."""
+    return all(getattr(shape, k) == v for k, v in parse_caption(text).items())
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB image → float tensor 3×H×W in [-1, 1], the VAE's input range."""
     return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0

@@ -1,0 +1,178 @@
+"""Train a tiny ``CLIPModel`` contrastively on shapes; its text tower becomes the frozen text encoder.
+
+As in SD v1, where the U-Net reads CLIP ViT-L/14's text tower. Run:
+``python -m ldm_lightning.recipes.clip --out DIR --minutes M --seed S [--text-encoder-out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
+
+from ldm_lightning.recipes.tokenizer import build_tokenizer
+from ldm_lightning.shapes import Shape, ShapesDataset, caption, combos, matches, render, shape_at, to_tensor
+
+# OpenAI CLIP's normalisation, so the saved CLIPImageProcessor is the stock one.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_clip(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
+    """≈0.64 M-parameter CLIP: text 64-d × 3 layers, ViT 96-d × 4 layers on 8-px patches, projection 64.
+
+    bos/eos/pad ids come from the tokenizer so the pooled text output is taken at the first EOS.
+    """
+    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    vision = dict(image_size=64, patch_size=8, hidden_size=96, intermediate_size=384, num_hidden_layers=4,
+                  num_attention_heads=4)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
+
+
+def normalize(pixel_values: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] pixels → CLIP-normalised pixels (what ``CLIPImageProcessor`` yields at 64²)."""
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    return ((pixel_values + 1) / 2 - mean) / std
+
+
+def clip_batches(batch_size: int, seed: int) -> Iterator[tuple[list[str], torch.Tensor, list[Shape]]]:
+    """Endless (varied captions, pixels in [-1, 1], attributes) batches of the training split."""
+    dataset = ShapesDataset(10**9, "train", seed)
+    loader = DataLoader(dataset, batch_size=batch_size)
+    for i, batch in enumerate(loader):
+        shapes = [shape_at(i * batch_size + j, "train", seed) for j in range(len(batch["prompt"]))]
+        yield batch["prompt"], batch["pixel_values"], shapes
+
+
+def contrastive_loss(logits: torch.Tensor, prompts: list[str], shapes: list[Shape]) -> torch.Tensor:
+    """Symmetric InfoNCE (Radford et al. 2021) with every caption that fits an image as a positive.
+
+    "a circle" describes every circle in the batch; treating those as negatives (plain CLIP loss)
+    would push apart pairs that are in fact correct.
+    """
+    target = torch.tensor([[float(matches(p, s)) for p in prompts] for s in shapes])  # image × text
+    image_loss = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+    text_loss = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, 0)).sum(0).mean()
+    return (image_loss + text_loss) / 2
+
+
+def train_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, steps: int, batch_size: int = 128,
+               lr: float = 1e-3, seed: int = 0, warmup: int = 50, log_every: int = 50) -> list[float]:
+    """AdamW, linear warm-up then cosine decay to 1% of ``lr``; returns every step's loss."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
+        0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    model.train()
+    losses, start = [], time.time()
+    for step, (prompts, pixels, shapes) in zip(range(steps), clip_batches(batch_size, seed)):
+        tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
+        out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                    pixel_values=normalize(pixels))
+        loss = contrastive_loss(out.logits_per_image, prompts, shapes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step:5d}/{steps} {time.time() - start:6.0f}s loss {loss.item():.4f} "
+                  f"scale {model.logit_scale.exp().item():.1f}", flush=True)
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def zero_shot(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, shapes: list[Shape]) -> dict[str, float]:
+    """Top-1 accuracy choosing among all 350 full captions (and per attribute of the choice), and
+    among all 35 short captions ("a red circle")."""
+    result: dict[str, float] = {}
+    images = normalize(torch.stack([to_tensor(render(s)) for s in shapes]))
+    image_emb = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+    for style in ("full", "short"):
+        candidates = combos("all") if style == "full" else [s for s in combos("all")
+                                                            if s.size == "small" and s.position == "center"]
+        tokens = tokenizer([caption(c, style) for c in candidates], padding="max_length", truncation=True,
+                           return_tensors="pt")
+        text_emb = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+        chosen = [candidates[i] for i in (image_emb @ text_emb.T).argmax(1).tolist()]
+        attributes = ("colour", "shape", "size", "position") if style == "full" else ("colour", "shape")
+        hits = np.array([[getattr(c, a) == getattr(s, a) for a in attributes] for c, s in zip(chosen, shapes)])
+        result[f"{style}_caption"] = float(hits.all(1).mean())
+        if style == "full":
+            result.update({a: float(hits[:, k].mean()) for k, a in enumerate(attributes)})
+    return result
+
+
+def image_processor() -> CLIPImageProcessor:
+    """Stock CLIP preprocessing at 64²: resize shortest edge, centre crop, rescale, normalise."""
+    return CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+
+
+def save_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+    """Save model (safetensors, fp32), tokenizer and image processor side by side in ``folder``."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    image_processor().save_pretrained(folder)
+
+
+def export_text_encoder(model: CLIPModel, folder: Path | None = None) -> CLIPTextModel:
+    """The text tower as a ``CLIPTextModel`` with identical weights (saved to ``folder`` if given)."""
+    text_encoder = CLIPTextModel(model.config.text_config)
+    # transformers 5: CLIPModel.text_model *is* a CLIPTextModel (flat keys, no inner .text_model).
+    text_encoder.load_state_dict(model.text_model.state_dict())
+    text_encoder.eval()
+    if folder is not None:
+        text_encoder.save_pretrained(folder, safe_serialization=True)
+    return text_encoder
+
+
+def main() -> None:
+    """CLI: train for ``--minutes``, report zero-shot accuracy, save CLIP and its text encoder."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for CLIPModel + tokenizer + processor")
+    parser.add_argument("--text-encoder-out", type=Path, default=None, help="folder for the CLIPTextModel")
+    parser.add_argument("--minutes", type=float, default=4.0, help="training budget; sets --steps if absent")
+    parser.add_argument("--steps", type=int, default=None, help="exact number of steps (overrides minutes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights and data")
+    parser.add_argument("--batch-size", type=int, default=128, help="caption–image pairs per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tokenizer = build_tokenizer()
+    steps = args.steps
+    if steps is None:  # time steps on a throw-away model (first ones are warm-up) to keep seeding exact
+        probe = build_clip(tokenizer)
+        train_clip(probe, tokenizer, 3, args.batch_size, args.lr, args.seed, log_every=0)
+        start = time.time()
+        train_clip(probe, tokenizer, 5, args.batch_size, args.lr, args.seed, log_every=0)
+        steps = max(10, int(args.minutes * 60 / ((time.time() - start) / 5)))
+    torch.manual_seed(args.seed)
+    model = build_clip(tokenizer)
+    print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {steps} steps", flush=True)
+    start = time.time()
+    train_clip(model, tokenizer, steps, args.batch_size, args.lr, args.seed)
+    print(f"trained in {time.time() - start:.0f} s", flush=True)
+    save_clip(model, tokenizer, args.out)
+    if args.text_encoder_out is not None:
+        export_text_encoder(model, args.text_encoder_out)
+    for split in ("train", "held_out"):
+        shapes = combos(split) + [shape_at(i, split, 1234) for i in range(300)]
+        print(split, {k: round(v, 4) for k, v in zero_shot(model, tokenizer, shapes).items()}, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Shared fixtures: offline, one thread, and a tiny seeded SD-v1-shaped model saved as a diffusers folder."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Two busy cores: one thread per test process is far steadier (and DDP tests run two processes).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Path of a tiny random diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)."""
+    from ldm_lightning.tiny import build_tiny_random
+
+    return str(build_tiny_random(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_module(tiny_model):
+    """A LatentDiffusionModule on the tiny model, 32×32 pixels, 4 DDIM steps."""
+    from ldm_lightning.module import LatentDiffusionModule
+
+    return LatentDiffusionModule(tiny_model, num_inference_steps=4, height=32, width=32)

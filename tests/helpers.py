@@ -1,0 +1,41 @@
+"""Test helpers: running the CLI in-process and reading what it wrote."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def run_cli(args: list[str], capsys=None) -> tuple[int, str]:
+    """Run `python -m ldm_lightning ARGS` in this process; return (exit code, stderr)."""
+    from ldm_lightning.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    err = capsys.readouterr().err if capsys is not None else ""
+    return code, err
+
+
+def run_cli_subprocess(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process (needed for DDP), killed hard if it hangs."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "ldm_lightning", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def manifest(folder: str | Path, name: str = "manifest.jsonl") -> list[dict]:
+    """The rows of a run folder's manifest (or results) file."""
+    lines = (Path(folder) / name).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def pixels(folder: str | Path, row: dict) -> np.ndarray:
+    """A row's image as an int16 array (so differences do not wrap)."""
+    return np.asarray(Image.open(Path(folder) / row["image"]).convert("RGB")).astype(np.int16)

@@ -1,0 +1,113 @@
+"""The command line end to end: files, manifest, parity of the PNGs, resume, DDP, configs and errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from helpers import manifest, pixels, run_cli, run_cli_subprocess
+
+CONFIGS = sorted(Path(__file__).parents[1].glob("configs/**/*.yaml"))
+PROMPTS = '["a red circle", "../../etc/passwd", "ünïcode 猫 / slash", "a green star", "' + "very long " * 40 + '"]'
+
+
+def predict_args(model: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "predict",
+        f"--model.pretrained_model_name_or_path={model}",
+        "--model.num_inference_steps=3",
+        "--model.height=32",
+        "--model.width=32",
+        f"--data.prompts={PROMPTS}",
+        f"--output_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+def test_predict_writes_images_and_manifest_equal_to_the_pipeline(tiny_model, tmp_path):
+    code, _ = run_cli(predict_args(tiny_model, tmp_path / "run", "--data.batch_size=2"))
+    assert code == 0
+    rows = manifest(tmp_path / "run")
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    for r in rows:  # names stay inside the folder, whatever the prompt
+        assert "/" not in r["image"] and not r["image"].startswith(".")
+        assert (tmp_path / "run" / r["image"]).is_file()
+    assert {"prompt", "negative_prompt", "seed", "scheduler", "num_inference_steps", "guidance_scale"} <= set(rows[0])
+    assert rows[4]["truncated"] and rows[4]["num_tokens"] > 32
+    assert (tmp_path / "run" / "grid.png").is_file()
+
+    from ldm_lightning.components import load_components
+    from ldm_lightning.schedulers import build_scheduler
+
+    parts = load_components(tiny_model)
+    pipe = StableDiffusionPipeline(
+        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
+        scheduler=build_scheduler("ddim", parts.scheduler_config), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    for r in rows[:2]:
+        ref = pipe(r["prompt"], generator=torch.Generator("cpu").manual_seed(r["seed"]), num_inference_steps=3,
+                   guidance_scale=3.0, height=32, width=32, output_type="np").images[0]
+        ref8 = (ref * 255).round().astype(np.int16)
+        assert np.abs(pixels(tmp_path / "run", r) - ref8).max() <= 1  # one 8-bit level of rounding
+
+
+def test_same_run_resumes_and_a_changed_one_gets_a_new_folder(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(predict_args(tiny_model, out))[0] == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if p.name != "grid.png"}
+    assert run_cli(predict_args(tiny_model, out))[0] == 0  # same config: nothing redone
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if p.name != "grid.png"} == first
+    assert len(manifest(out)) == 5
+    assert run_cli(predict_args(tiny_model, out, "--model.guidance_scale=5"))[0] == 0
+    assert len(manifest(tmp_path / "run-1")) == 5  # the old run is untouched
+    assert {r["guidance_scale"] for r in manifest(out)} == {3.0}
+
+
+def test_two_ddp_processes_equal_one(tiny_model, tmp_path):
+    base = predict_args(tiny_model, tmp_path / "one", "--data.batch_size=2")
+    one = run_cli_subprocess(base)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run_cli_subprocess(
+        predict_args(tiny_model, tmp_path / "two", "--data.batch_size=2", "--config=configs/devices/ddp-cpu-2.yaml")
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    rows_one, rows_two = manifest(tmp_path / "one"), manifest(tmp_path / "two")
+    assert [r["index"] for r in rows_two] == [0, 1, 2, 3, 4]  # 5 prompts on 2 ranks: each exactly once
+    assert [r["image"] for r in rows_one] == [r["image"] for r in rows_two]
+    for a, b in zip(rows_one, rows_two):
+        assert np.abs(pixels(tmp_path / "one", a) - pixels(tmp_path / "two", b)).max() <= 1
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_every_config_parses(config, capsys):
+    code, _ = run_cli(["predict", f"--config={config}", "--print_config"])
+    assert code == 0
+    assert "pretrained_model_name_or_path" in capsys.readouterr().out
+
+
+def test_help(capsys):
+    assert run_cli(["predict", "--help"])[0] == 0
+    out = capsys.readouterr().out
+    assert "--model.guidance_scale" in out and "--output_dir" in out and "classifier-free guidance" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.height=31"], "model.height: 31 is not a multiple of 2"),
+        (["--data.prompts=[]"], "data.prompts: no prompts found"),
+        (["--data.prompts=missing.txt"], "data.prompts: no prompt file at 'missing.txt'"),
+        (["--model.pretrained_model_name_or_path=/nowhere/sd"], "no folder at '/nowhere/sd'"),
+        (["--model.scheduler=magic"], "dpmpp_2m_karras"),
+    ],
+)
+def test_bad_input_gives_one_clear_message(tiny_model, tmp_path, capsys, args, message):
+    code, err = run_cli(predict_args(tiny_model, tmp_path / "run", *args), capsys)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err

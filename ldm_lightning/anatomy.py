@@ -23,6 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ldm_lightning.architectures import build_sd14
+from ldm_lightning.components import default_size, resolve, vae_scale_factor
+from ldm_lightning.errors import UserError
 
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2}
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".ckpt", ".pt"}
@@ -33,7 +35,7 @@ def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, *
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-# torch 2.13's counter registers the CUDA attention kernels only: on CPU tensors SDPA dispatches to
+# torch 2.13's counter has formulas for the CUDA attention kernels only: on CPU tensors SDPA runs
 # `_scaled_dot_product_flash_attention_for_cpu` and counted 0 FLOPs. On meta tensors it decomposes
 # into `bmm`s, which are counted; the mapping makes real CPU tensors count the same.
 _CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
@@ -58,16 +60,11 @@ def _like(module: nn.Module) -> dict:
     return {"device": p.device, "dtype": p.dtype}
 
 
-def vae_downsample(vae: AutoencoderKL) -> int:
-    """Spatial downsampling factor of the VAE: one halving per block after the first."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 def latent_shape(vae: AutoencoderKL, height: int, width: int) -> tuple[int, int, int]:
     """(channels, height, width) of the latent the VAE makes from a height×width image."""
-    f = vae_downsample(vae)
+    f = vae_scale_factor(vae)
     if height % f or width % f:
-        raise ValueError(f"height and width must be multiples of {f}, got {height}×{width}")
+        raise UserError(f"height and width must be multiples of {f}, got {height}×{width}")
     return vae.config.latent_channels, height // f, width // f
 
 
@@ -109,14 +106,14 @@ def load_components(model: str) -> tuple[dict[str, nn.Module], str]:
     """Build a model's U-Net, VAE and text encoder on the meta device; say where weights stand.
 
     Args:
-        model: "sd14" for SD v1.4's architecture, or a local diffusers folder with unet/, vae/
-            and text_encoder/ configs (only the configs are read).
+        model: "sd14" for SD v1.4's architecture, or a local diffusers folder (or embedded model
+            name) with unet/, vae/ and text_encoder/ configs; only the configs are read.
     """
     if model == "sd14":
-        return build_sd14("meta"), "none: SD v1.4 architecture, random/meta weights"
-    root = Path(model)
+        return build_sd14("meta"), "none loaded (SD v1.4 architecture, meta/random weights)"
+    root = Path(resolve(model)).expanduser()
     if not all((root / sub / "config.json").is_file() for sub in ("unet", "vae", "text_encoder")):
-        raise ValueError(f"--model must be 'sd14' or a diffusers folder, got {model!r}")
+        raise UserError(f"--model must be 'sd14' or a local diffusers folder, got {model!r}")
     with torch.device("meta"):
         modules: dict[str, nn.Module] = {
             "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
@@ -169,7 +166,7 @@ def measure(
         ComponentStats("U-Net", count_params(unet), f"{batch}×{lat}, 1 step", unet_flops, steps),
     ]
     return {
-        "height": height, "width": width, "latent_shape": [c, h, w],
+        "height": height, "width": width, "image_shape": px, "latent_shape": [c, h, w],
         "compression": compression(vae, height, width), "steps": steps, "cfg": cfg,
         "unet_flops_per_sample": unet_flops // batch,
         "total_flops_per_image": sum(r.flops_per_image for r in rows),
@@ -180,8 +177,8 @@ def measure(
 def format_table(report: dict) -> str:
     """Render a `measure` report as a markdown table with a few summary lines."""
     lines = [
-        f"| component | params | fp32 MB | fp16 MB | bf16 MB | one call | GFLOP/call "
-        f"| calls/image | TFLOP/image |",
+        "| component | params | fp32 MB | fp16 MB | bf16 MB | one call | GFLOP/call | calls/image "
+        "| TFLOP/image |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in report["components"]:
@@ -200,30 +197,33 @@ def format_table(report: dict) -> str:
     lines += [
         "",
         f"- model: {report['model']}; weights: {report['weights']}",
-        f"- image 3×{report['height']}×{report['width']} → latent {c}×{h}×{w}: "
-        f"{report['compression']:g}× fewer values",
+        f"- image {report['image_shape']} → latent {c}×{h}×{w}: "
+        + f"{report['compression']:g}× fewer values",
         f"- U-Net: {report['unet_flops_per_sample'] / 1e12:.3f} TFLOP per sample per step",
         f"- one image, {report['steps']} steps {guidance}: "
-        f"{report['total_flops_per_image'] / 1e12:.2f} TFLOP (FLOPs = 2 × multiply-adds; "
-        "norms and activations not counted)",
+        + f"{report['total_flops_per_image'] / 1e12:.2f} TFLOP "
+        + "(FLOPs = 2 × multiply-adds; norms and activations not counted)",
     ]
     return "\n".join(lines)
 
 
 def plot_flops(report: dict, path: str | Path) -> None:
-    """Save a bar chart of TFLOP per generated image, by component."""
+    """Save a bar chart of GFLOP per call and TFLOP per generated image, by component."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["name"] for r in report["components"]]
-    tflops = [r["flops_per_image"] / 1e12 for r in report["components"]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, tflops)
-    ax.bar_label(ax.containers[0], fmt="%.2f")
-    ax.set_ylabel("TFLOP per image")
-    ax.set_title(f"{report['model']} at {report['height']}×{report['width']}, {report['steps']} steps")
+    rows = report["components"]
+    names = [r["name"].replace(" ", "\n") for r in rows]
+    fig, (per_call, per_image) = plt.subplots(1, 2, figsize=(10, 3.8))
+    per_call.bar(names, [r["flops_per_call"] / 1e9 for r in rows], log=True)
+    per_call.set_ylabel("GFLOP per call (log)")
+    per_image.bar(names, [r["flops_per_image"] / 1e12 for r in rows])
+    per_image.bar_label(per_image.containers[0], fmt="%.2f")
+    per_image.set_ylabel(f"TFLOP per image ({report['steps']} steps)")
+    per_image.margins(y=0.15)
+    fig.suptitle(f"{report['model']} at {report['height']}×{report['width']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -231,8 +231,8 @@ def plot_flops(report: dict, path: str | Path) -> None:
 
 def anatomy(
     model: str = "sd14",
-    height: int = 512,
-    width: int = 512,
+    height: int | None = None,
+    width: int | None = None,
     steps: int = 50,
     cfg: bool = True,
     json: str | None = None,
@@ -242,14 +242,16 @@ def anatomy(
 
     Args:
         model: "sd14" (SD v1.4's architecture, no weights needed) or a local diffusers folder.
-        height: image height in pixels.
-        width: image width in pixels.
+        height: image height in pixels (default: the size the U-Net was trained at, 512 for SD v1.4).
+        width: image width in pixels (default: as height).
         steps: denoising steps per image.
         cfg: count classifier-free guidance (U-Net batch 2 per step).
         json: if given, write the numbers to this JSON file.
         plot: if given, save a bar chart of FLOPs per component to this PNG file.
     """
     modules, weights = load_components(model)
+    height = height or default_size(modules["unet"], modules["vae"])
+    width = width or default_size(modules["unet"], modules["vae"])
     report = {"model": model, "weights": weights} | measure(modules, height, width, steps, cfg)
     print(format_table(report))
     if json:
@@ -260,6 +262,11 @@ def anatomy(
 
 
 if __name__ == "__main__":
+    import sys
+
     from jsonargparse import auto_cli
 
-    auto_cli(anatomy)
+    try:
+        auto_cli(anatomy)
+    except UserError as err:
+        sys.exit(f"error: {err}")

@@ -84,38 +84,40 @@ def peak_rss_delta(fn) -> int | None:
     return (_proc_status_kib("VmHWM") - before) * 1024
 
 
+def _time_forward(unet: UNet2DConditionModel, repeats: int) -> dict:
+    """Peak memory of a first (warm-up) forward, then the best wall time of `repeats` more."""
+    side = unet.config.sample_size
+    sample = torch.randn(1, unet.config.in_channels, side, side)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim)
+
+    def forward() -> None:
+        with torch.no_grad():
+            unet(sample, 999, encoder_hidden_states=text)
+
+    peak = peak_rss_delta(forward)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward()
+        seconds.append(time.perf_counter() - start)
+    return {"params": count_params(unet), "seconds": min(seconds), "peak_bytes": peak}
+
+
 def measure_forwards(
     configs: list[dict], repeats: int, threads: int | None, seed: int = 0
 ) -> list[dict]:
-    """Build each U-Net with random weights and time one forward on a random sample.
+    """Build each U-Net with random weights and measure one forward on a random sample.
 
-    The first forward measures peak memory (and warms up); then the best of `repeats` timed
-    forwards is kept, the usual estimate on a machine shared with other work. Run the smallest
-    config first: freed memory is reused, so a later, larger run is under-counted by at most the
-    earlier runs' peaks.
+    Best-of-n wall time is the usual estimate on a machine shared with other work. Run the
+    smallest config first: freed memory is reused, so a later, larger run is under-counted by at
+    most the earlier runs' peaks.
     """
     if threads:
         torch.set_num_threads(threads)
     results = []
     for config in configs:
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**config).eval()
-        side = config["sample_size"]
-        sample = torch.randn(1, config["in_channels"], side, side)
-        text = torch.randn(1, 77, config["cross_attention_dim"])
-
-        def forward() -> None:
-            with torch.no_grad():
-                unet(sample, 999, encoder_hidden_states=text)
-
-        peak = peak_rss_delta(forward)
-        seconds = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            forward()
-            seconds.append(time.perf_counter() - start)
-        results.append({"params": count_params(unet), "seconds": min(seconds), "peak_bytes": peak})
-        del unet
+        results.append(_time_forward(UNet2DConditionModel(**config).eval(), repeats))
     return results
 
 
@@ -173,14 +175,18 @@ def format_table(result: dict) -> str:
     ]
     lines = ["| U-Net forward, batch 1 | latent | pixel | pixel / latent |", "|---|---:|---:|---:|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
-    lines += ["", f"Measured: SD v1.4's U-Net block layout with widths {result['block_out_channels']}, "
-              f"{result['heads']} attention head(s), random weights, fp32, CPU, "
-              f"{result['threads']} thread(s); pixel side = latent side × {result['downsample']}."]
+    lines += ["", (
+        f"Measured: SD v1.4's U-Net block layout with widths {result['block_out_channels']}, "
+        f"{result['heads']} attention head(s), random weights, fp32, CPU, {result['threads']} "
+        f"thread(s); pixel side = latent side × {result['downsample']}."
+    )]
     if "sd14" in result:
         sd = result["sd14"]
-        lines += [f"Counted only (meta device): SD v1.4's U-Net, 4×64×64 latent "
-                  f"{sd['latent'] / 1e12:.3f} TFLOP vs 3×512×512 image {sd['pixel'] / 1e12:,.1f} "
-                  f"TFLOP per sample per step: {_ratio(sd['latent'], sd['pixel'])} for 48× fewer values."]
+        lines.append(
+            f"Counted only (meta device): SD v1.4's U-Net, 4×64×64 latent {sd['latent'] / 1e12:.3f}"
+            f" TFLOP vs 3×512×512 image {sd['pixel'] / 1e12:,.1f} TFLOP per sample per step: "
+            f"{_ratio(sd['latent'], sd['pixel'])} for 48× fewer values."
+        )
     return "\n".join(lines)
 
 

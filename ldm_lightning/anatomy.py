@@ -74,11 +74,13 @@ def compression(vae: AutoencoderKL, height: int, width: int) -> float:
     return vae.config.in_channels * height * width / (c * h * w)
 
 
-def unet_step_flops(unet: UNet2DConditionModel, latent_hw: tuple[int, int], batch: int) -> int:
-    """FLOPs of one U-Net call on `batch` latents, conditioned on full-length text embeddings."""
+def unet_step_flops(
+    unet: UNet2DConditionModel, latent_hw: tuple[int, int], batch: int, text_tokens: int = 77
+) -> int:
+    """FLOPs of one U-Net call on `batch` latents, cross-attending to `text_tokens` embeddings."""
     kw = _like(unet)
     sample = torch.zeros(batch, unet.config.in_channels, *latent_hw, **kw)
-    text = torch.zeros(batch, 77, unet.config.cross_attention_dim, **kw)  # CLIP's 77 tokens
+    text = torch.zeros(batch, text_tokens, unet.config.cross_attention_dim, **kw)
     t = torch.full((batch,), 999, device=kw["device"])
     return count_flops(lambda: unet(sample, t, encoder_hidden_states=text))
 
@@ -102,6 +104,11 @@ def text_encoder_flops(text_encoder: CLIPTextModel, batch: int) -> int:
     return count_flops(lambda: text_encoder(ids))
 
 
+def _from_config(cls: type, folder: Path) -> nn.Module:
+    """A diffusers model built from the config.json in `folder` (weights are not read)."""
+    return cls.from_config(cls.load_config(folder))
+
+
 def load_components(model: str) -> tuple[dict[str, nn.Module], str]:
     """Build a model's U-Net, VAE and text encoder on the meta device; say where weights stand.
 
@@ -116,8 +123,8 @@ def load_components(model: str) -> tuple[dict[str, nn.Module], str]:
         raise UserError(f"--model must be 'sd14' or a local diffusers folder, got {model!r}")
     with torch.device("meta"):
         modules: dict[str, nn.Module] = {
-            "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
-            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+            "unet": _from_config(UNet2DConditionModel, root / "unet"),
+            "vae": _from_config(AutoencoderKL, root / "vae"),
             "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
         }
     real = all(
@@ -154,8 +161,8 @@ def measure(
     batch = 2 if cfg else 1
     c, h, w = latent_shape(vae, height, width)
     px, lat = f"{vae.config.in_channels}×{height}×{width}", f"{c}×{h}×{w}"
-    unet_flops = unet_step_flops(unet, (h, w), batch)
-    tokens = text_encoder.config.max_position_embeddings
+    tokens = text_encoder.config.max_position_embeddings  # prompts are padded to it (77 for CLIP)
+    unet_flops = unet_step_flops(unet, (h, w), batch, tokens)
     rows = [
         ComponentStats("VAE encoder", count_params(vae.encoder, vae.quant_conv),
                        f"1×{px} → 1×{lat}", vae_encode_flops(vae, height, width), 0),
@@ -176,11 +183,8 @@ def measure(
 
 def format_table(report: dict) -> str:
     """Render a `measure` report as a markdown table with a few summary lines."""
-    lines = [
-        "| component | params | fp32 MB | fp16 MB | bf16 MB | one call | GFLOP/call | calls/image "
-        "| TFLOP/image |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
-    ]
+    header = "component | params | fp32 MB | fp16 MB | bf16 MB | one call | GFLOP/call | calls"
+    lines = [f"| {header}/image | TFLOP/image |", "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in report["components"]:
         mb = [f"{r['params'] * BYTES_PER_PARAM[k] / 1e6:,.1f}" for k in BYTES_PER_PARAM]
         lines.append(
@@ -197,12 +201,16 @@ def format_table(report: dict) -> str:
     lines += [
         "",
         f"- model: {report['model']}; weights: {report['weights']}",
-        f"- image {report['image_shape']} → latent {c}×{h}×{w}: "
-        + f"{report['compression']:g}× fewer values",
+        (
+            f"- image {report['image_shape']} → latent {c}×{h}×{w}: "
+            f"{report['compression']:g}× compression"
+        ),
         f"- U-Net: {report['unet_flops_per_sample'] / 1e12:.3f} TFLOP per sample per step",
-        f"- one image, {report['steps']} steps {guidance}: "
-        + f"{report['total_flops_per_image'] / 1e12:.2f} TFLOP "
-        + "(FLOPs = 2 × multiply-adds; norms and activations not counted)",
+        (
+            f"- one image, {report['steps']} steps {guidance}: "
+            f"{report['total_flops_per_image'] / 1e12:.2f} TFLOP "
+            "(FLOPs = 2 × multiply-adds; norms and activations not counted)"
+        ),
     ]
     return "\n".join(lines)
 
@@ -242,7 +250,7 @@ def anatomy(
 
     Args:
         model: "sd14" (SD v1.4's architecture, no weights needed) or a local diffusers folder.
-        height: image height in pixels (default: the size the U-Net was trained at, 512 for SD v1.4).
+        height: image height in pixels (default: the U-Net's training size, 512 for SD v1.4).
         width: image width in pixels (default: as height).
         steps: denoising steps per image.
         cfg: count classifier-free guidance (U-Net batch 2 per step).

@@ -1,4 +1,4 @@
-"""Stable Diffusion v1.4's component architectures, written out so they can be built without a download.
+"""Stable Diffusion v1.4's component architectures, written out to build them without a download.
 
 Every value below is copied from the configuration files of the Hugging Face repository
 `CompVis/stable-diffusion-v1-4` (unet/config.json, vae/config.json, text_encoder/config.json,
@@ -19,14 +19,9 @@ SD14_UNET: dict = {
     "sample_size": 64,  # latent side: 512 px / 8
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": (
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "CrossAttnDownBlock2D",
-        "DownBlock2D",
-    ),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     "mid_block_type": "UNetMidBlock2DCrossAttn",
-    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     "block_out_channels": (320, 640, 1280, 1280),
     "layers_per_block": 2,
     "downsample_padding": 1,

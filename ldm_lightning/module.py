@@ -4,15 +4,23 @@ It orchestrates; the math lives in `sampling.py` (generation), `training.py` (th
 `clip_score.py` (the metric).
 """
 
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from diffusers import DDPMScheduler
 from lightning import LightningModule
 
-from ldm_lightning.components import SD14, load_components, vae_scale_factor
+from ldm_lightning.clip_score import DEFAULT_CLIP, load_clip, score_images
+from ldm_lightning.components import load_components, resolve, vae_scale_factor
 from ldm_lightning.errors import UserError
 from ldm_lightning.sampling import Samples, generate
 from ldm_lightning.schedulers import SchedulerName, build_scheduler, check_scheduler_name
+from ldm_lightning.training import diffusion_loss, encode_images
 
 DEFAULT_MODEL = "tiny-shapes"
 
@@ -36,6 +44,7 @@ class LatentDiffusionModule(LightningModule):
         learning_rate: float = 1e-3,
         warmup_steps: int = 100,
         snr_gamma: float | None = 5.0,
+        clip_model_name_or_path: str | None = None,
     ):
         """
         Args:
@@ -57,6 +66,8 @@ class LatentDiffusionModule(LightningModule):
             learning_rate: peak AdamW learning rate for `fit` (U-Net only).
             warmup_steps: linear warm-up steps before cosine decay, for `fit`.
             snr_gamma: min-SNR loss weighting gamma (Hang et al. 2023) for `fit`; null for plain MSE.
+            clip_model_name_or_path: CLIP that scores images in `test` (hub id or folder). Default:
+                the embedded "tiny-clip" for the embedded model, else openai/clip-vit-large-patch14.
         """
         super().__init__()
         check_scheduler_name(scheduler)
@@ -99,9 +110,16 @@ class LatentDiffusionModule(LightningModule):
             "width": self.width,
         }
 
+    @property
+    def clip_name(self) -> str:
+        """The CLIP that scores `test` images."""
+        if self.hparams.clip_model_name_or_path:
+            return self.hparams.clip_model_name_or_path
+        return "tiny-clip" if self.hparams.pretrained_model_name_or_path == DEFAULT_MODEL else DEFAULT_CLIP
+
     def extra_settings(self, stage: str) -> dict[str, Any]:
         """Settings that change a stage's results beyond the pixels (the scoring CLIP for `test`)."""
-        return {}
+        return {"clip_model": self.clip_name} if stage == "test" else {}
 
     def _decode_fp32(self) -> bool:
         mode = self.hparams.decode_fp32
@@ -130,6 +148,86 @@ class LatentDiffusionModule(LightningModule):
         samples = self.sample(batch)
         return rows_of(batch, samples)
 
+    # ----- training (fit): the U-Net only; VAE and text encoder stay frozen -----
+
+    # ----- evaluation (test): the same samples, scored by CLIP -----
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        samples = self.sample(batch)
+        rows = rows_of(batch, samples)
+        pixels = (samples.images * 255).round().to(torch.uint8)
+        scores = score_images(pixels, batch["prompt"], self.clip)
+        for row, score in zip(rows, scores):
+            # Broken samples are flagged and left out of the mean (counted in the summary).
+            row["clip_score"] = score if row["finite"] and not row["black"] else None
+        seconds = (time.perf_counter() - start) / len(rows)
+        metrics = {
+            "test/seconds_per_image": seconds,
+            "test/steps_per_second": self.hparams.num_inference_steps / seconds,
+            "test/peak_memory_mb": peak_memory_mb(self.device),
+        }
+        # Per-rank, per-step values: no sync_dist here (it deadlocks when ranks run different
+        # numbers of steps); the exact mean is reduced once, at epoch end, from every rank's rows.
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rows))
+        return rows
+
+    def setup(self, stage: str) -> None:
+        if stage == "test":
+            self.clip = load_clip(self.clip_name)
+        if stage == "fit":
+            self.unet.requires_grad_(True)
+            # The forward process uses the checkpoint's own noise schedule (betas).
+            self.noise_schedule = DDPMScheduler.from_config(self.parts.scheduler_config)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        latents = batch.get("latents")
+        if latents is None:
+            with torch.no_grad():
+                latents = encode_images(self.vae, batch["pixel_values"])
+        loss = diffusion_loss(
+            self.unet, self.text_encoder, self.tokenizer, self.noise_schedule, latents, batch["prompt"],
+            self.hparams.snr_gamma,
+        )
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=hp.learning_rate, weight_decay=1e-2)
+        total = max(self.trainer.estimated_stepping_batches, hp.warmup_steps + 1)
+
+        def warmup_cosine(step: int) -> float:
+            if step < hp.warmup_steps:
+                return (step + 1) / hp.warmup_steps
+            progress = (step - hp.warmup_steps) / max(1, total - hp.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only the trained U-Net: the frozen parts come from the pretrained model again.
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if not k.startswith("unet.")]:
+            del state[key]
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """The model as a diffusers folder: the (trained) U-Net with the other components copied."""
+        folder = Path(folder)
+        source = Path(resolve(self.hparams.pretrained_model_name_or_path))
+        if source.is_dir():
+            shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
+        self.unet.save_pretrained(folder / "unet")
+        return folder
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA's max allocated on a GPU, else the process's max resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
 
 def rows_of(batch: dict[str, Any], samples: Samples) -> list[dict[str, Any]]:
     """One dict per image: the prompt row, the uint8 HWC image and its health flags."""
@@ -150,5 +248,3 @@ def rows_of(batch: dict[str, Any], samples: Samples) -> list[dict[str, Any]]:
         for i in range(len(batch["prompt"]))
     ]
 
-
-__all__ = ["LatentDiffusionModule", "DEFAULT_MODEL", "SD14"]

@@ -48,7 +48,7 @@ def sd_layout_unet(widths: tuple[int, ...], heads: int = 8, cross_attention_dim:
 
 
 def pixel_twin(config: dict, image_channels: int = 3, downsample: int = 8) -> dict:
-    """The same U-Net made to denoise images: `image_channels` in and out, a side `downsample`× larger."""
+    """The same U-Net made for images: `image_channels` in and out, sides `downsample`× larger."""
     return config | {
         "in_channels": image_channels,
         "out_channels": image_channels,
@@ -134,9 +134,10 @@ def compare(
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         runs = pool.submit(measure_forwards, [config, pixel], repeats, threads).result()
     sizes = {"latent": config, "pixel": pixel}
-    out = {"downsample": downsample, "repeats": repeats, "block_out_channels": list(config["block_out_channels"]),
-           "heads": config["attention_head_dim"], "threads": threads or torch.get_num_threads()}
-    for (name, cfg), run in zip(sizes.items(), runs):
+    out = {"downsample": downsample, "repeats": repeats, "heads": config["attention_head_dim"],
+           "block_out_channels": list(config["block_out_channels"]),
+           "threads": threads or torch.get_num_threads()}
+    for (name, cfg), run in zip(sizes.items(), runs, strict=True):
         side = cfg["sample_size"]
         out[name] = run | {"shape": [cfg["in_channels"], side, side],
                            "flops": count_unet_flops(cfg, side)}

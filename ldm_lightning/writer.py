@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
+from ldm_lightning.results import summarize
 from ldm_lightning.outputs import (
     MANIFEST,
     RUN_FILE,
@@ -25,6 +26,8 @@ from ldm_lightning.outputs import (
 )
 
 GRID = "grid.png"
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
 MAX_GRID_IMAGES = 64
 
 
@@ -59,7 +62,7 @@ class ImageWriter(BasePredictionWriter):
 
     def done_file(self, stage: str) -> Path:
         """The file whose rows mark a sample finished: the manifest, or the scores when testing."""
-        return self.run_dir / ("results.jsonl" if stage == "test" else MANIFEST)
+        return self.run_dir / (RESULTS if stage == "test" else MANIFEST)
 
     def manifest_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """The JSON row of one image: prompt row, file name, settings and health flags."""
@@ -93,6 +96,48 @@ class ImageWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.finish(trainer)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.write_rows(outputs, extra_file=self.run_dir / RESULTS)
+        if trainer.is_global_zero:
+            log_batch(trainer, outputs, batch_idx)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Every rank's rows are on disk after the barrier: reduce once, from the file, which also
+        # holds the rows of an earlier, interrupted run of the same settings.
+        trainer.strategy.barrier("ldm_lightning.writer.summary")
+        summary = None
+        if trainer.is_global_zero:
+            rows = finished(self.run_dir, read_jsonl(self.run_dir / RESULTS))
+            rewrite_sorted(self.run_dir / RESULTS, rows)
+            summary = {**summarize(list(rows.values())), "settings": self.settings}
+            atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
+        summary = trainer.strategy.broadcast(summary, src=0)
+        pl_module.log("clip_score", summary["clip_score_mean"], rank_zero_only=False)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(flat_settings(self.settings), metrics={"hp/clip_score": summary["clip_score_mean"]})
+        if summary["n_truncated"]:
+            rank_zero_info(f"{summary['n_truncated']} prompts were longer than the tokenizer limit and were truncated.")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.finish(trainer)
+
+
+def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as TensorBoard hparams accept them (no None)."""
+    return {k: ("none" if v is None else v) for k, v in settings.items()}
+
+
+def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> None:
+    """One batch's images and prompts (with scores) in TensorBoard."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            images = np.stack([r["pixels"] for r in rows])
+            logger.experiment.add_images("test/batch", images, global_step=batch_idx, dataformats="NHWC")
+            lines = [f"{r['index']}. {r['prompt']} (CLIPScore {r.get('clip_score')})" for r in rows]
+            logger.experiment.add_text("test/batch_prompts", "  \n".join(lines), global_step=batch_idx)
 
 
 def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
 from ldm_lightning.recipes.tokenizer import build_tokenizer
-from ldm_lightning.shapes import Shape, ShapesDataset, caption, combos, matches, render, shape_at, to_tensor
+from ldm_lightning.shapes import Shape, ShapesDataset, caption, combos, parse_caption, render, shape_at, to_tensor
 
 # OpenAI CLIP's normalisation, so the saved CLIPImageProcessor is the stock one.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -61,7 +61,9 @@ def contrastive_loss(logits: torch.Tensor, prompts: list[str], shapes: list[Shap
     "a circle" describes every circle in the batch; treating those as negatives (plain CLIP loss)
     would push apart pairs that are in fact correct.
     """
-    target = torch.tensor([[float(matches(p, s)) for p in prompts] for s in shapes])  # image × text
+    named = [parse_caption(p) for p in prompts]
+    target = torch.tensor([[float(all(getattr(s, k) == v for k, v in n.items())) for n in named]
+                           for s in shapes])  # image × text; same rule as shapes.matches
     image_loss = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
     text_loss = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, 0)).sum(0).mean()
     return (image_loss + text_loss) / 2

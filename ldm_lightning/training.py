@@ -1,0 +1,47 @@
+"""The latent diffusion training objective (Rombach et al. 2022, eq. 2): predict the noise added to VAE latents."""
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+
+from ldm_lightning.sampling import encode_text, tokenize
+
+
+def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [-1, 1] -> latents scaled by the VAE's own factor (a sample of the posterior)."""
+    posterior = vae.encode(pixel_values.to(vae.dtype)).latent_dist
+    return posterior.sample(generator) * vae.config.scaling_factor
+
+
+def min_snr_weights(noise_schedule: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample loss weights min(SNR, γ)/SNR for ε-prediction (Hang et al. 2023, eq. 6)."""
+    alphas = noise_schedule.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def diffusion_loss(
+    unet,
+    text_encoder,
+    tokenizer,
+    noise_schedule: DDPMScheduler,
+    latents: torch.Tensor,
+    prompts: list[str],
+    snr_gamma: float | None = None,
+) -> torch.Tensor:
+    """MSE between the U-Net's estimate and the true noise (or velocity) at uniformly drawn timesteps."""
+    with torch.no_grad():
+        cond = encode_text(text_encoder, tokenize(tokenizer, prompts)[0])
+    noise = torch.randn_like(latents)
+    steps = noise_schedule.config.num_train_timesteps
+    timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
+    noisy = noise_schedule.add_noise(latents, noise, timesteps)
+    if noise_schedule.config.prediction_type == "v_prediction":
+        target = noise_schedule.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    pred = unet(noisy, timesteps, encoder_hidden_states=cond, return_dict=False)[0]
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if snr_gamma is not None:
+        per_sample = per_sample * min_snr_weights(noise_schedule, timesteps, snr_gamma)
+    return per_sample.mean()

@@ -26,3 +26,11 @@ def tiny_module(tiny_model):
     from ldm_lightning.module import LatentDiffusionModule
 
     return LatentDiffusionModule(tiny_model, num_inference_steps=4, height=32, width=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> str:
+    """Path of a tiny random CLIP folder (model, tokenizer, image processor)."""
+    from ldm_lightning.tiny import build_tiny_clip
+
+    return str(build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip"))

@@ -1,0 +1,123 @@
+"""`test`: per-sample CLIPScore equal to torchmetrics' on the saved PNGs, exactly once under DDP, resumable."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchmetrics.functional.multimodal import clip_score
+from transformers import AutoProcessor, CLIPModel
+
+from helpers import manifest, run_cli, run_cli_subprocess
+
+PROMPTS = '["a red circle", "a blue square", "a green star", "a red cross", "' + "a long prompt " * 30 + '"]'
+
+
+def eval_args(model: str, clip: str, out: Path, *extra: str) -> list[str]:
+    return [
+        "test",
+        f"--model.pretrained_model_name_or_path={model}",
+        f"--model.clip_model_name_or_path={clip}",
+        "--model.num_inference_steps=3",
+        "--model.height=32",
+        "--model.width=32",
+        f"--data.prompts={PROMPTS}",
+        "--data.batch_size=2",
+        f"--output_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+class _TensorFeatures(torch.nn.Module):
+    """Independent of the package's adapter: transformers 5 returns output objects, torchmetrics wants tensors."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def get_image_features(self, pixel_values):
+        return self.model.get_image_features(pixel_values=pixel_values).pooler_output
+
+    def get_text_features(self, input_ids, attention_mask):
+        return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
+
+def test_scores_equal_torchmetrics_on_the_saved_pngs(tiny_model, tiny_clip, tmp_path):
+    assert run_cli(eval_args(tiny_model, tiny_clip, tmp_path / "run"))[0] == 0
+    rows = manifest(tmp_path / "run", "results.jsonl")
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    model = _TensorFeatures(CLIPModel.from_pretrained(tiny_clip))
+    processor = AutoProcessor.from_pretrained(tiny_clip)
+    for r in rows[:4]:  # short prompts: no truncation question
+        png = torch.from_numpy(np.asarray(Image.open(tmp_path / "run" / r["image"]).convert("RGB"))).permute(2, 0, 1)
+        with torch.no_grad():
+            expected = float(clip_score(png, r["prompt"], model_name_or_path=lambda: (model, processor)))
+        assert abs(r["clip_score"] - expected) <= 1e-3
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["n"] == 5 and summary["n_truncated"] == 1
+    assert abs(summary["clip_score_mean"] - np.mean([r["clip_score"] for r in rows])) <= 1e-6
+    assert rows[4]["truncated"] and not rows[0]["truncated"]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_long_prompt_truncation_keeps_the_end_token(tiny_model):
+    from ldm_lightning.components import load_components
+    from ldm_lightning.sampling import tokenize
+
+    tokenizer = load_components(tiny_model).tokenizer
+    ids, lengths, truncated = tokenize(tokenizer, ["word " * 100, "short"])
+    assert ids.shape[1] == tokenizer.model_max_length
+    assert ids[0, -1].item() == tokenizer.eos_token_id and ids[0, 0].item() == tokenizer.bos_token_id
+    assert truncated.tolist() == [True, False] and lengths[0] > tokenizer.model_max_length
+
+
+def test_two_processes_score_each_prompt_once_like_one(tiny_model, tiny_clip, tmp_path):
+    one = run_cli_subprocess(eval_args(tiny_model, tiny_clip, tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run_cli_subprocess(eval_args(tiny_model, tiny_clip, tmp_path / "two", "--config=configs/devices/ddp-cpu-2.yaml"))
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = manifest(tmp_path / "one", "results.jsonl"), manifest(tmp_path / "two", "results.jsonl")
+    assert [r["index"] for r in b] == [0, 1, 2, 3, 4]  # 5 prompts, 2 ranks: no padded duplicate
+    for x, y in zip(a, b):
+        assert x["prompt"] == y["prompt"] and abs(x["clip_score"] - y["clip_score"]) <= 1e-3
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s1["n"] == s2["n"] == 5
+    assert abs(s1["clip_score_mean"] - s2["clip_score_mean"]) <= 1e-3
+
+
+def test_killed_run_resumes_to_exactly_one_row_per_sample(tiny_model, tiny_clip, tmp_path):
+    out = tmp_path / "run"
+    prompts = json.dumps([f"prompt number {i}" for i in range(8)])
+    args = eval_args(tiny_model, tiny_clip, out, "--data.batch_size=1", "--model.num_inference_steps=20")
+    args[args.index(f"--data.prompts={PROMPTS}")] = f"--data.prompts={prompts}"
+    cmd = [sys.executable, "-m", "ldm_lightning", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_lines(out / "results.jsonl")) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(_lines(out / "results.jsonl"))
+    assert 2 <= done_before < 8, "the run should have been killed mid-way"
+    resumed = run_cli_subprocess(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"Resuming {out}" in resumed.stderr
+    rows = manifest(out, "results.jsonl")
+    assert [r["index"] for r in rows] == list(range(8))
+    for r in rows:
+        Image.open(out / r["image"]).load()
+    assert not list(out.glob(".*.tmp"))  # no half-written files left behind
+    assert len(list(out.glob("0*.png"))) == 8
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

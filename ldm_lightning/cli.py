@@ -12,6 +12,7 @@ from lightning import LightningDataModule
 
 from ldm_lightning.data import PromptDataModule
 from ldm_lightning.errors import UserError
+from ldm_lightning.export import ExportDiffusers
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.outputs import choose_run_dir, fingerprint
 from ldm_lightning.writer import ImageWriter
@@ -46,7 +47,10 @@ class LdmCLI(LightningCLI):
             trainer.callbacks.append(ImageWriter(run_dir, settings, run_fingerprint))
             return trainer
         kwargs["default_root_dir"] = base
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "fit":
+            trainer.callbacks.append(ExportDiffusers())
+        return trainer
 
 
 def main(args: list[str] | None = None) -> None:

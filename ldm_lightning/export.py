@@ -1,0 +1,15 @@
+"""After `fit`: the trained model as a complete diffusers folder, loadable by `predict`, `test` and diffusers."""
+
+from pathlib import Path
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class ExportDiffusers(Callback):
+    """Write `<log_dir>/model/` (trained U-Net + the frozen parts it was trained with) when fit ends."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.is_global_zero:
+            folder = pl_module.save_pretrained(Path(trainer.log_dir or trainer.default_root_dir) / "model")
+            rank_zero_info(f"trained model saved as a diffusers folder: {folder}")

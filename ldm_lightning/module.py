@@ -158,14 +158,17 @@ class LatentDiffusionModule(LightningModule):
         rows = rows_of(batch, samples)
         pixels = (samples.images * 255).round().to(torch.uint8)
         scores = score_images(pixels, batch["prompt"], self.clip)
+        seconds = (time.perf_counter() - start) / len(rows)
+        memory = peak_memory_mb(self.device)
         for row, score in zip(rows, scores):
             # Broken samples are flagged and left out of the mean (counted in the summary).
             row["clip_score"] = score if row["finite"] and not row["black"] else None
-        seconds = (time.perf_counter() - start) / len(rows)
+            row["seconds"] = seconds  # the batch's wall time (sampling + scoring) per image
+            row["peak_memory_mb"] = memory
         metrics = {
             "test/seconds_per_image": seconds,
             "test/steps_per_second": self.hparams.num_inference_steps / seconds,
-            "test/peak_memory_mb": peak_memory_mb(self.device),
+            "test/peak_memory_mb": memory,
         }
         # Per-rank, per-step values: no sync_dist here (it deadlocks when ranks run different
         # numbers of steps); the exact mean is reduced once, at epoch end, from every rank's rows.

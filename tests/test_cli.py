@@ -85,7 +85,8 @@ def test_two_ddp_processes_equal_one(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_every_config_parses(config, capsys):
-    code, _ = run_cli(["predict", f"--config={config}", "--print_config"])
+    subcommand = "fit" if config.parent.name == "fit" else "predict"
+    code, _ = run_cli([subcommand, f"--config={config}", "--print_config"])
     assert code == 0
     assert "pretrained_model_name_or_path" in capsys.readouterr().out
 

@@ -1,0 +1,160 @@
+"""Sweeps: one `test` run per setting (guidance × scheduler × steps × precision), then a table and a plot.
+
+    python -m ldm_lightning.sweep --guidance 1 2 3 5 7.5 --schedulers ddim dpmpp_2m_karras \\
+        --out outputs/sweep -- --config configs/tiny-shapes.yaml
+
+Arguments after `--` go to every `test` run. Each run is an ordinary, resumable `test` run in its own
+folder; `--reference SCHEDULER:STEPS[:PRECISION]` adds one more run and reports each run's pixel
+distance to it (e.g. `ddim:200` for a many-step reference, or `ddim:25:32-true` for precision).
+Writes `sweep.csv`, `sweep.md`, `clip_vs_guidance.png`, `grid.png` (rows: schedulers, columns: the
+other settings; the first prompt's image) and logs table and plot to TensorBoard.
+"""
+
+import argparse
+import csv
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ldm_lightning.cli import main as cli_main
+from ldm_lightning.outputs import read_jsonl
+
+
+def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: str, passthrough: list[str]) -> Path:
+    """One `test` run; returns its folder (the CLI may pick `<out>-N` for a changed config)."""
+    args = ["test", *passthrough, f"--model.scheduler={scheduler}", f"--model.num_inference_steps={steps}",
+            f"--model.guidance_scale={guidance}", f"--trainer.precision={precision}", f"--output_dir={out}"]
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given both
+    try:
+        cli_main(args)
+    except SystemExit as exit_:
+        if exit_.code:
+            raise
+    finally:
+        sys.argv = argv
+    candidates = [out] + sorted(out.parent.glob(f"{out.name}-*"))
+    for folder in reversed(candidates):  # the newest folder holding a finished summary of this setting
+        summary = folder / "summary.json"
+        if summary.is_file():
+            settings = json.loads(summary.read_text())["settings"]
+            if (settings["scheduler"], settings["num_inference_steps"], settings["guidance_scale"],
+                    settings["precision"]) == (scheduler, steps, guidance, precision):
+                return folder
+    raise RuntimeError(f"no summary for {scheduler}/{steps}/{guidance}/{precision} under {out}")
+
+
+def images_of(folder: Path) -> dict[int, np.ndarray]:
+    """The run's images by prompt index, as float arrays in [0, 1]."""
+    rows = read_jsonl(folder / "results.jsonl")
+    return {r["index"]: np.asarray(Image.open(folder / r["image"]).convert("RGB"), dtype=np.float64) / 255 for r in rows}
+
+
+def distance(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> tuple[float, float]:
+    """Max abs pixel difference and PSNR (dB) over the images both runs share."""
+    keys = sorted(set(a) & set(b))
+    diff = np.stack([a[k] - b[k] for k in keys])
+    mse = float((diff**2).mean())
+    return float(np.abs(diff).max()), (math.inf if mse == 0 else 10 * math.log10(1 / mse))
+
+
+def plot(rows: list[dict], path: Path):
+    """CLIPScore against guidance scale, one line per scheduler/steps/precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    key = lambda r: (r["scheduler"], r["steps"], r["precision"])  # noqa: E731
+    for (scheduler, steps, precision), group in itertools.groupby(sorted(rows, key=key), key=key):
+        group = sorted(group, key=lambda r: r["guidance_scale"])
+        x = [r["guidance_scale"] for r in group]
+        ax.errorbar(x, [r["clip_score"] for r in group], marker="o", capsize=3,
+                    yerr=np.array([[r["clip_score"] - r["ci_low"], r["ci_high"] - r["clip_score"]] for r in group]).T,
+                    label=f"{scheduler}, {steps} steps, {precision}")
+    ax.set_xlabel("guidance scale")
+    ax.set_ylabel("CLIPScore (mean, 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def grid(rows: list[dict], path: Path) -> None:
+    """First prompt's image of every run: one row per scheduler."""
+    schedulers = list(dict.fromkeys(r["scheduler"] for r in rows))
+    by_row = [[r for r in rows if r["scheduler"] == s] for s in schedulers]
+    cols = max(len(g) for g in by_row)
+    first = [[Image.open(Path(r["folder"]) / read_jsonl(Path(r["folder"]) / "results.jsonl")[0]["image"]) for r in g]
+             for g in by_row]
+    w, h = first[0][0].size
+    canvas = Image.new("RGB", (cols * w, len(schedulers) * h))
+    for i, g in enumerate(first):
+        for j, im in enumerate(g):
+            canvas.paste(im.convert("RGB"), (j * w, i * h))
+    canvas.save(path)
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    """`sweep.csv` and `sweep.md` with one line per run."""
+    fields = [k for k in rows[0] if k != "folder"] + ["folder"]
+    with open(out / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(fmt(r[k]) for k in fields) + " |" for r in rows]
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description="Sweep `test` over settings; table, plot and grid.")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0, 7.5])
+    parser.add_argument("--schedulers", nargs="+", default=["ddim"])
+    parser.add_argument("--steps", type=int, nargs="+", default=[25])
+    parser.add_argument("--precisions", nargs="+", default=["32-true"])
+    parser.add_argument("--reference", default=None, help="SCHEDULER:STEPS[:PRECISION] run to measure distances to")
+    parser.add_argument("--out", type=Path, default=Path("outputs/sweep"))
+    args, passthrough = parser.parse_known_args(argv)
+    passthrough = [a for a in passthrough if a != "--"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    references = {}  # guidance scale -> the reference run's images at that scale
+    if args.reference:
+        scheduler, steps, *precision = args.reference.split(":")
+        for guidance in args.guidance:
+            folder = run_test(args.out / f"reference-{scheduler}-{steps}-g{guidance:g}", scheduler, int(steps),
+                              guidance, precision[0] if precision else args.precisions[0], passthrough)
+            references[guidance] = images_of(folder)
+    rows = []
+    for scheduler, steps, guidance, precision in itertools.product(args.schedulers, args.steps, args.guidance, args.precisions):
+        folder = run_test(args.out / f"{scheduler}-{steps}-g{guidance:g}-{precision}", scheduler, steps, guidance,
+                          precision, passthrough)
+        summary = json.loads((folder / "summary.json").read_text())
+        row = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance, "precision": precision,
+               "clip_score": summary["clip_score_mean"], "ci_low": summary["clip_score_ci95"][0],
+               "ci_high": summary["clip_score_ci95"][1], "n": summary["n"],
+               "seconds_per_image": summary["seconds_per_image"], "peak_memory_mb": summary["peak_memory_mb"]}
+        if references:
+            row["max_abs_diff_to_ref"], row["psnr_to_ref_db"] = distance(images_of(folder), references[guidance])
+        rows.append({**row, "folder": str(folder)})
+    write_table(rows, args.out)
+    figure = plot(rows, args.out / "clip_vs_guidance.png")
+    grid(rows, args.out / "grid.png")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(args.out / "tensorboard")) as tb:
+        tb.add_figure("sweep/clip_vs_guidance", figure)
+        tb.add_text("sweep/table", (args.out / "sweep.md").read_text())
+    print((args.out / "sweep.md").read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -32,6 +32,16 @@ class LdmCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs):
+        trainer = self._instantiate(**kwargs)
+        start = getattr(trainer.strategy, "_start_method", "popen")
+        if start != "popen" and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
+            raise UserError(
+                f"trainer.strategy: ddp_{start} on CPU shares metric state between ranks and loses "
+                "predictions; use `--trainer.strategy ddp` (or --config configs/devices/ddp-cpu-2.yaml)"
+            )
+        return trainer
+
+    def _instantiate(self, **kwargs):
         config = self.config_init[self.subcommand]
         base = config.get("output_dir") or f"outputs/{self.subcommand}"
         if self.subcommand in ("predict", "test") and isinstance(self.datamodule, PromptDataModule):

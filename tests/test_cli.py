@@ -105,6 +105,7 @@ def test_help(capsys):
         (["--data.prompts=missing.txt"], "data.prompts: no prompt file at 'missing.txt'"),
         (["--model.pretrained_model_name_or_path=/nowhere/sd"], "no folder at '/nowhere/sd'"),
         (["--model.scheduler=magic"], "dpmpp_2m_karras"),
+        (["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"], "use `--trainer.strategy ddp`"),
     ],
 )
 def test_bad_input_gives_one_clear_message(tiny_model, tmp_path, capsys, args, message):

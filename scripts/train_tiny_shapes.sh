@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Retrain the embedded tiny-shapes model from scratch on 2 CPU cores, with fixed seeds:
+# tokenizer + tiny CLIP (contrastive), VAE, then the U-Net with `python -m ldm_lightning fit`.
+# Usage: scripts/train_tiny_shapes.sh [BUILD_DIR] [--install]   (--install copies the result into the package)
+set -euo pipefail
+BUILD=${1:-build/tiny-shapes}
+CLIP_STEPS=${CLIP_STEPS:-820}
+VAE_STEPS=${VAE_STEPS:-550}
+UNET_STEPS=${UNET_STEPS:-2400}
+mkdir -p "$BUILD"
+t0=$(date +%s)
+python -m ldm_lightning.recipes.clip --out "$BUILD/clip" --steps "$CLIP_STEPS" --seed 0
+python -m ldm_lightning.recipes.vae --out "$BUILD/vae" --steps "$VAE_STEPS" --seed 0
+python -m ldm_lightning.recipes.assemble --clip "$BUILD/clip" --vae "$BUILD/vae" --out "$BUILD/init" --seed 0
+python -m ldm_lightning fit --config configs/fit/tiny-shapes.yaml \
+    --model.pretrained_model_name_or_path "$BUILD/init" --data.init_args.vae_from "$BUILD/init" \
+    --trainer.max_steps "$UNET_STEPS" --output_dir "$BUILD/fit"
+MODEL=$(ls -d "$BUILD"/fit/lightning_logs/version_*/model | tail -1)
+echo "trained model: $MODEL ($(( $(date +%s) - t0 )) s in all)"
+if [[ "${2:-}" == "--install" ]]; then
+    rm -rf ldm_lightning/assets/tiny-shapes ldm_lightning/assets/tiny-clip
+    cp -r "$MODEL" ldm_lightning/assets/tiny-shapes
+    # The U-Net is stored in fp16 to keep the package small (pixels move by < 1e-3); it loads as fp32.
+    python -c "import sys; from diffusers import UNet2DConditionModel as U; U.from_pretrained(sys.argv[1], subfolder='unet').half().save_pretrained(sys.argv[2])" \
+        "$MODEL" ldm_lightning/assets/tiny-shapes/unet
+    cp -r "$BUILD/clip" ldm_lightning/assets/tiny-clip
+    echo "installed into ldm_lightning/assets/"
+fi

@@ -6,9 +6,9 @@ Model keys are `model.*`, data keys `data.*`, precision/devices/strategy/logger 
 
 import sys
 
+from lightning import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning import LightningDataModule
 
 from ldm_lightning.data import PromptDataModule
 from ldm_lightning.errors import UserError

@@ -68,11 +68,12 @@ def load_clip(name_or_path: str) -> tuple[FeatureCLIP, TruncatingProcessor]:
     return FeatureCLIP(model), TruncatingProcessor(processor, model.config.text_config.max_position_embeddings)
 
 
-def score_images(images: torch.Tensor, prompts: list[str], clip: tuple[FeatureCLIP, TruncatingProcessor]) -> list[float]:
+def score_images(
+    images: torch.Tensor, prompts: list[str], clip: tuple[FeatureCLIP, TruncatingProcessor]
+) -> list[float]:
     """CLIPScore of each uint8 (B, 3, H, W) image against its prompt, one torchmetrics call per image."""
     if images.dtype != torch.uint8:
         # torchmetrics rescales float input as if it were 0..255 (a score of 0.40 instead of 10.04).
         raise TypeError("score_images expects uint8 images in 0..255")
     with torch.no_grad():  # the functional metric keeps autograd alive otherwise
         return [float(clip_score(img, text, model_name_or_path=lambda: clip)) for img, text in zip(images, prompts)]
-

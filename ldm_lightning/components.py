@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers import PNDMScheduler
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
 from ldm_lightning.errors import UserError
@@ -64,9 +63,7 @@ def load_components(
     """
     root = resolve(name_or_path)
     if _looks_like_path(root) and not Path(root).expanduser().is_dir():
-        raise UserError(
-            f"model.pretrained_model_name_or_path: no folder at {root!r}.\n" + HOW_TO_GET_WEIGHTS
-        )
+        raise UserError(f"model.pretrained_model_name_or_path: no folder at {root!r}.\n" + HOW_TO_GET_WEIGHTS)
     root = str(Path(root).expanduser()) if _looks_like_path(root) else root
     hub = {"revision": revision}
     weights = {**hub, "variant": variant, "use_safetensors": None if allow_pickle else True}
@@ -80,8 +77,7 @@ def load_components(
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         pickle_hint = (
-            "\nIf the folder holds only .bin weights, pass --model.allow_pickle true "
-            "(only for files you trust)."
+            "\nIf the folder holds only .bin weights, pass --model.allow_pickle true (only for files you trust)."
             if not allow_pickle
             else ""
         )

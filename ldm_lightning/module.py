@@ -1,4 +1,4 @@
-"""The LightningModule: frozen SD v1 components, sampling in `predict_step`/`test_step`, the LDM loss in `training_step`.
+"""The LightningModule: frozen SD v1 parts; sampling in `predict_step`/`test_step`; the LDM loss in `training_step`.
 
 It orchestrates; the math lives in `sampling.py` (generation), `training.py` (the loss) and
 `clip_score.py` (the metric).
@@ -199,7 +199,12 @@ class LatentDiffusionModule(LightningModule):
             with torch.no_grad():
                 latents = encode_images(self.vae, batch["pixel_values"])
         loss = diffusion_loss(
-            self.unet, self.text_encoder, self.tokenizer, self.noise_schedule, latents, batch["prompt"],
+            self.unet,
+            self.text_encoder,
+            self.tokenizer,
+            self.noise_schedule,
+            latents,
+            batch["prompt"],
             self.hparams.snr_gamma,
         )
         self.log("train/loss", loss, prog_bar=True)
@@ -260,4 +265,3 @@ def rows_of(batch: dict[str, Any], samples: Samples) -> list[dict[str, Any]]:
         }
         for i in range(len(batch["prompt"]))
     ]
-

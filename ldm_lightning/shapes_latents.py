@@ -84,5 +84,6 @@ class ShapesLatentDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(self.items, batch_size=self.hparams.batch_size, shuffle=True, generator=generator,
-                          drop_last=True)
+        return DataLoader(
+            self.items, batch_size=self.hparams.batch_size, shuffle=True, generator=generator, drop_last=True
+        )

@@ -27,8 +27,15 @@ from ldm_lightning.outputs import read_jsonl
 
 def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: str, passthrough: list[str]) -> Path:
     """One `test` run; returns its folder (the CLI may pick `<out>-N` for a changed config)."""
-    args = ["test", *passthrough, f"--model.scheduler={scheduler}", f"--model.num_inference_steps={steps}",
-            f"--model.guidance_scale={guidance}", f"--trainer.precision={precision}", f"--output_dir={out}"]
+    args = [
+        "test",
+        *passthrough,
+        f"--model.scheduler={scheduler}",
+        f"--model.num_inference_steps={steps}",
+        f"--model.guidance_scale={guidance}",
+        f"--trainer.precision={precision}",
+        f"--output_dir={out}",
+    ]
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given both
     try:
         cli_main(args)
@@ -42,8 +49,12 @@ def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: 
         summary = folder / "summary.json"
         if summary.is_file():
             settings = json.loads(summary.read_text())["settings"]
-            if (settings["scheduler"], settings["num_inference_steps"], settings["guidance_scale"],
-                    settings["precision"]) == (scheduler, steps, guidance, precision):
+            if (
+                settings["scheduler"],
+                settings["num_inference_steps"],
+                settings["guidance_scale"],
+                settings["precision"],
+            ) == (scheduler, steps, guidance, precision):
                 return folder
     raise RuntimeError(f"no summary for {scheduler}/{steps}/{guidance}/{precision} under {out}")
 
@@ -51,7 +62,9 @@ def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: 
 def images_of(folder: Path) -> dict[int, np.ndarray]:
     """The run's images by prompt index, as float arrays in [0, 1]."""
     rows = read_jsonl(folder / "results.jsonl")
-    return {r["index"]: np.asarray(Image.open(folder / r["image"]).convert("RGB"), dtype=np.float64) / 255 for r in rows}
+    return {
+        r["index"]: np.asarray(Image.open(folder / r["image"]).convert("RGB"), dtype=np.float64) / 255 for r in rows
+    }
 
 
 def distance(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> tuple[float, float]:
@@ -74,9 +87,14 @@ def plot(rows: list[dict], path: Path):
     for (scheduler, steps, precision), group in itertools.groupby(sorted(rows, key=key), key=key):
         group = sorted(group, key=lambda r: r["guidance_scale"])
         x = [r["guidance_scale"] for r in group]
-        ax.errorbar(x, [r["clip_score"] for r in group], marker="o", capsize=3,
-                    yerr=np.array([[r["clip_score"] - r["ci_low"], r["ci_high"] - r["clip_score"]] for r in group]).T,
-                    label=f"{scheduler}, {steps} steps, {precision}")
+        ax.errorbar(
+            x,
+            [r["clip_score"] for r in group],
+            marker="o",
+            capsize=3,
+            yerr=np.array([[r["clip_score"] - r["ci_low"], r["ci_high"] - r["clip_score"]] for r in group]).T,
+            label=f"{scheduler}, {steps} steps, {precision}",
+        )
     ax.set_xlabel("guidance scale")
     ax.set_ylabel("CLIPScore (mean, 95% CI)")
     ax.grid(alpha=0.3)
@@ -91,8 +109,10 @@ def grid(rows: list[dict], path: Path) -> None:
     schedulers = list(dict.fromkeys(r["scheduler"] for r in rows))
     by_row = [[r for r in rows if r["scheduler"] == s] for s in schedulers]
     cols = max(len(g) for g in by_row)
-    first = [[Image.open(Path(r["folder"]) / read_jsonl(Path(r["folder"]) / "results.jsonl")[0]["image"]) for r in g]
-             for g in by_row]
+    first = [
+        [Image.open(Path(r["folder"]) / read_jsonl(Path(r["folder"]) / "results.jsonl")[0]["image"]) for r in g]
+        for g in by_row
+    ]
     w, h = first[0][0].size
     canvas = Image.new("RGB", (cols * w, len(schedulers) * h))
     for i, g in enumerate(first):
@@ -129,18 +149,40 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.reference:
         scheduler, steps, *precision = args.reference.split(":")
         for guidance in args.guidance:
-            folder = run_test(args.out / f"reference-{scheduler}-{steps}-g{guidance:g}", scheduler, int(steps),
-                              guidance, precision[0] if precision else args.precisions[0], passthrough)
+            folder = run_test(
+                args.out / f"reference-{scheduler}-{steps}-g{guidance:g}",
+                scheduler,
+                int(steps),
+                guidance,
+                precision[0] if precision else args.precisions[0],
+                passthrough,
+            )
             references[guidance] = images_of(folder)
     rows = []
-    for scheduler, steps, guidance, precision in itertools.product(args.schedulers, args.steps, args.guidance, args.precisions):
-        folder = run_test(args.out / f"{scheduler}-{steps}-g{guidance:g}-{precision}", scheduler, steps, guidance,
-                          precision, passthrough)
+    for scheduler, steps, guidance, precision in itertools.product(
+        args.schedulers, args.steps, args.guidance, args.precisions
+    ):
+        folder = run_test(
+            args.out / f"{scheduler}-{steps}-g{guidance:g}-{precision}",
+            scheduler,
+            steps,
+            guidance,
+            precision,
+            passthrough,
+        )
         summary = json.loads((folder / "summary.json").read_text())
-        row = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance, "precision": precision,
-               "clip_score": summary["clip_score_mean"], "ci_low": summary["clip_score_ci95"][0],
-               "ci_high": summary["clip_score_ci95"][1], "n": summary["n"],
-               "seconds_per_image": summary["seconds_per_image"], "peak_memory_mb": summary["peak_memory_mb"]}
+        row = {
+            "scheduler": scheduler,
+            "steps": steps,
+            "guidance_scale": guidance,
+            "precision": precision,
+            "clip_score": summary["clip_score_mean"],
+            "ci_low": summary["clip_score_ci95"][0],
+            "ci_high": summary["clip_score_ci95"][1],
+            "n": summary["n"],
+            "seconds_per_image": summary["seconds_per_image"],
+            "peak_memory_mb": summary["peak_memory_mb"],
+        }
         if references:
             row["max_abs_diff_to_ref"], row["psnr_to_ref_db"] = distance(images_of(folder), references[guidance])
         rows.append({**row, "folder": str(folder)})

@@ -123,13 +123,29 @@ def build_tiny_clip(folder: str | Path, seed: int = 0, max_length: int = 32) -> 
     """Save a seeded tiny random CLIP (model, tokenizer, image processor) as a transformers folder."""
     folder = Path(folder)
     tokenizer = save_byte_tokenizer(folder, max_length)
-    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id}
+    special = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                     "vocab_size": len(tokenizer), "max_position_embeddings": max_length, **special},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": max_length,
+            **special,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=32,
     )
     torch.manual_seed(seed)

@@ -12,7 +12,6 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
-from ldm_lightning.results import summarize
 from ldm_lightning.outputs import (
     MANIFEST,
     RUN_FILE,
@@ -24,6 +23,7 @@ from ldm_lightning.outputs import (
     read_jsonl,
     rewrite_sorted,
 )
+from ldm_lightning.results import summarize
 
 GRID = "grid.png"
 RESULTS = "results.jsonl"
@@ -161,4 +161,3 @@ def log_grid(trainer: Trainer, grid: Image.Image, prompts: list[str]) -> None:
             text = "\n".join(f"{i}. {p}" for i, p in enumerate(prompts))
             logger.experiment.add_text("samples/prompts", text.replace("\n", "  \n"))
             logger.experiment.flush()
-

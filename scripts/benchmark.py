@@ -64,9 +64,14 @@ def timed_modules(parts: Components, totals: dict):
     """Accumulate wall time spent inside the U-Net and the VAE decoder."""
     handles, starts = [], {}
     for name, module in (("unet", parts.unet), ("vae", parts.vae.decoder)):
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: starts.__setitem__(n, time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda m, a, o, n=name: totals.__setitem__(n, totals.get(n, 0.0) + time.perf_counter() - starts[n])))
+        handles.append(
+            module.register_forward_pre_hook(lambda m, a, n=name: starts.__setitem__(n, time.perf_counter()))
+        )
+        handles.append(
+            module.register_forward_hook(
+                lambda m, a, o, n=name: totals.__setitem__(n, totals.get(n, 0.0) + time.perf_counter() - starts[n])
+            )
+        )
     try:
         yield
     finally:
@@ -120,7 +125,7 @@ def flops_per_image(parts: Components, height: int, width: int, steps: int, cfg:
     factor = vae_scale_factor(parts.vae)
     batch = 2 if cfg else 1
     unet = unet_step_flops(parts.unet, (height // factor, width // factor), batch, parts.tokenizer.model_max_length)
-    return text_encoder_flops(parts.text_encoder, batch) + steps * unet // 1 + vae_decode_flops(parts.vae, height, width)
+    return text_encoder_flops(parts.text_encoder, batch) + steps * unet + vae_decode_flops(parts.vae, height, width)
 
 
 def run(args) -> None:
@@ -134,42 +139,86 @@ def run(args) -> None:
             m.to(device=device, dtype=dtype)
     factor = vae_scale_factor(parts.vae)
     height = args.height or parts.unet.config.sample_size * factor
-    prompts = (PROMPTS * args.batch)[: args.batch]
+    n_images = args.batch * args.batches
+    prompts = (PROMPTS * n_images)[:n_images]
     rows = read_rows(prompts, seed=0)
-    batch = collate(rows)
+    chunks = [rows[i : i + args.batch] for i in range(0, n_images, args.batch)]
     settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, eta=0.0, height=height, width=height)
-    pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
-                                   unet=parts.unet, scheduler=build_scheduler(args.scheduler, parts.scheduler_config),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=build_scheduler(args.scheduler, parts.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
 
     def reference():
-        pipe.scheduler = build_scheduler(args.scheduler, parts.scheduler_config)
-        gens = [torch.Generator("cpu").manual_seed(r["seed"]) for r in rows]
-        return pipe(prompts, negative_prompt=[""] * len(prompts), generator=gens, output_type="pt", **settings).images
+        out = []
+        for chunk in chunks:
+            pipe.scheduler = build_scheduler(args.scheduler, parts.scheduler_config)
+            gens = [torch.Generator("cpu").manual_seed(r["seed"]) for r in chunk]
+            out.append(
+                pipe(
+                    [r["prompt"] for r in chunk],
+                    negative_prompt=[""] * len(chunk),
+                    generator=gens,
+                    output_type="pt",
+                    **settings,
+                ).images
+            )
+        return torch.cat(out)
+
+    def ours(parts_):
+        out = []
+        for chunk in chunks:
+            out.append(
+                generate(
+                    parts_,
+                    build_scheduler(args.scheduler, parts.scheduler_config),
+                    [r["prompt"] for r in chunk],
+                    [""] * len(chunk),
+                    [r["seed"] for r in chunk],
+                    **settings,
+                ).images
+            )
+        return torch.cat(out)
 
     def bare():
-        return generate(parts, build_scheduler(args.scheduler, parts.scheduler_config), prompts, [""] * len(prompts),
-                        [r["seed"] for r in rows], **settings).images
+        return ours(parts)
 
     Preloaded.parts_to_use = parts
-    module = Preloaded(scheduler=args.scheduler, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                       height=height, width=height)
+    module = Preloaded(
+        scheduler=args.scheduler,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        height=height,
+        width=height,
+    )
     precision = {"fp32": "32-true", "bf16": "bf16-true", "fp16": "16-true"}[args.dtype]
-    trainer = Trainer(accelerator=device.type, devices=1, precision=precision, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    loader = DataLoader(_Rows(rows), batch_size=len(rows), collate_fn=collate)
+    trainer = Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    loader = DataLoader(_Rows(rows), batch_size=args.batch, collate_fn=collate)
 
     def lightning():
         return trainer.predict(module, loader)
 
     variants = {"pipeline": reference, "ours, bare loop": bare, "ours, Trainer.predict": lightning}
     if args.compiled:
-        compiled_parts = Components(parts.tokenizer, parts.text_encoder, torch.compile(parts.unet), parts.vae,
-                                    parts.scheduler_config)
-        variants["ours, compiled"] = lambda: generate(
-            compiled_parts, build_scheduler(args.scheduler, parts.scheduler_config), prompts, [""] * len(prompts),
-            [r["seed"] for r in rows], **settings).images
+        compiled_parts = Components(
+            parts.tokenizer, parts.text_encoder, torch.compile(parts.unet), parts.vae, parts.scheduler_config
+        )
+        variants["ours, compiled"] = lambda: ours(compiled_parts)
         variants["ours, compiled"]()  # compile outside the timed runs
     with torch.inference_mode():
         bare(), reference()  # warm-up
@@ -190,20 +239,29 @@ def run(args) -> None:
     peak = matmul_tflops(device, dtype)
     ref_time = statistics.median(s for s, _ in results["pipeline"])
     ref_mem = statistics.median((m or 0) for _, m in results["pipeline"])
-    print(f"\n{what}; {height}×{height}, {args.scheduler}, {args.steps} steps, guidance {args.guidance}, "
-          f"batch {args.batch}, {args.dtype}, {device.type}; {args.repeats} alternating repeats, medians")
+    print(
+        f"\n{what}; {height}×{height}, {args.scheduler}, {args.steps} steps, guidance {args.guidance}, "
+        f"batch {args.batch} × {args.batches} batches, {args.dtype}, {device.type}; "
+        f"{args.repeats} alternating repeats, medians"
+    )
     print(f"counted FLOPs per image: {flops / 1e12:.4f} TFLOP; measured {args.dtype} matmul: {peak:.3f} TFLOP/s\n")
-    print("| variant | s/image | × pipeline time | peak MiB | × pipeline memory | max abs diff vs pipeline "
-          "| U-Net+VAE share | TFLOP/s | of matmul |")
+    print(
+        "| variant | s/image | × pipeline time | peak MiB | × pipeline memory | max abs diff vs pipeline "
+        "| U-Net+VAE share | TFLOP/s | of matmul |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        seconds = statistics.median(s for s, _ in runs) / args.batch
+        seconds = statistics.median(s for s, _ in runs) / n_images
         memory = statistics.median((m or 0) for _, m in runs)
-        diff = (images[name].float() - images["pipeline"].float()).abs().max().item() if name in images else float("nan")
+        diff = (
+            (images[name].float() - images["pipeline"].float()).abs().max().item() if name in images else float("nan")
+        )
         rate = flops / seconds / 1e12
-        print(f"| {name} | {seconds:.4f} | {seconds * args.batch / ref_time:.3f} | {memory:.0f} | "
-              f"{memory / ref_mem if ref_mem else float('nan'):.2f} | {diff:.2e} | {shares[name]:.0%} | "
-              f"{rate:.3f} | {rate / peak:.1%} |")
+        print(
+            f"| {name} | {seconds:.4f} | {seconds * n_images / ref_time:.3f} | {memory:.0f} | "
+            f"{memory / ref_mem if ref_mem else float('nan'):.2f} | {diff:.2e} | {shares[name]:.0%} | "
+            f"{rate:.3f} | {rate / peak:.1%} |"
+        )
 
 
 def main() -> None:
@@ -214,6 +272,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--scheduler", default="ddim")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=2, help="batches per timed call")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compiled", action="store_true", help="also time the torch.compile'd U-Net")

@@ -29,7 +29,7 @@ from ldm_lightning.components import load_components
 from ldm_lightning.judge import judge
 from ldm_lightning.sampling import generate
 from ldm_lightning.schedulers import build_scheduler
-from ldm_lightning.shapes import COLOURS, HELD_OUT_PAIRS, POSITION_PHRASES, SEEN_PAIRS, SHAPES, Shape, caption, combos
+from ldm_lightning.shapes import COLOURS, POSITION_PHRASES, SHAPES, Shape, caption, combos
 
 GUIDANCE_CURVE = [1.0, 2.0, 3.0, 5.0, 7.5]
 
@@ -64,9 +64,18 @@ def sample(parts, prompts: list[str], seeds: list[int], guidance: float, args) -
     """uint8 images for the prompts, and seconds per image."""
     out, start = [], time.perf_counter()
     for i in range(0, len(prompts), args.batch_size):
-        s = generate(parts, build_scheduler(args.scheduler, parts.scheduler_config), prompts[i : i + args.batch_size],
-                     [""] * len(prompts[i : i + args.batch_size]), seeds[i : i + args.batch_size],
-                     num_inference_steps=args.steps, guidance_scale=guidance, eta=0.0, height=64, width=64)
+        s = generate(
+            parts,
+            build_scheduler(args.scheduler, parts.scheduler_config),
+            prompts[i : i + args.batch_size],
+            [""] * len(prompts[i : i + args.batch_size]),
+            seeds[i : i + args.batch_size],
+            num_inference_steps=args.steps,
+            guidance_scale=guidance,
+            eta=0.0,
+            height=64,
+            width=64,
+        )
         out.append((s.images * 255).round().to(torch.uint8))
     return torch.cat(out), (time.perf_counter() - start) / len(prompts)
 
@@ -100,10 +109,13 @@ def main() -> None:
     parts, clip = load_components(args.model), load_clip(args.clip)
     sets = prompt_sets(args.per_set, args.seed)
     report: dict = {"settings": vars(args) | {"out": str(args.out)}, "sets": {}}
-    lines = [f"Model {args.model}, {args.scheduler} {args.steps} steps, judged by the pixel judge and by {args.clip} "
-             "zero-shot; one image per prompt, seed = prompt index.", "",
-             "| prompts | n | guidance | judge colour | judge shape | CLIP colour | CLIP shape | s/img |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Model {args.model}, {args.scheduler} {args.steps} steps, judged by the pixel judge and by {args.clip} "
+        "zero-shot; one image per prompt, seed = prompt index.",
+        "",
+        "| prompts | n | guidance | judge colour | judge shape | CLIP colour | CLIP shape | s/img |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     lift = {}
     for name, items in sets.items():
         prompts, shapes = [p for p, _ in items], [s for _, s in items]
@@ -112,8 +124,11 @@ def main() -> None:
             images, seconds = sample(parts, prompts, seeds, guidance, args)
             acc = accuracy(images, shapes, clip)
             report["sets"][f"{name} @ {guidance:g}"] = {**acc, "n": len(prompts), "seconds_per_image": seconds}
-            lines.append(f"| {name} | {len(prompts)} | {guidance:g} | " + " | ".join(f"{v:.0%}" for v in acc.values())
-                         + f" | {seconds:.3f} |")
+            lines.append(
+                f"| {name} | {len(prompts)} | {guidance:g} | "
+                + " | ".join(f"{v:.0%}" for v in acc.values())
+                + f" | {seconds:.3f} |"
+            )
             if name == "seen full":
                 lift[guidance] = images[:8]
     curve = {}
@@ -122,8 +137,12 @@ def main() -> None:
         images, _ = sample(parts, list(prompts), list(range(len(prompts))), guidance, args)
         curve[guidance] = float(np.mean(score_images(images, list(prompts), clip)))
     report["clip_score_vs_guidance"] = curve
-    lines += ["", "| guidance | " + " | ".join(f"{g:g}" for g in curve) + " |", "|---|" + "---|" * len(curve),
-              "| tiny-CLIP score, seen full | " + " | ".join(f"{v:.2f}" for v in curve.values()) + " |"]
+    lines += [
+        "",
+        "| guidance | " + " | ".join(f"{g:g}" for g in curve) + " |",
+        "|---|" + "---|" * len(curve),
+        "| tiny-CLIP score, seen full | " + " | ".join(f"{v:.2f}" for v in curve.values()) + " |",
+    ]
     save_plots(curve, lift, args.out)
     (args.out / "quality.json").write_text(json.dumps(report, indent=2))
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")
@@ -141,15 +160,17 @@ def save_plots(curve: dict[float, float], lift: dict[float, torch.Tensor], out: 
     ax.plot(list(curve), list(curve.values()), marker="o", label="tiny-shapes, tiny CLIP (this run)")
     ax.set_xlabel("classifier-free guidance scale")
     ax.set_ylabel("CLIPScore")
-    ax.set_title("CLIPScore rises with guidance, as in SD v1.4's model card\n(SD: COCO 10k, 50 PLMS, CLIP ViT-L/14)",
-                 fontsize=8)
+    ax.set_title(
+        "CLIPScore rises with guidance, as in SD v1.4's model card\n(SD: COCO 10k, 50 PLMS, CLIP ViT-L/14)", fontsize=8
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "clip_vs_guidance.png", dpi=120)
     rows = [np.concatenate(list(v.permute(0, 2, 3, 1).numpy()), axis=1) for v in lift.values()]
     Image.fromarray(np.concatenate(rows, axis=0)).resize((8 * 128, len(rows) * 128), Image.NEAREST).save(
-        out / "cfg_lift.png")
+        out / "cfg_lift.png"
+    )
 
 
 if __name__ == "__main__":

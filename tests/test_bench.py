@@ -11,14 +11,35 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_path):
-    rows = sweep([
-        "--guidance", "1", "4", "--schedulers", "ddim", "euler", "--steps", "3", "--reference", "ddim:12",
-        "--out", str(tmp_path), "--",
-        f"--model.pretrained_model_name_or_path={tiny_model}", f"--model.clip_model_name_or_path={tiny_clip}",
-        "--model.height=32", "--model.width=32", '--data.prompts=["a red circle", "a blue star", "a cross"]',
-        "--trainer.enable_progress_bar=false",
-    ])
-    assert [(r["scheduler"], r["guidance_scale"]) for r in rows] == [("ddim", 1), ("ddim", 4), ("euler", 1), ("euler", 4)]
+    rows = sweep(
+        [
+            "--guidance",
+            "1",
+            "4",
+            "--schedulers",
+            "ddim",
+            "euler",
+            "--steps",
+            "3",
+            "--reference",
+            "ddim:12",
+            "--out",
+            str(tmp_path),
+            "--",
+            f"--model.pretrained_model_name_or_path={tiny_model}",
+            f"--model.clip_model_name_or_path={tiny_clip}",
+            "--model.height=32",
+            "--model.width=32",
+            '--data.prompts=["a red circle", "a blue star", "a cross"]',
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert [(r["scheduler"], r["guidance_scale"]) for r in rows] == [
+        ("ddim", 1),
+        ("ddim", 4),
+        ("euler", 1),
+        ("euler", 4),
+    ]
     table = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert len(table) == 4 and all(int(r["n"]) == 3 for r in table)
     assert all(0 < float(r["max_abs_diff_to_ref"]) <= 1 for r in table)  # 3 steps differ from 12 steps
@@ -27,8 +48,26 @@ def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_p
 
 
 def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model):
-    cmd = ["timeout", "-k", "10", "240", sys.executable, str(ROOT / "scripts/benchmark.py"), "--model", tiny_model,
-           "--height", "32", "--steps", "3", "--batch", "2", "--repeats", "1", "--threads", "1"]
+    cmd = [
+        "timeout",
+        "-k",
+        "10",
+        "240",
+        sys.executable,
+        str(ROOT / "scripts/benchmark.py"),
+        "--model",
+        tiny_model,
+        "--height",
+        "32",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line.split("|") for line in out.stdout.splitlines() if line.startswith("| ")}

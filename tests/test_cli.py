@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-
 from helpers import manifest, pixels, run_cli, run_cli_subprocess
 
 CONFIGS = sorted(Path(__file__).parents[1].glob("configs/**/*.yaml"))
@@ -44,14 +43,26 @@ def test_predict_writes_images_and_manifest_equal_to_the_pipeline(tiny_model, tm
 
     parts = load_components(tiny_model)
     pipe = StableDiffusionPipeline(
-        vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer, unet=parts.unet,
-        scheduler=build_scheduler("ddim", parts.scheduler_config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=build_scheduler("ddim", parts.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     for r in rows[:2]:
-        ref = pipe(r["prompt"], generator=torch.Generator("cpu").manual_seed(r["seed"]), num_inference_steps=3,
-                   guidance_scale=3.0, height=32, width=32, output_type="np").images[0]
+        ref = pipe(
+            r["prompt"],
+            generator=torch.Generator("cpu").manual_seed(r["seed"]),
+            num_inference_steps=3,
+            guidance_scale=3.0,
+            height=32,
+            width=32,
+            output_type="np",
+        ).images[0]
         ref8 = (ref * 255).round().astype(np.int16)
         assert np.abs(pixels(tmp_path / "run", r) - ref8).max() <= 1  # one 8-bit level of rounding
 
@@ -105,13 +116,16 @@ def test_help(capsys):
         (["--data.prompts=missing.txt"], "data.prompts: no prompt file at 'missing.txt'"),
         (["--model.pretrained_model_name_or_path=/nowhere/sd"], "no folder at '/nowhere/sd'"),
         (["--model.scheduler=magic"], "dpmpp_2m_karras"),
-        (["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"], "use `--trainer.strategy ddp`"),
+        (
+            ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"],
+            "use `--trainer.strategy ddp`",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_message(tiny_model, tmp_path, capsys, args, message):
     code, err = run_cli(predict_args(tiny_model, tmp_path / "run", *args), capsys)
     assert code == 2
     # (Stale logging handlers of earlier in-process runs may print their own noise before this.)
-    ours = err[err.rindex("error:"):]
+    ours = err[err.rindex("error:") :]
     assert message in ours
     assert "Traceback" not in ours

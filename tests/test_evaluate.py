@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from helpers import manifest, run_cli, run_cli_subprocess
 from PIL import Image
 from torchmetrics.functional.multimodal import clip_score
 from transformers import AutoProcessor, CLIPModel
-
-from helpers import manifest, run_cli, run_cli_subprocess
 
 PROMPTS = '["a red circle", "a blue square", "a green star", "a red cross", "' + "a long prompt " * 30 + '"]'
 
@@ -81,7 +80,9 @@ def test_long_prompt_truncation_keeps_the_end_token(tiny_model):
 def test_two_processes_score_each_prompt_once_like_one(tiny_model, tiny_clip, tmp_path):
     one = run_cli_subprocess(eval_args(tiny_model, tiny_clip, tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
-    two = run_cli_subprocess(eval_args(tiny_model, tiny_clip, tmp_path / "two", "--config=configs/devices/ddp-cpu-2.yaml"))
+    two = run_cli_subprocess(
+        eval_args(tiny_model, tiny_clip, tmp_path / "two", "--config=configs/devices/ddp-cpu-2.yaml")
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     a, b = manifest(tmp_path / "one", "results.jsonl"), manifest(tmp_path / "two", "results.jsonl")
     assert [r["index"] for r in b] == [0, 1, 2, 3, 4]  # 5 prompts, 2 ranks: no padded duplicate

@@ -1,9 +1,9 @@
 """`fit`: the LDM objective trains the U-Net (loss goes down), checkpoints reload, the export is a usable model."""
 
 import torch
+from helpers import run_cli
 from lightning import Callback, Trainer
 
-from helpers import run_cli
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.shapes import ShapesDataModule
 
@@ -20,8 +20,15 @@ def test_loss_goes_down_and_only_the_unet_trains(tiny_model):
     module = LatentDiffusionModule(tiny_model, learning_rate=2e-3, warmup_steps=5)
     frozen = {k: v.clone() for k, v in module.vae.state_dict().items()}
     losses = Losses()
-    trainer = Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, callbacks=[losses])
+    trainer = Trainer(
+        max_steps=40,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[losses],
+    )
     torch.manual_seed(0)
     trainer.fit(module, ShapesDataModule(batch_size=8, num_samples=320, seed=0))
     first, last = sum(losses.values[:8]) / 8, sum(losses.values[-8:]) / 8

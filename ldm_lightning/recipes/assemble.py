@@ -36,8 +36,13 @@ def tiny_unet(cross_attention_dim: int, sample_size: int = 16) -> UNet2DConditio
 def sd_scheduler() -> PNDMScheduler:
     """SD v1.4's scheduler config: scaled-linear betas 0.00085–0.012 over 1000 steps."""
     return PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
     )
 
 

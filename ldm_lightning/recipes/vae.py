@@ -22,13 +22,25 @@ from ldm_lightning.judge import judge
 from ldm_lightning.shapes import Shape, ShapesDataset, Split, combos, render, shape_at, to_tensor
 
 
-def build_vae() -> AutoencoderKL:
-    """SD v1's VAE layout scaled down: 3 levels (32, 64, 64), 1 ResNet per level, 4 latent channels."""
-    return AutoencoderKL(
+def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0) -> AutoencoderKL:
+    """SD v1's VAE layout scaled down: 3 levels (32, 64, 64), 1 ResNet per level, 4 latent channels.
+
+    8 GroupNorm groups keep SD's 4 channels per group at the widest-resolution level (SD: 128 / 32).
+    With 32 groups on 32 channels each channel is normalised alone, which erases its amplitude: a
+    black image with one coloured shape then loses its colour (the first run drew grey shapes).
+
+    The posterior log-variance starts at ``initial_logvar``: with the default logvar ≈ 0 the decoder
+    first sees unit noise over tiny means and, under a small KL weight, spends hundreds of steps
+    growing the signal.
+    """
+    vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), norm_num_groups=32,
+        block_out_channels=(32, 64, 64), norm_num_groups=norm_num_groups,
     )
+    with torch.no_grad():  # quant_conv emits [mean, logvar] stacked on the channel axis
+        vae.quant_conv.bias[vae.config.latent_channels :].fill_(initial_logvar)
+    return vae
 
 
 def image_batches(batch_size: int, seed: int, split: Split = "train") -> Iterator[torch.Tensor]:

@@ -134,6 +134,9 @@ def image_processor() -> CLIPImageProcessor:
 def save_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
     """Save model (safetensors, fp32), tokenizer and image processor side by side in ``folder``."""
     model.save_pretrained(folder, safe_serialization=True)
+    # Calls with padding= / truncation= leave that state in the backend, which tokenizer.json would keep.
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
     tokenizer.save_pretrained(folder)
     image_processor().save_pretrained(folder)
 

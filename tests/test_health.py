@@ -1,0 +1,48 @@
+"""Numerical health: broken samples are flagged and left out of the mean; 16-bit runs decode in fp32."""
+
+import math
+
+import torch
+from lightning import Trainer
+from torch.utils.data import DataLoader
+
+from ldm_lightning.data import _Rows, collate, read_rows
+from ldm_lightning.module import LatentDiffusionModule
+from ldm_lightning.results import summarize
+
+
+def loader(n: int = 2) -> DataLoader:
+    return DataLoader(_Rows(read_rows([f"prompt {i}" for i in range(n)], seed=0)), batch_size=n, collate_fn=collate)
+
+
+def test_nan_latents_are_flagged(tiny_model):
+    module = LatentDiffusionModule(tiny_model, num_inference_steps=2, height=32, width=32)
+    with torch.no_grad():
+        module.unet.conv_out.bias.fill_(float("nan"))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    rows = trainer.predict(module, loader())[0]
+    assert [r["finite"] for r in rows] == [False, False]
+
+
+def test_summary_leaves_broken_samples_out_of_the_mean():
+    rows = [
+        {"clip_score": 30.0, "finite": True, "black": False, "seconds": 1.0, "peak_memory_mb": 5.0},
+        {"clip_score": 20.0, "finite": True, "black": False, "seconds": 1.0, "peak_memory_mb": 6.0, "truncated": True},
+        {"clip_score": None, "finite": False, "black": False, "seconds": 1.0, "peak_memory_mb": 6.0},
+        {"clip_score": None, "finite": True, "black": True, "seconds": 1.0, "peak_memory_mb": 6.0},
+    ]
+    s = summarize(rows)
+    assert s["clip_score_mean"] == 25.0 and s["n"] == 2 and s["n_rows"] == 4
+    assert (s["n_excluded"], s["n_nonfinite"], s["n_black"], s["n_truncated"]) == (2, 1, 1, 1)
+    assert s["clip_score_ci95"][0] >= 20.0 and s["clip_score_ci95"][1] <= 30.0
+    assert math.isclose(s["clip_score_std"], math.sqrt(50))
+
+
+def test_sixteen_bit_precision_decodes_the_vae_in_fp32(tiny_model):
+    module = LatentDiffusionModule(tiny_model, num_inference_steps=2, height=32, width=32)
+    trainer = Trainer(
+        accelerator="cpu", precision="16-true", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    rows = trainer.predict(module, loader())[0]
+    assert module.unet.dtype == torch.float16 and module.vae.dtype == torch.float32
+    assert all(r["finite"] and not r["black"] for r in rows)

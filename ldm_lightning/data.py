@@ -111,7 +111,7 @@ class PromptDataModule(LightningDataModule):
     """Prompts for `predict` and `test`, each row on exactly one rank.
 
     Lightning's distributed test sampler pads with duplicates (Lightning#7929); here each rank
-    takes rows `rank, rank + world, …` itself, so run the Trainer with
+    takes rows `rank, rank + world, …` of those not yet finished, so run the Trainer with
     `use_distributed_sampler=False` (the CLI does).
     """
 
@@ -168,7 +168,13 @@ class PromptDataModule(LightningDataModule):
 
     def _loader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        mine = [r for r in self.rows[rank::world] if r["index"] not in self.skip]
+        todo = [r for r in self.rows if r["index"] not in self.skip]
+        mine = todo[rank::world]
+        if not mine and todo:
+            # Fewer rows left than ranks: this rank redoes one row rather than sit idle, since an
+            # idle rank skips the epoch-end hooks in which the others wait for it. Its duplicate
+            # is the same image and is dropped when the manifest is deduplicated by index.
+            mine = todo[:1]
         return DataLoader(
             _Rows(mine), batch_size=self.hparams.batch_size, collate_fn=collate, num_workers=self.hparams.num_workers
         )

@@ -56,7 +56,10 @@ class ImageWriter(BasePredictionWriter):
         datamodule = trainer.datamodule
         datamodule.skip = set(done)
         total = len(datamodule.rows)
-        if done:
+        if done and len(done) >= total:
+            summary = self.run_dir / SUMMARY if stage == "test" else self.manifest
+            rank_zero_info(f"Nothing left to do: all {total} samples are finished in {self.run_dir} (see {summary}).")
+        elif done:
             rank_zero_info(f"Resuming {self.run_dir}: {len(done)} of {total} images already done.")
         self.started = time.perf_counter()
 

@@ -144,10 +144,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the per-pixel KL term")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--init", type=Path, default=None, help="continue from a saved VAE folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    vae = build_vae()
+    vae = AutoencoderKL.from_pretrained(args.init) if args.init is not None else build_vae()
     steps = args.steps
     if steps is None:  # time steps on a throw-away copy (first ones are slow warm-up) to keep seeding
         probe = build_vae()

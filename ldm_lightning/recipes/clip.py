@@ -34,9 +34,9 @@ def build_clip(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
     text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=3,
                 num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
                 bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
+                pad_token_id=tokenizer.pad_token_id, projection_dim=64)
     vision = dict(image_size=64, patch_size=8, hidden_size=96, intermediate_size=384, num_hidden_layers=4,
-                  num_attention_heads=4)
+                  num_attention_heads=4, projection_dim=64)
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
 
 
@@ -46,12 +46,12 @@ def normalize(pixel_values: torch.Tensor) -> torch.Tensor:
     return ((pixel_values + 1) / 2 - mean) / std
 
 
-def clip_batches(batch_size: int, seed: int, p_full: float = 0.5
+def clip_batches(batch_size: int, seed: int, p_full: float = 0.0
                  ) -> Iterator[tuple[list[str], torch.Tensor, list[Shape]]]:
     """Endless (captions, pixels in [-1, 1], attributes) batches of the training split.
 
-    A share ``p_full`` of captions is the full template, which names all four attributes: with only
-    the varied captions a first 461-step run learnt colour and shape but placed position at 43%.
+    A share ``p_full`` of captions is replaced by the full template. Measured: 0.5 did not help
+    position (zero-shot position 37% vs 43% with 0.0 after ~450 steps), so the default is off.
     """
     dataset = ShapesDataset(10**9, "train", seed)
     loader = DataLoader(dataset, batch_size=batch_size)
@@ -78,7 +78,7 @@ def contrastive_loss(logits: torch.Tensor, prompts: list[str], shapes: list[Shap
 
 def train_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, steps: int, batch_size: int = 128,
                lr: float = 1e-3, seed: int = 0, warmup: int = 50, log_every: int = 50,
-               p_full: float = 0.5) -> list[float]:
+               p_full: float = 0.0) -> list[float]:
     """AdamW, linear warm-up then cosine decay to 1% of ``lr``; returns every step's loss."""
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and data")
     parser.add_argument("--batch-size", type=int, default=128, help="caption–image pairs per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    parser.add_argument("--p-full", type=float, default=0.5, help="share of full-template captions")
+    parser.add_argument("--p-full", type=float, default=0.0, help="share of full-template captions")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -55,8 +55,8 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, edge_weight:
              generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """L1 + MSE + L1 on image gradients (sharp edges decide the judged shape) + KL to N(0, I).
 
-    L1 alone spends most of its gradient on the ~90% black background (its gradient does not shrink
-    with the error); a first run with it drew grey shapes. MSE weights the large colour errors.
+    L1's gradient does not shrink with the error, so on ~90% black background it is mostly spent
+    there; MSE adds weight to the large colour errors of the shape itself.
     """
     posterior = vae.encode(x).latent_dist
     x_hat = vae.decode(posterior.sample(generator)).sample
@@ -68,7 +68,7 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, edge_weight:
     return loss, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "edge": edge.item(), "kl": kl.item()}
 
 
-def train_vae(vae: AutoencoderKL, steps: int, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+def train_vae(vae: AutoencoderKL, steps: int, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
               kl_weight: float = 1e-4, edge_weight: float = 0.5, mse_weight: float = 1.0, warmup: int = 50,
               log_every: int = 50) -> list[float]:
     """AdamW with linear warm-up and cosine decay to 1% of ``lr``; returns the loss of every step."""
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget; sets --steps if absent")
     parser.add_argument("--steps", type=int, default=None, help="exact number of steps (overrides minutes)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, data and sampling")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per step")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the per-pixel KL term")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

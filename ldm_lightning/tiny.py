@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import (
     CLIPConfig,
     CLIPImageProcessor,
@@ -18,6 +18,8 @@ from transformers import (
     CLIPTextModel,
     CLIPTokenizer,
 )
+
+from ldm_lightning.recipes.assemble import sd_scheduler, write_model_index
 
 
 def _byte_vocab() -> dict[str, int]:
@@ -87,35 +89,11 @@ def build_tiny_random(folder: str | Path, seed: int = 0, max_length: int = 32) -
             layer_norm_eps=1e-5,
         )
     )
-    # SD v1.4's own scheduler config (scheduler/scheduler_config.json on the hub).
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
-    scheduler.save_pretrained(folder / "scheduler")
-    (folder / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "StableDiffusionPipeline",
-                "scheduler": ["diffusers", "PNDMScheduler"],
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "unet": ["diffusers", "UNet2DConditionModel"],
-                "vae": ["diffusers", "AutoencoderKL"],
-                "safety_checker": [None, None],
-                "feature_extractor": [None, None],
-            },
-            indent=2,
-        )
-    )
+    sd_scheduler().save_pretrained(folder / "scheduler")
+    write_model_index(folder)
     return folder
 
 

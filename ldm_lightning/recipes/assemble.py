@@ -46,6 +46,22 @@ def sd_scheduler() -> PNDMScheduler:
     )
 
 
+def write_model_index(folder: Path, tokenizer_class: str = "CLIPTokenizer") -> None:
+    """`model_index.json` of an SD v1 diffusers folder without safety checker."""
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "scheduler": ["diffusers", "PNDMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", tokenizer_class],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 def assemble(clip_dir: Path, vae_dir: Path, out: Path, seed: int = 0) -> Path:
     """Write `out/` with text_encoder/, tokenizer/, vae/, scheduler/, a seeded random unet/ and model_index.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -56,19 +72,8 @@ def assemble(clip_dir: Path, vae_dir: Path, out: Path, seed: int = 0) -> Path:
     sd_scheduler().save_pretrained(out / "scheduler")
     torch.manual_seed(seed)
     tiny_unet(text_encoder.config.hidden_size).save_pretrained(out / "unet")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        # A word-level tokenizer: named CLIPTokenizer it would load as byte-level BPE and map every word to <unk>.
-        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    # A word-level tokenizer: named CLIPTokenizer it would load as byte-level BPE and map every word to <unk>.
+    write_model_index(out, tokenizer_class="PreTrainedTokenizerFast")
     return out
 
 

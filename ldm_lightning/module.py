@@ -189,7 +189,7 @@ class LatentDiffusionModule(LightningModule):
         if stage == "test":
             self.clip = load_clip(self.clip_name)
         if stage == "fit":
-            self.unet.requires_grad_(True)
+            self.unet.requires_grad_(True).train()  # the frozen VAE and text encoder stay in eval mode
             # The forward process uses the checkpoint's own noise schedule (betas).
             self.noise_schedule = DDPMScheduler.from_config(self.parts.scheduler_config)
 

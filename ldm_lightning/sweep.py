@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args, passthrough = parser.parse_known_args(argv)
     passthrough = [a for a in passthrough if a != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
-    references = {}  # guidance scale -> the reference run's images at that scale
+    references = {}  # guidance scale -> the reference run's (images, mean CLIPScore) at that scale
     if args.reference:
         scheduler, steps, *precision = args.reference.split(":")
         for guidance in args.guidance:
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 precision[0] if precision else args.precisions[0],
                 passthrough,
             )
-            references[guidance] = images_of(folder)
+            ref_score = json.loads((folder / "summary.json").read_text())["clip_score_mean"]
+            references[guidance] = (images_of(folder), ref_score)
     rows = []
     for scheduler, steps, guidance, precision in itertools.product(
         args.schedulers, args.steps, args.guidance, args.precisions
@@ -184,7 +185,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "peak_memory_mb": summary["peak_memory_mb"],
         }
         if references:
-            row["max_abs_diff_to_ref"], row["psnr_to_ref_db"] = distance(images_of(folder), references[guidance])
+            ref_images, ref_score = references[guidance]
+            row["max_abs_diff_to_ref"], row["psnr_to_ref_db"] = distance(images_of(folder), ref_images)
+            row["clip_score_delta_to_ref"] = row["clip_score"] - ref_score
         rows.append({**row, "folder": str(folder)})
     write_table(rows, args.out)
     figure = plot(rows, args.out / "clip_vs_guidance.png")

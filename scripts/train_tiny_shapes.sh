@@ -20,9 +20,11 @@ echo "trained model: $MODEL ($(( $(date +%s) - t0 )) s in all)"
 if [[ "${2:-}" == "--install" ]]; then
     rm -rf ldm_lightning/assets/tiny-shapes ldm_lightning/assets/tiny-clip
     cp -r "$MODEL" ldm_lightning/assets/tiny-shapes
-    # The U-Net is stored in fp16 to keep the package small (pixels move by < 1e-3); it loads as fp32.
+    # U-Net and VAE are stored in fp16 to keep the package under 20 MB; they load as fp32.
     python -c "import sys; from diffusers import UNet2DConditionModel as U; U.from_pretrained(sys.argv[1], subfolder='unet').half().save_pretrained(sys.argv[2])" \
         "$MODEL" ldm_lightning/assets/tiny-shapes/unet
+    python -c "import sys; from diffusers import AutoencoderKL as V; V.from_pretrained(sys.argv[1], subfolder='vae').half().save_pretrained(sys.argv[2])" \
+        "$MODEL" ldm_lightning/assets/tiny-shapes/vae
     cp -r "$BUILD/clip" ldm_lightning/assets/tiny-clip
     echo "installed into ldm_lightning/assets/"
 fi

@@ -1,12 +1,8 @@
 """The shipped tiny-shapes model: loads through the same code as SD v1.4 and draws the prompted colour."""
 
-import pytest
-
 from helpers import manifest, pixels, run_cli
-from ldm_lightning.components import EMBEDDED
 from ldm_lightning.judge import judge
 
-pytestmark = pytest.mark.skipif(not EMBEDDED["tiny-shapes"].is_dir(), reason="embedded model not built")
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star", "a purple cross", "a white circle"]
 

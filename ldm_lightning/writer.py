@@ -116,7 +116,8 @@ class ImageWriter(BasePredictionWriter):
             summary = {**summarize(list(rows.values())), "settings": self.settings}
             atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
         summary = trainer.strategy.broadcast(summary, src=0)
-        pl_module.log("clip_score", summary["clip_score_mean"], rank_zero_only=False)
+        # The same value on every rank (broadcast above); the mean reduction is a no-op that keeps Lightning quiet.
+        pl_module.log("clip_score", summary["clip_score_mean"], sync_dist=True)
         for logger in trainer.loggers:
             logger.log_hyperparams(flat_settings(self.settings), metrics={"hp/clip_score": summary["clip_score_mean"]})
         if summary["n_truncated"]:

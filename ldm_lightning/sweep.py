@@ -36,6 +36,7 @@ def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: 
         f"--trainer.precision={precision}",
         f"--output_dir={out}",
     ]
+    reset_peak_rss()
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given both
     try:
         cli_main(args)
@@ -57,6 +58,14 @@ def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: 
             ) == (scheduler, steps, guidance, precision):
                 return folder
     raise RuntimeError(f"no summary for {scheduler}/{steps}/{guidance}/{precision} under {out}")
+
+
+def reset_peak_rss() -> None:
+    """Start each in-process run's CPU peak-memory reading afresh (Linux: VmHWM := VmRSS, proc(5))."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def images_of(folder: Path) -> dict[int, np.ndarray]:

@@ -1,8 +1,8 @@
 """The shipped tiny-shapes model: loads through the same code as SD v1.4 and draws the prompted colour."""
 
 from helpers import manifest, pixels, run_cli
-from ldm_lightning.judge import judge
 
+from ldm_lightning.judge import judge
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star", "a purple cross", "a white circle"]
 

@@ -6,8 +6,21 @@ import torch
 
 from ldm_lightning.judge import judge
 from ldm_lightning.recipes.tokenizer import build_tokenizer
-from ldm_lightning.shapes import (COLOURS, HELD_OUT, SEEN_PAIRS, SHAPES, Shape, ShapesDataModule, ShapesDataset,
-                                  caption, combos, matches, parse_caption, render, shape_at)
+from ldm_lightning.shapes import (
+    COLOURS,
+    HELD_OUT,
+    SEEN_PAIRS,
+    SHAPES,
+    Shape,
+    ShapesDataModule,
+    ShapesDataset,
+    caption,
+    combos,
+    matches,
+    parse_caption,
+    render,
+    shape_at,
+)
 
 torch.set_num_threads(1)
 

@@ -1,0 +1,47 @@
+"""Real Stable Diffusion v1.4 weights, when this machine has them (LDM_SD14=/path/to/folder or a cached hub id)."""
+
+import os
+
+import pytest
+import torch
+
+SD14 = os.environ.get("LDM_SD14")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SD14, reason="set LDM_SD14 to a Stable Diffusion v1.4 folder or cached hub id"),
+]
+
+
+def test_sd14_matches_the_pipeline_at_256(capsys):
+    from diffusers import StableDiffusionPipeline
+
+    from ldm_lightning.data import collate, read_rows
+    from ldm_lightning.module import LatentDiffusionModule
+    from ldm_lightning.schedulers import build_scheduler
+
+    module = LatentDiffusionModule(
+        SD14, scheduler="pndm", num_inference_steps=3, guidance_scale=7.5, height=256, width=256
+    )
+    rows = read_rows(["a photograph of an astronaut riding a horse"], seed=0)
+    ours = module.sample(collate(rows)).images
+    p = module.parts
+    pipe = StableDiffusionPipeline(
+        vae=p.vae,
+        text_encoder=p.text_encoder,
+        tokenizer=p.tokenizer,
+        unet=p.unet,
+        scheduler=build_scheduler("pndm", p.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    ref = pipe(
+        rows[0]["prompt"],
+        generator=torch.Generator("cpu").manual_seed(0),
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        height=256,
+        width=256,
+        output_type="pt",
+    ).images
+    assert (ours - ref).abs().max().item() <= 1e-5

@@ -25,6 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from ldm_lightning.architectures import build_sd14
 from ldm_lightning.components import default_size, resolve, vae_scale_factor
 from ldm_lightning.errors import UserError
+from ldm_lightning.tensorboard_log import log_table
 
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2}
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".ckpt", ".pt"}
@@ -245,6 +246,7 @@ def anatomy(
     cfg: bool = True,
     json: str | None = None,
     plot: str | None = None,
+    tensorboard: str | None = None,
 ) -> dict:
     """Print parameters, weight bytes and FLOPs per component of a latent diffusion model.
 
@@ -256,6 +258,7 @@ def anatomy(
         cfg: count classifier-free guidance (U-Net batch 2 per step).
         json: if given, write the numbers to this JSON file.
         plot: if given, save a bar chart of FLOPs per component to this PNG file.
+        tensorboard: if given, log the table (and the chart) to a TensorBoard run in this folder.
     """
     modules, weights = load_components(model)
     height = height or default_size(modules["unet"], modules["vae"])
@@ -266,6 +269,8 @@ def anatomy(
         Path(json).write_text(jsonlib.dumps(report, indent=2) + "\n")
     if plot:
         plot_flops(report, plot)
+    if tensorboard:
+        log_table(tensorboard, "anatomy", format_table(report), plot)
     return report
 
 

@@ -27,6 +27,7 @@ from diffusers import UNet2DConditionModel
 
 from ldm_lightning.anatomy import count_params, unet_step_flops
 from ldm_lightning.architectures import SD14_UNET
+from ldm_lightning.tensorboard_log import log_table
 
 
 def sd_layout_unet(widths: tuple[int, ...], heads: int = 8, cross_attention_dim: int = 768) -> dict:
@@ -200,6 +201,7 @@ def why_latent(
     threads: int | None = 1,
     sd14: bool = True,
     json: str | None = None,
+    tensorboard: str | None = None,
 ) -> dict:
     """Compare one U-Net at latent size and at pixel size: counted FLOPs, wall time, peak memory.
 
@@ -213,6 +215,7 @@ def why_latent(
             other work, 2 threads ran the small latent forward ~100× slower (OpenMP waits).
         sd14: also count SD v1.4's full U-Net at 64² latent vs 512² pixels.
         json: if given, write the numbers to this JSON file.
+        tensorboard: if given, log the table to a TensorBoard run in this folder.
     """
     config = sd_layout_unet(widths, heads) | {"sample_size": latent_side}
     result = compare(config, downsample, repeats=repeats, threads=threads)
@@ -221,6 +224,8 @@ def why_latent(
     print(format_table(result))
     if json:
         Path(json).write_text(jsonlib.dumps(result, indent=2) + "\n")
+    if tensorboard:
+        log_table(tensorboard, "why_latent", format_table(result))
     return result
 
 

@@ -1,5 +1,6 @@
 """Anatomy and why-latent: exact SD v1.4 counts on the meta device, CLIs on tiny models."""
 
+import copy
 import json
 import os
 import subprocess
@@ -7,11 +8,11 @@ import sys
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import PNDMScheduler
 
 from ldm_lightning import anatomy, why_latent
 from ldm_lightning.architectures import SD14_UNET, build_sd14, sd14_scheduler_config
+from ldm_lightning.components import load_components
 
 torch.set_num_threads(1)
 
@@ -21,34 +22,11 @@ def sd14():
     return build_sd14("meta")
 
 
-def tiny_components() -> dict:
-    """diffusers' get_dummy_components() sizes, seeded."""
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-    )
-    torch.manual_seed(0)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=5,
-        vocab_size=1000, bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-05,
-    ))
-    return {"unet": unet.eval(), "vae": vae.eval(), "text_encoder": text_encoder.eval()}
-
-
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_sd")
-    for name, module in tiny_components().items():
-        module.save_pretrained(root / name)
-    return root
+def tiny(tiny_model) -> dict:
+    """The tiny random model's components (conftest's diffusers fast-test-sized folder)."""
+    parts = load_components(tiny_model)
+    return {"unet": parts.unet, "vae": parts.vae, "text_encoder": parts.text_encoder}
 
 
 def test_sd14_parameter_counts_are_exact(sd14):
@@ -57,8 +35,7 @@ def test_sd14_parameter_counts_are_exact(sd14):
     assert anatomy.count_params(sd14["vae"]) == 83_653_863
     assert anatomy.count_params(sd14["text_encoder"]) == 123_060_480
     vae = sd14["vae"]
-    halves = anatomy.count_params(vae.encoder, vae.quant_conv) + anatomy.count_params(
-        vae.decoder, vae.post_quant_conv)
+    halves = anatomy.count_params(vae.encoder, vae.quant_conv) + anatomy.count_params(vae.decoder, vae.post_quant_conv)
     assert halves == 83_653_863
     assert all(p.is_meta for m in sd14.values() for p in m.parameters())
 
@@ -92,17 +69,17 @@ def test_sd14_image_total(sd14):
     assert 0 < text["flops_per_call"] < 0.05e12
 
 
-def test_attention_counted_on_cpu_as_on_meta():
+def test_attention_counted_on_cpu_as_on_meta(tiny):
     # torch's counter has no formula for CPU flash attention; anatomy.count_flops adds it, so real
     # CPU tensors and meta tensors (where SDPA decomposes into counted bmm's) must agree.
-    unet = tiny_components()["unet"]
+    unet = tiny["unet"]
     cpu = anatomy.unet_step_flops(unet, (32, 32), batch=2)
-    meta = anatomy.unet_step_flops(unet.to("meta"), (32, 32), batch=2)
+    meta = anatomy.unet_step_flops(copy.deepcopy(unet).to("meta"), (32, 32), batch=2)
     assert cpu == meta
     sample, text = torch.zeros(2, 4, 32, 32), torch.zeros(2, 77, 32)
     counter = torch.utils.flop_counter.FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        tiny_components()["unet"](sample, 1, encoder_hidden_states=text)
+        unet(sample, 1, encoder_hidden_states=text)
     assert counter.get_total_flops() < cpu  # what plain FlopCounterMode misses on CPU
 
 
@@ -113,17 +90,32 @@ def test_scheduler_config_builds_pndm():
     assert scheduler.config.clip_sample is False and scheduler.config.set_alpha_to_one is False
 
 
-def test_anatomy_cli_on_tiny_folder(tiny_folder, tmp_path):
+def test_anatomy_cli_on_tiny_folder(tiny_model, tiny, tmp_path):
     out, png = tmp_path / "anatomy.json", tmp_path / "flops.png"
-    cmd = [sys.executable, "-m", "ldm_lightning.anatomy", "--model", str(tiny_folder), "--height",
-           "64", "--width", "64", "--steps", "5", "--json", str(out), "--plot", str(png)]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60,
-                          env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "ldm_lightning.anatomy",
+        "--model",
+        str(tiny_model),
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--steps",
+        "5",
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+    ]
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=60, env=os.environ | {"HF_HUB_OFFLINE": "1"}
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| U-Net |" in proc.stdout and "real, in the folder" in proc.stdout
     report = json.loads(out.read_text())
     params = {r["name"]: r["params"] for r in report["components"]}
-    tiny = tiny_components()
     assert params["U-Net"] == anatomy.count_params(tiny["unet"])
     assert params["text encoder"] == anatomy.count_params(tiny["text_encoder"])
     assert report["latent_shape"] == [4, 32, 32] and report["compression"] == 3.0
@@ -141,8 +133,7 @@ def test_sd_layout_matches_sd14():
 
 
 def test_why_latent_small():
-    result = why_latent.why_latent(latent_side=8, downsample=4, widths=(32, 64), repeats=1,
-                                   threads=1, sd14=False)
+    result = why_latent.why_latent(latent_side=8, downsample=4, widths=(32, 64), repeats=1, threads=1, sd14=False)
     lat, pix = result["latent"], result["pixel"]
     assert lat["shape"] == [4, 8, 8] and pix["shape"] == [3, 32, 32]
     assert pix["flops"] > 16 * lat["flops"] * 0.5  # 16× the positions, fixed text-side costs

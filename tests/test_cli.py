@@ -5,8 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
-from helpers import manifest, pixels, run_cli, run_cli_subprocess
+from helpers import manifest, pixels, reference_pipeline, run_cli, run_cli_subprocess
 
 CONFIGS = sorted(Path(__file__).parents[1].glob("configs/**/*.yaml"))
 PROMPTS = '["a red circle", "../../etc/passwd", "ünïcode 猫 / slash", "a green star", "' + "very long " * 40 + '"]'
@@ -39,20 +38,9 @@ def test_predict_writes_images_and_manifest_equal_to_the_pipeline(tiny_model, tm
     assert (tmp_path / "run" / "grid.png").is_file()
 
     from ldm_lightning.components import load_components
-    from ldm_lightning.schedulers import build_scheduler
 
     parts = load_components(tiny_model)
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=build_scheduler("ddim", parts.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(parts, "ddim")
     for r in rows[:2]:
         ref = pipe(
             r["prompt"],

@@ -24,7 +24,17 @@ def test_tokenizer_round_trip(tmp_path) -> None:
     assert torch.equal(ids, nested(PROMPTS, **kwargs).input_ids)
     assert ids.shape == (4, tokenizer.model_max_length) == (4, direct.model_max_length)
     assert direct.convert_ids_to_tokens(ids[1].tolist())[:10] == [
-        BOS, "on", "the", "left", ",", "a", "big", "blue", "star", EOS]
+        BOS,
+        "on",
+        "the",
+        "left",
+        ",",
+        "a",
+        "big",
+        "blue",
+        "star",
+        EOS,
+    ]
     assert (ids[2, 1:] == direct.eos_token_id).all() and direct.pad_token_id == direct.eos_token_id
     assert direct.unk_token_id in ids[3].tolist()  # "dog" is not in the vocabulary
     long = direct(["a " * 40], **kwargs).input_ids[0]

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from helpers import reference_pipeline
 
 from ldm_lightning.data import collate
 from ldm_lightning.sampling import predict_noise
-from ldm_lightning.schedulers import SCHEDULERS, build_scheduler
+from ldm_lightning.schedulers import SCHEDULERS
 
 PROMPTS = ["a red circle", "blue ../ square ünïcode", "a green star at the top"]
 NEGATIVES = ["", "green", "blurry"]
@@ -31,17 +31,7 @@ def configure(module, scheduler: str, guidance_scale: float, eta: float = 0.0) -
 def reference(module, name: str, guidance_scale: float, eta: float = 0.0) -> torch.Tensor:
     """diffusers' own pipeline on the same components, scheduler, prompts and seeds."""
     parts = module.parts
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=build_scheduler(name, parts.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(parts, name)
     generators = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
     out = pipe(
         PROMPTS,

@@ -13,28 +13,19 @@ pytestmark = [
 
 
 def test_sd14_matches_the_pipeline_at_256(capsys):
-    from diffusers import StableDiffusionPipeline
+
+    from helpers import reference_pipeline
 
     from ldm_lightning.data import collate, read_rows
     from ldm_lightning.module import LatentDiffusionModule
-    from ldm_lightning.schedulers import build_scheduler
 
     module = LatentDiffusionModule(
         SD14, scheduler="pndm", num_inference_steps=3, guidance_scale=7.5, height=256, width=256
     )
     rows = read_rows(["a photograph of an astronaut riding a horse"], seed=0)
     ours = module.sample(collate(rows)).images
-    p = module.parts
-    pipe = StableDiffusionPipeline(
-        vae=p.vae,
-        text_encoder=p.text_encoder,
-        tokenizer=p.tokenizer,
-        unet=p.unet,
-        scheduler=build_scheduler("pndm", p.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    parts = module.parts
+    pipe = reference_pipeline(parts, "pndm")
     ref = pipe(
         rows[0]["prompt"],
         generator=torch.Generator("cpu").manual_seed(0),

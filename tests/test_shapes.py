@@ -64,7 +64,11 @@ def test_judge_is_right_on_rendered_images() -> None:
     for shape in shapes:
         verdict = judge(render(shape))
         assert (verdict.colour, verdict.shape, verdict.size, verdict.position) == (
-            shape.colour, shape.shape, shape.size, shape.position), shape
+            shape.colour,
+            shape.shape,
+            shape.size,
+            shape.position,
+        ), shape
     assert judge(np.zeros((64, 64, 3), np.uint8)).shape == "none"
 
 

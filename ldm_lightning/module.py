@@ -156,8 +156,6 @@ class LatentDiffusionModule(LightningModule):
         samples = self.sample(batch)
         return rows_of(batch, samples)
 
-    # ----- training (fit): the U-Net only; VAE and text encoder stay frozen -----
-
     # ----- evaluation (test): the same samples, scored by CLIP -----
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
@@ -182,6 +180,8 @@ class LatentDiffusionModule(LightningModule):
         # numbers of steps); the exact mean is reduced once, at epoch end, from every rank's rows.
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rows))
         return rows
+
+    # ----- per-stage setup, and training (fit): the U-Net only; VAE and text encoder stay frozen -----
 
     def setup(self, stage: str) -> None:
         if self.hparams.compile_unet and stage in ("predict", "test"):

@@ -46,6 +46,7 @@ class LatentDiffusionModule(LightningModule):
         snr_gamma: float | None = 5.0,
         clip_model_name_or_path: str | None = None,
         compile_unet: bool = False,
+        step_progress: bool = False,
     ):
         """
         Args:
@@ -71,6 +72,8 @@ class LatentDiffusionModule(LightningModule):
                 the embedded "tiny-clip" for the embedded model, else openai/clip-vit-large-patch14.
             compile_unet: opt-in speed-up: `torch.compile` the U-Net for predict/test (the first
                 batch pays the compilation; images equal the exact path to float rounding).
+            step_progress: also show a progress bar over each batch's denoising steps (rank 0), for
+                runs where one batch takes minutes (SD v1.4 on a CPU).
         """
         super().__init__()
         check_scheduler_name(scheduler)
@@ -150,6 +153,7 @@ class LatentDiffusionModule(LightningModule):
             height=self.height,
             width=self.width,
             decode_fp32=self._decode_fp32(),
+            progress=self.hparams.step_progress and (self._trainer is None or self._trainer.is_global_zero),
         )
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:

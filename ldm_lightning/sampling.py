@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
 
 from ldm_lightning.components import Components, vae_scale_factor
 
@@ -106,8 +107,12 @@ def generate(
     height: int,
     width: int,
     decode_fp32: bool = False,
+    progress: bool = False,
 ) -> Samples:
-    """Sample one image per prompt. `scheduler` must be a fresh instance (its state is consumed)."""
+    """Sample one image per prompt. `scheduler` must be a fresh instance (its state is consumed).
+
+    `progress` shows a bar over the denoising steps (worth it when one batch takes minutes).
+    """
     device = parts.unet.device
     use_cfg = guidance_scale > 1.0
 
@@ -127,7 +132,7 @@ def generate(
     extra = step_kwargs(scheduler, eta, generators)
 
     # 4. Denoising loop: predict the noise, guide, step from x_t to x_{t-1}.
-    for t in scheduler.timesteps:
+    for t in tqdm(scheduler.timesteps, desc="denoising", leave=False, disable=not progress):
         model_input = scheduler.scale_model_input(latents, t)  # elementwise: same as on the CFG batch
         noise = predict_noise(parts.unet, model_input, t, cond, uncond, guidance_scale)
         latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]

@@ -18,7 +18,7 @@ from lightning import LightningModule
 from ldm_lightning.clip_score import DEFAULT_CLIP, load_clip, score_images
 from ldm_lightning.components import Components, load_components, resolve, vae_scale_factor
 from ldm_lightning.errors import UserError
-from ldm_lightning.sampling import Samples, generate
+from ldm_lightning.sampling import Samples, generate, to_uint8
 from ldm_lightning.schedulers import SchedulerName, build_scheduler, check_scheduler_name
 from ldm_lightning.training import diffusion_loss, encode_images
 
@@ -158,15 +158,15 @@ class LatentDiffusionModule(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         samples = self.sample(batch)
-        return rows_of(batch, samples)
+        return rows_of(batch, samples, to_uint8(samples.images))
 
     # ----- evaluation (test): the same samples, scored by CLIP -----
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
         samples = self.sample(batch)
-        rows = rows_of(batch, samples)
-        pixels = (samples.images * 255).round().to(torch.uint8)
+        pixels = to_uint8(samples.images)
+        rows = rows_of(batch, samples, pixels)
         scores = score_images(pixels, batch["prompt"], self.clip)
         seconds = (time.perf_counter() - start) / len(rows)
         memory = peak_memory_mb(self.device)
@@ -251,9 +251,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
-def rows_of(batch: dict[str, Any], samples: Samples) -> list[dict[str, Any]]:
-    """One dict per image: the prompt row, the uint8 HWC image and its health flags."""
-    pixels = (samples.images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+def rows_of(batch: dict[str, Any], samples: Samples, pixels: torch.Tensor) -> list[dict[str, Any]]:
+    """One dict per image: the prompt row, its uint8 (B, 3, H, W) `pixels` as HWC arrays, health flags."""
+    pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()
     black = samples.images.flatten(1).amax(dim=1).cpu() < 1 / 255
     return [
         {

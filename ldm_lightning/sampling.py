@@ -93,6 +93,11 @@ def decode(vae, latents: torch.Tensor, force_fp32: bool = False) -> torch.Tensor
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> uint8 in 0..255, rounded as diffusers' `numpy_to_pil` does."""
+    return (images * 255).round().to(torch.uint8)
+
+
 @torch.no_grad()
 def generate(
     parts: Components,

@@ -27,7 +27,7 @@ from PIL import Image
 from ldm_lightning.clip_score import load_clip, score_images
 from ldm_lightning.components import load_components
 from ldm_lightning.judge import judge
-from ldm_lightning.sampling import generate
+from ldm_lightning.sampling import generate, to_uint8
 from ldm_lightning.schedulers import build_scheduler
 from ldm_lightning.shapes import COLOURS, POSITION_PHRASES, SHAPES, Shape, caption, combos
 
@@ -76,7 +76,7 @@ def sample(parts, prompts: list[str], seeds: list[int], guidance: float, args) -
             height=64,
             width=64,
         )
-        out.append((s.images * 255).round().to(torch.uint8))
+        out.append(to_uint8(s.images))
     return torch.cat(out), (time.perf_counter() - start) / len(prompts)
 
 

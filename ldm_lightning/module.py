@@ -5,7 +5,6 @@ It orchestrates; the math lives in `sampling.py` (generation), `training.py` (th
 """
 
 import math
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from lightning import LightningModule
 from ldm_lightning.clip_score import DEFAULT_CLIP, load_clip, score_images
 from ldm_lightning.components import Components, load_components, resolve, vae_scale_factor
 from ldm_lightning.errors import UserError
+from ldm_lightning.memory import peak_memory_mb
 from ldm_lightning.sampling import Samples, generate, to_uint8
 from ldm_lightning.schedulers import SchedulerName, build_scheduler, check_scheduler_name
 from ldm_lightning.training import diffusion_loss, encode_images
@@ -242,13 +242,6 @@ class LatentDiffusionModule(LightningModule):
             shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
         self.unet.save_pretrained(folder / "unet")
         return folder
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: CUDA's max allocated on a GPU, else the process's max resident set."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
 
 
 def rows_of(batch: dict[str, Any], samples: Samples, pixels: torch.Tensor) -> list[dict[str, Any]]:

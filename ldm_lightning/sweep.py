@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ldm_lightning.cli import main as cli_main
+from ldm_lightning.memory import reset_peak_rss
 from ldm_lightning.outputs import read_jsonl
 
 
@@ -36,7 +37,7 @@ def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: 
         f"--trainer.precision={precision}",
         f"--output_dir={out}",
     ]
-    reset_peak_rss()
+    reset_peak_rss()  # each in-process run reports its own CPU peak
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given both
     try:
         cli_main(args)
@@ -58,14 +59,6 @@ def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: 
             ) == (scheduler, steps, guidance, precision):
                 return folder
     raise RuntimeError(f"no summary for {scheduler}/{steps}/{guidance}/{precision} under {out}")
-
-
-def reset_peak_rss() -> None:
-    """Start each in-process run's CPU peak-memory reading afresh (Linux: VmHWM := VmRSS, proc(5))."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def images_of(folder: Path) -> dict[int, np.ndarray]:

@@ -16,7 +16,6 @@ square). This module measures that claim instead of quoting it:
 from __future__ import annotations
 
 import json as jsonlib
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -27,6 +26,7 @@ from diffusers import UNet2DConditionModel
 
 from ldm_lightning.anatomy import count_params, unet_step_flops
 from ldm_lightning.architectures import SD14_UNET
+from ldm_lightning.memory import peak_rss_delta
 from ldm_lightning.tensorboard_log import log_table
 
 
@@ -64,27 +64,6 @@ def count_unet_flops(config: dict, side: int) -> int:
     return unet_step_flops(unet, (side, side), batch=1)
 
 
-def _proc_status_kib(field: str) -> int:
-    """A memory field of /proc/self/status (VmRSS, VmHWM), in KiB."""
-    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text())[1])
-
-
-def peak_rss_delta(fn) -> int | None:
-    """Bytes by which this process's resident set peaks above its level before `fn()` (Linux).
-
-    Writing 5 to /proc/self/clear_refs resets the peak (VmHWM) to the current RSS (Linux >= 4.0,
-    proc(5)), so the peak of `fn` alone can be read without a fresh process per call.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _proc_status_kib("VmRSS")
-    except OSError:
-        fn()
-        return None
-    fn()
-    return (_proc_status_kib("VmHWM") - before) * 1024
-
-
 def _time_forward(unet: UNet2DConditionModel, repeats: int) -> dict:
     """Peak memory of a first (warm-up) forward, then the best wall time of `repeats` more."""
     side = unet.config.sample_size
@@ -104,9 +83,7 @@ def _time_forward(unet: UNet2DConditionModel, repeats: int) -> dict:
     return {"params": count_params(unet), "seconds": min(seconds), "peak_bytes": peak}
 
 
-def measure_forwards(
-    configs: list[dict], repeats: int, threads: int | None, seed: int = 0
-) -> list[dict]:
+def measure_forwards(configs: list[dict], repeats: int, threads: int | None, seed: int = 0) -> list[dict]:
     """Build each U-Net with random weights and measure one forward on a random sample.
 
     Best-of-n wall time is the usual estimate on a machine shared with other work. Run the
@@ -123,7 +100,10 @@ def measure_forwards(
 
 
 def compare(
-    config: dict, downsample: int = 8, image_channels: int = 3, repeats: int = 2,
+    config: dict,
+    downsample: int = 8,
+    image_channels: int = 3,
+    repeats: int = 2,
     threads: int | None = None,
 ) -> dict:
     """Measure U-Net `config` at its latent size and its pixel twin at the matching image size.
@@ -135,13 +115,16 @@ def compare(
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         runs = pool.submit(measure_forwards, [config, pixel], repeats, threads).result()
     sizes = {"latent": config, "pixel": pixel}
-    out = {"downsample": downsample, "repeats": repeats, "heads": config["attention_head_dim"],
-           "block_out_channels": list(config["block_out_channels"]),
-           "threads": threads or torch.get_num_threads()}
+    out = {
+        "downsample": downsample,
+        "repeats": repeats,
+        "heads": config["attention_head_dim"],
+        "block_out_channels": list(config["block_out_channels"]),
+        "threads": threads or torch.get_num_threads(),
+    }
     for (name, cfg), run in zip(sizes.items(), runs, strict=True):
         side = cfg["sample_size"]
-        out[name] = run | {"shape": [cfg["in_channels"], side, side],
-                           "flops": count_unet_flops(cfg, side)}
+        out[name] = run | {"shape": [cfg["in_channels"], side, side], "flops": count_unet_flops(cfg, side)}
     return out
 
 
@@ -149,8 +132,7 @@ def sd14_counted(image_channels: int = 3, downsample: int = 8) -> dict:
     """FLOPs of SD v1.4's U-Net per sample on its 64² latent and on the matching 512² image."""
     pixel = pixel_twin(SD14_UNET, image_channels, downsample)
     side = SD14_UNET["sample_size"]
-    return {"latent": count_unet_flops(SD14_UNET, side),
-            "pixel": count_unet_flops(pixel, pixel["sample_size"])}
+    return {"latent": count_unet_flops(SD14_UNET, side), "pixel": count_unet_flops(pixel, pixel["sample_size"])}
 
 
 def _ratio(a: float | None, b: float | None) -> str:
@@ -163,25 +145,42 @@ def format_table(result: dict) -> str:
     values = [lat["shape"][0] * lat["shape"][1] ** 2, pix["shape"][0] * pix["shape"][1] ** 2]
     mb = [r["peak_bytes"] / 1e6 if r["peak_bytes"] is not None else None for r in (lat, pix)]
     rows = [
-        ("input (C×H×W)", *("×".join(map(str, r["shape"])) for r in (lat, pix)),
-         f"{values[1] / values[0]:g}× values (compression)"),
-        ("spatial positions", f"{lat['shape'][1] ** 2:,}", f"{pix['shape'][1] ** 2:,}",
-         _ratio(lat["shape"][1] ** 2, pix["shape"][1] ** 2)),
+        (
+            "input (C×H×W)",
+            *("×".join(map(str, r["shape"])) for r in (lat, pix)),
+            f"{values[1] / values[0]:g}× values (compression)",
+        ),
+        (
+            "spatial positions",
+            f"{lat['shape'][1] ** 2:,}",
+            f"{pix['shape'][1] ** 2:,}",
+            _ratio(lat["shape"][1] ** 2, pix["shape"][1] ** 2),
+        ),
         ("parameters", f"{lat['params']:,}", f"{pix['params']:,}", ""),
-        ("GFLOP per forward (counted)", f"{lat['flops'] / 1e9:,.2f}", f"{pix['flops'] / 1e9:,.2f}",
-         _ratio(lat["flops"], pix["flops"])),
-        (f"wall time per forward, s (best of {result['repeats']})", f"{lat['seconds']:.3f}",
-         f"{pix['seconds']:.3f}", _ratio(lat["seconds"], pix["seconds"])),
-        ("peak RSS increase, MB", *(f"{m:,.1f}" if m is not None else "n/a" for m in mb),
-         _ratio(*mb)),
+        (
+            "GFLOP per forward (counted)",
+            f"{lat['flops'] / 1e9:,.2f}",
+            f"{pix['flops'] / 1e9:,.2f}",
+            _ratio(lat["flops"], pix["flops"]),
+        ),
+        (
+            f"wall time per forward, s (best of {result['repeats']})",
+            f"{lat['seconds']:.3f}",
+            f"{pix['seconds']:.3f}",
+            _ratio(lat["seconds"], pix["seconds"]),
+        ),
+        ("peak RSS increase, MB", *(f"{m:,.1f}" if m is not None else "n/a" for m in mb), _ratio(*mb)),
     ]
     lines = ["| U-Net forward, batch 1 | latent | pixel | pixel / latent |", "|---|---:|---:|---:|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
-    lines += ["", (
-        f"Measured: SD v1.4's U-Net block layout with widths {result['block_out_channels']}, "
-        f"{result['heads']} attention head(s), random weights, fp32, CPU, {result['threads']} "
-        f"thread(s); pixel side = latent side × {result['downsample']}."
-    )]
+    lines += [
+        "",
+        (
+            f"Measured: SD v1.4's U-Net block layout with widths {result['block_out_channels']}, "
+            f"{result['heads']} attention head(s), random weights, fp32, CPU, {result['threads']} "
+            f"thread(s); pixel side = latent side × {result['downsample']}."
+        ),
+    ]
     if "sd14" in result:
         sd = result["sd14"]
         lines.append(

@@ -28,10 +28,10 @@ from torch.utils.data import DataLoader
 from ldm_lightning.anatomy import text_encoder_flops, unet_step_flops, vae_decode_flops
 from ldm_lightning.components import Components, load_components, vae_scale_factor
 from ldm_lightning.data import _Rows, collate, read_rows
+from ldm_lightning.memory import peak_rss_delta
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.sampling import generate
 from ldm_lightning.schedulers import build_scheduler
-from ldm_lightning.why_latent import peak_rss_delta
 
 PROMPTS = ["a red circle", "a large blue square at the top", "a small green triangle on the left", "a yellow star"]
 

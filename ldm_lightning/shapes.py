@@ -115,6 +115,11 @@ def combos(split: Split) -> list[Shape]:
     ]
 
 
+def eval_shapes(split: Split, seed: int = 1234, jittered: int = 300) -> list[Shape]:
+    """Every unjittered combination of ``split`` plus ``jittered`` random draws: the recipes' evaluation set."""
+    return combos(split) + [shape_at(i, split, seed) for i in range(jittered)]
+
+
 def _polygon(name: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
     if name == "triangle":  # apex up, base 2r wide at 0.8r below centre: fills half its box
         return [(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)]

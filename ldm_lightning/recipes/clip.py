@@ -18,8 +18,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
+from ldm_lightning.recipes import steps_for_minutes
 from ldm_lightning.recipes.tokenizer import build_tokenizer
-from ldm_lightning.shapes import Shape, ShapesDataset, caption, combos, parse_caption, render, shape_at, to_tensor
+from ldm_lightning.shapes import (
+    Shape,
+    ShapesDataset,
+    caption,
+    combos,
+    eval_shapes,
+    parse_caption,
+    render,
+    shape_at,
+    to_tensor,
+)
 
 # OpenAI CLIP's normalisation, so the saved CLIPImageProcessor is the stock one.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -167,13 +178,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = build_tokenizer()
-    steps = args.steps
-    if steps is None:  # time steps on a throw-away model (first ones are warm-up) to keep seeding exact
-        probe = build_clip(tokenizer)
-        train_clip(probe, tokenizer, 3, args.batch_size, args.lr, args.seed, log_every=0)
-        start = time.time()
-        train_clip(probe, tokenizer, 5, args.batch_size, args.lr, args.seed, log_every=0)
-        steps = max(10, int(args.minutes * 60 / ((time.time() - start) / 5)))
+    if (steps := args.steps) is None:
+        steps = steps_for_minutes(
+            args.minutes,
+            lambda: build_clip(tokenizer),
+            lambda probe, n: train_clip(probe, tokenizer, n, args.batch_size, args.lr, args.seed, log_every=0),
+        )
     torch.manual_seed(args.seed)
     model = build_clip(tokenizer)
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {steps} steps", flush=True)
@@ -184,8 +194,8 @@ def main() -> None:
     if args.text_encoder_out is not None:
         export_text_encoder(model, args.text_encoder_out)
     for split in ("train", "held_out"):
-        shapes = combos(split) + [shape_at(i, split, 1234) for i in range(300)]
-        print(split, {k: round(v, 4) for k, v in zero_shot(model, tokenizer, shapes).items()}, flush=True)
+        accuracy = zero_shot(model, tokenizer, eval_shapes(split))
+        print(split, {k: round(v, 4) for k, v in accuracy.items()}, flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 
 from ldm_lightning.judge import judge
-from ldm_lightning.shapes import Shape, ShapesDataset, Split, combos, render, shape_at, to_tensor
+from ldm_lightning.recipes import steps_for_minutes
+from ldm_lightning.shapes import Shape, ShapesDataset, Split, eval_shapes, render, to_tensor
 
 
 def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0) -> AutoencoderKL:
@@ -125,14 +126,6 @@ def evaluate(vae: AutoencoderKL, shapes: list[Shape]) -> dict[str, float]:
     return result
 
 
-def eval_sets(seed: int = 1234, jittered: int = 300) -> dict[str, list[Shape]]:
-    """Every unjittered seen / held-out combination, plus ``jittered`` random draws of each split."""
-    return {
-        "seen": combos("train") + [shape_at(i, "train", seed) for i in range(jittered)],
-        "held_out": combos("held_out") + [shape_at(i, "held_out", seed) for i in range(jittered)],
-    }
-
-
 def main() -> None:
     """CLI: time a few steps, train for ``--minutes``, set ``scaling_factor``, evaluate and save."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -149,13 +142,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     vae = AutoencoderKL.from_pretrained(args.init) if args.init is not None else build_vae()
-    steps = args.steps
-    if steps is None:  # time steps on a throw-away copy (first ones are slow warm-up) to keep seeding
-        probe = build_vae()
-        train_vae(probe, 3, args.batch_size, args.lr, args.seed, log_every=0)
-        start = time.time()
-        train_vae(probe, 5, args.batch_size, args.lr, args.seed, log_every=0)
-        steps = max(10, int(args.minutes * 60 / ((time.time() - start) / 5)))
+    if (steps := args.steps) is None:
+        steps = steps_for_minutes(
+            args.minutes,
+            build_vae,
+            lambda probe, n: train_vae(probe, n, args.batch_size, args.lr, args.seed, log_every=0),
+        )
     print(f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, {steps} steps", flush=True)
     start = time.time()
     train_vae(vae, steps, args.batch_size, args.lr, args.seed, args.kl_weight)
@@ -163,8 +155,8 @@ def main() -> None:
     vae.register_to_config(scaling_factor=latent_scaling_factor(vae, seed=args.seed))
     vae.save_pretrained(args.out, safe_serialization=True)
     print(f"scaling_factor {vae.config.scaling_factor:.4f}, saved to {args.out}", flush=True)
-    for name, shapes in eval_sets().items():
-        print(name, {k: round(v, 4) for k, v in evaluate(vae, shapes).items()}, flush=True)
+    for name, split in (("seen", "train"), ("held_out", "held_out")):
+        print(name, {k: round(v, 4) for k, v in evaluate(vae, eval_shapes(split)).items()}, flush=True)
 
 
 if __name__ == "__main__":

@@ -93,13 +93,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def finished(folder: Path, rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Rows of a JSONL file whose image is on disk and decodes, by index (the last row wins)."""
+def finished(folder: Path, rows: list[dict[str, Any]], decode: bool = True) -> dict[int, dict[str, Any]]:
+    """Rows of a JSONL file whose image is on disk (and, with `decode`, decodes), by index; the last row wins.
+
+    Decoding every PNG is for a folder left by another process (resume). Within a run it is not
+    needed: each row is appended only after its image was renamed into place whole.
+    """
     done = {}
     for row in rows:
         try:
-            with Image.open(folder / row["image"]) as im:
-                im.load()
+            if decode:
+                with Image.open(folder / row["image"]) as im:
+                    im.load()
+            elif not (folder / row["image"]).is_file():
+                continue
         except (OSError, KeyError, ValueError):
             continue
         done[row["index"]] = row

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
@@ -103,8 +102,3 @@ def vae_scale_factor(vae: AutoencoderKL) -> int:
 def default_size(unet: UNet2DConditionModel, vae: AutoencoderKL) -> int:
     """The image side the U-Net was trained at, in pixels (512 for SD v1.4)."""
     return int(unet.config.sample_size) * vae_scale_factor(vae)
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    """Number of parameters of a module."""
-    return sum(p.numel() for p in module.parameters())

@@ -15,7 +15,7 @@ from diffusers import DDPMScheduler
 from lightning import LightningModule
 
 from ldm_lightning.clip_score import DEFAULT_CLIP, load_clip, score_images
-from ldm_lightning.components import Components, load_components, resolve, vae_scale_factor
+from ldm_lightning.components import Components, default_size, load_components, resolve, vae_scale_factor
 from ldm_lightning.errors import UserError
 from ldm_lightning.memory import peak_memory_mb
 from ldm_lightning.sampling import Samples, generate, to_uint8
@@ -89,7 +89,7 @@ class LatentDiffusionModule(LightningModule):
         self.unet, self.vae, self.text_encoder = self.parts.unet, self.parts.vae, self.parts.text_encoder
         self.tokenizer = self.parts.tokenizer
         factor = vae_scale_factor(self.vae)
-        native = int(self.unet.config.sample_size) * factor
+        native = default_size(self.unet, self.vae)
         self.height, self.width = height or native, width or native
         for name, value in (("height", self.height), ("width", self.width)):
             if value % factor:

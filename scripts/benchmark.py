@@ -26,7 +26,7 @@ from lightning import Trainer
 from torch.utils.data import DataLoader
 
 from ldm_lightning.anatomy import text_encoder_flops, unet_step_flops, vae_decode_flops
-from ldm_lightning.components import Components, load_components, vae_scale_factor
+from ldm_lightning.components import Components, default_size, load_components, vae_scale_factor
 from ldm_lightning.data import _Rows, collate, read_rows
 from ldm_lightning.memory import peak_rss_delta
 from ldm_lightning.module import LatentDiffusionModule
@@ -137,8 +137,7 @@ def run(args) -> None:
         parts, what = load_components(args.model), f"{args.model} (real weights)"
         for m in (parts.unet, parts.vae, parts.text_encoder):
             m.to(device=device, dtype=dtype)
-    factor = vae_scale_factor(parts.vae)
-    height = args.height or parts.unet.config.sample_size * factor
+    height = args.height or default_size(parts.unet, parts.vae)
     n_images = args.batch * args.batches
     prompts = (PROMPTS * n_images)[:n_images]
     rows = read_rows(prompts, seed=0)

@@ -75,9 +75,7 @@ def compression(vae: AutoencoderKL, height: int, width: int) -> float:
     return vae.config.in_channels * height * width / (c * h * w)
 
 
-def unet_step_flops(
-    unet: UNet2DConditionModel, latent_hw: tuple[int, int], batch: int, text_tokens: int = 77
-) -> int:
+def unet_step_flops(unet: UNet2DConditionModel, latent_hw: tuple[int, int], batch: int, text_tokens: int = 77) -> int:
     """FLOPs of one U-Net call on `batch` latents, cross-attending to `text_tokens` embeddings."""
     kw = _like(unet)
     sample = torch.zeros(batch, unet.config.in_channels, *latent_hw, **kw)
@@ -128,9 +126,7 @@ def load_components(model: str) -> tuple[dict[str, nn.Module], str]:
             "vae": _from_config(AutoencoderKL, root / "vae"),
             "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
         }
-    real = all(
-        any(p.suffix in WEIGHT_SUFFIXES for p in (root / sub).iterdir()) for sub in modules
-    )
+    real = all(any(p.suffix in WEIGHT_SUFFIXES for p in (root / sub).iterdir()) for sub in modules)
     status = "real, in the folder" if real else "missing from the folder"
     return modules, f"{status} (architecture from {root}'s configs, measured on meta)"
 
@@ -150,9 +146,7 @@ class ComponentStats:
         return self.flops_per_call * self.calls_per_image
 
 
-def measure(
-    modules: dict[str, nn.Module], height: int, width: int, steps: int = 50, cfg: bool = True
-) -> dict:
+def measure(modules: dict[str, nn.Module], height: int, width: int, steps: int = 50, cfg: bool = True) -> dict:
     """Parameters and FLOPs of each component for text-to-image sampling at height×width.
 
     With classifier-free guidance each step runs the U-Net on a batch of 2 (conditional and
@@ -165,17 +159,37 @@ def measure(
     tokens = text_encoder.config.max_position_embeddings  # prompts are padded to it (77 for CLIP)
     unet_flops = unet_step_flops(unet, (h, w), batch, tokens)
     rows = [
-        ComponentStats("VAE encoder", count_params(vae.encoder, vae.quant_conv),
-                       f"1×{px} → 1×{lat}", vae_encode_flops(vae, height, width), 0),
-        ComponentStats("VAE decoder", count_params(vae.decoder, vae.post_quant_conv),
-                       f"1×{lat} → 1×{px}", vae_decode_flops(vae, height, width), 1),
-        ComponentStats("text encoder", count_params(text_encoder), f"{batch}×{tokens} tokens",
-                       text_encoder_flops(text_encoder, batch), 1),
+        ComponentStats(
+            "VAE encoder",
+            count_params(vae.encoder, vae.quant_conv),
+            f"1×{px} → 1×{lat}",
+            vae_encode_flops(vae, height, width),
+            0,
+        ),
+        ComponentStats(
+            "VAE decoder",
+            count_params(vae.decoder, vae.post_quant_conv),
+            f"1×{lat} → 1×{px}",
+            vae_decode_flops(vae, height, width),
+            1,
+        ),
+        ComponentStats(
+            "text encoder",
+            count_params(text_encoder),
+            f"{batch}×{tokens} tokens",
+            text_encoder_flops(text_encoder, batch),
+            1,
+        ),
         ComponentStats("U-Net", count_params(unet), f"{batch}×{lat}, 1 step", unet_flops, steps),
     ]
     return {
-        "height": height, "width": width, "image_shape": px, "latent_shape": [c, h, w],
-        "compression": compression(vae, height, width), "steps": steps, "cfg": cfg,
+        "height": height,
+        "width": width,
+        "image_shape": px,
+        "latent_shape": [c, h, w],
+        "compression": compression(vae, height, width),
+        "steps": steps,
+        "cfg": cfg,
         "unet_flops_per_sample": unet_flops // batch,
         "total_flops_per_image": sum(r.flops_per_image for r in rows),
         "components": [asdict(r) | {"flops_per_image": r.flops_per_image} for r in rows],
@@ -195,17 +209,15 @@ def format_table(report: dict) -> str:
         )
     total = sum(r["params"] for r in report["components"])
     mb = [f"{total * BYTES_PER_PARAM[k] / 1e6:,.1f}" for k in BYTES_PER_PARAM]
-    lines.append(f"| **total** | {total:,} | {' | '.join(mb)} | | | "
-                 f"| **{report['total_flops_per_image'] / 1e12:.3f}** |")
+    lines.append(
+        f"| **total** | {total:,} | {' | '.join(mb)} | | | | **{report['total_flops_per_image'] / 1e12:.3f}** |"
+    )
     c, h, w = report["latent_shape"]
     guidance = "with CFG (U-Net batch 2)" if report["cfg"] else "without CFG"
     lines += [
         "",
         f"- model: {report['model']}; weights: {report['weights']}",
-        (
-            f"- image {report['image_shape']} → latent {c}×{h}×{w}: "
-            f"{report['compression']:g}× compression"
-        ),
+        (f"- image {report['image_shape']} → latent {c}×{h}×{w}: {report['compression']:g}× compression"),
         f"- U-Net: {report['unet_flops_per_sample'] / 1e12:.3f} TFLOP per sample per step",
         (
             f"- one image, {report['steps']} steps {guidance}: "

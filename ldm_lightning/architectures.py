@@ -95,9 +95,7 @@ def sd14_scheduler_config() -> dict:
     return dict(SD14_SCHEDULER)
 
 
-def build_sd14(
-    device: str | torch.device = "meta", dtype: torch.dtype = torch.float32
-) -> dict[str, nn.Module]:
+def build_sd14(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
     """Build SD v1.4's U-Net, VAE and text encoder with random weights, in eval mode.
 
     Args:

@@ -62,8 +62,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
     while True:
         padded = np.pad(labels, 1)
-        shifted = [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-                   for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+        shifted = [padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
         new = np.where(mask, np.max(shifted, axis=0), 0)
         if np.array_equal(new, labels):
             break

@@ -38,27 +38,31 @@ POSITIONS: tuple[str, ...] = ("center", "top", "bottom", "left", "right")
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     {("red", "triangle"), ("green", "star"), ("blue", "cross"), ("yellow", "circle"), ("purple", "square")}
 )
-SEEN_PAIRS: tuple[tuple[str, str], ...] = tuple(
-    p for p in itertools.product(COLOURS, SHAPES) if p not in HELD_OUT
-)
-HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = tuple(
-    p for p in itertools.product(COLOURS, SHAPES) if p in HELD_OUT
-)
+SEEN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in itertools.product(COLOURS, SHAPES) if p not in HELD_OUT)
+HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in itertools.product(COLOURS, SHAPES) if p in HELD_OUT)
 
 RADIUS = {"small": 8, "large": 13}  # half-extent in pixels, before ±1 jitter
 OFFSET = 17  # distance of the four off-centre positions from the centre, in pixels
 CENTRES: dict[str, tuple[int, int]] = {
-    "center": (32, 32), "top": (32, 32 - OFFSET), "bottom": (32, 32 + OFFSET),
-    "left": (32 - OFFSET, 32), "right": (32 + OFFSET, 32),
+    "center": (32, 32),
+    "top": (32, 32 - OFFSET),
+    "bottom": (32, 32 + OFFSET),
+    "left": (32 - OFFSET, 32),
+    "right": (32 + OFFSET, 32),
 }
 POSITION_PHRASES: dict[str, tuple[str, ...]] = {  # first entry is the canonical phrase
-    "center": ("in the center", "in the middle"), "top": ("at the top",), "bottom": ("at the bottom",),
-    "left": ("on the left",), "right": ("on the right",),
+    "center": ("in the center", "in the middle"),
+    "top": ("at the top",),
+    "bottom": ("at the bottom",),
+    "left": ("on the left",),
+    "right": ("on the right",),
 }
 SIZE_WORDS: dict[str, tuple[str, ...]] = {"small": ("small", "little"), "large": ("large", "big")}
 VOCABULARY: tuple[str, ...] = tuple(
     sorted(
-        {"a", ","} | set(COLOURS) | set(SHAPES)
+        {"a", ","}
+        | set(COLOURS)
+        | set(SHAPES)
         | {w for phrases in POSITION_PHRASES.values() for p in phrases for w in p.split()}
         | {w for words in SIZE_WORDS.values() for w in words}
     )
@@ -67,7 +71,9 @@ VOCABULARY: tuple[str, ...] = tuple(
 Split = Literal["train", "held_out", "all"]
 CaptionStyle = Literal["full", "short"]
 _SPLIT_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "train": SEEN_PAIRS, "held_out": HELD_OUT_PAIRS, "all": SEEN_PAIRS + HELD_OUT_PAIRS,
+    "train": SEEN_PAIRS,
+    "held_out": HELD_OUT_PAIRS,
+    "all": SEEN_PAIRS + HELD_OUT_PAIRS,
 }
 _SPLIT_ID = {"train": 0, "held_out": 1, "all": 2}
 
@@ -129,9 +135,20 @@ def _polygon(name: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
         return [(cx + q * np.cos(a), cy - q * np.sin(a)) for q, a in zip(radii, angles)]
     if name == "cross":  # plus sign, arms 0.66 r wide
         w = 0.33 * r
-        return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w),
-                (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w),
-                (cx - r, cy - w), (cx - w, cy - w)]
+        return [
+            (cx - w, cy - r),
+            (cx + w, cy - r),
+            (cx + w, cy - w),
+            (cx + r, cy - w),
+            (cx + r, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + r),
+            (cx - w, cy + r),
+            (cx - w, cy + w),
+            (cx - r, cy + w),
+            (cx - r, cy - w),
+            (cx - w, cy - w),
+        ]
     return None
 
 
@@ -188,9 +205,12 @@ def parse_caption(text: str) -> dict[str, str]:
     """Attributes a caption names, e.g. ``{"colour": "red", "shape": "circle"}``; unnamed ones are absent."""
     words = set(text.lower().replace(",", " ").split())
     found: dict[str, str] = {}
-    for attribute, options in (("colour", {c: (c,) for c in COLOURS}), ("shape", {s: (s,) for s in SHAPES}),
-                               ("size", SIZE_WORDS),
-                               ("position", {p: tuple(x.split()[-1] for x in v) for p, v in POSITION_PHRASES.items()})):
+    for attribute, options in (
+        ("colour", {c: (c,) for c in COLOURS}),
+        ("shape", {s: (s,) for s in SHAPES}),
+        ("size", SIZE_WORDS),
+        ("position", {p: tuple(x.split()[-1] for x in v) for p, v in POSITION_PHRASES.items()}),
+    ):
         for value, synonyms in options.items():
             if words & set(synonyms):
                 found[attribute] = value
@@ -219,12 +239,18 @@ class ShapesDataset(Dataset):
         caption_style: ``"varied"`` (training), ``"full"`` or ``"short"``.
     """
 
-    def __init__(self, num_samples: int, split: Split = "train", seed: int = 0,
-                 p_empty_caption: float = 0.0,
-                 caption_style: Literal["varied", "full", "short"] = "varied") -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        split: Split = "train",
+        seed: int = 0,
+        p_empty_caption: float = 0.0,
+        caption_style: Literal["varied", "full", "short"] = "varied",
+    ) -> None:
         if num_samples < 1 or not 0.0 <= p_empty_caption <= 1.0:
-            raise ValueError(f"need num_samples >= 1 and p_empty_caption in [0, 1], got "
-                             f"{num_samples} and {p_empty_caption}")
+            raise ValueError(
+                f"need num_samples >= 1 and p_empty_caption in [0, 1], got {num_samples} and {p_empty_caption}"
+            )
         self.num_samples, self.split, self.seed = num_samples, split, seed
         self.p_empty_caption, self.caption_style = p_empty_caption, caption_style
 
@@ -252,8 +278,14 @@ class ShapesDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
     """
 
-    def __init__(self, batch_size: int = 64, num_samples: int = 50_000, seed: int = 0,
-                 p_empty_caption: float = 0.1, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_samples: int = 50_000,
+        seed: int = 0,
+        p_empty_caption: float = 0.1,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -263,5 +295,11 @@ class ShapesDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled loader; the order is seeded so runs repeat exactly."""
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True, generator=generator,
-                          num_workers=self.num_workers, drop_last=True)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.num_workers,
+            drop_last=True,
+        )

@@ -42,12 +42,27 @@ def build_clip(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
 
     bos/eos/pad ids come from the tokenizer so the pooled text output is taken at the first EOS.
     """
-    text = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=3,
-                num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, projection_dim=64)
-    vision = dict(image_size=64, patch_size=8, hidden_size=96, intermediate_size=384, num_hidden_layers=4,
-                  num_attention_heads=4, projection_dim=64)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=64,
+    )
+    vision = dict(
+        image_size=64,
+        patch_size=8,
+        hidden_size=96,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        projection_dim=64,
+    )
     return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
 
 
@@ -57,8 +72,9 @@ def normalize(pixel_values: torch.Tensor) -> torch.Tensor:
     return ((pixel_values + 1) / 2 - mean) / std
 
 
-def clip_batches(batch_size: int, seed: int, p_full: float = 0.0
-                 ) -> Iterator[tuple[list[str], torch.Tensor, list[Shape]]]:
+def clip_batches(
+    batch_size: int, seed: int, p_full: float = 0.0
+) -> Iterator[tuple[list[str], torch.Tensor, list[Shape]]]:
     """Endless (captions, pixels in [-1, 1], attributes) batches of the training split.
 
     A share ``p_full`` of captions is replaced by the full template. Measured: 0.5 did not help
@@ -80,27 +96,37 @@ def contrastive_loss(logits: torch.Tensor, prompts: list[str], shapes: list[Shap
     would push apart pairs that are in fact correct.
     """
     named = [parse_caption(p) for p in prompts]
-    target = torch.tensor([[float(all(getattr(s, k) == v for k, v in n.items())) for n in named]
-                           for s in shapes])  # image × text; same rule as shapes.matches
+    target = torch.tensor(
+        [[float(all(getattr(s, k) == v for k, v in n.items())) for n in named] for s in shapes]
+    )  # image × text; same rule as shapes.matches
     image_loss = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
     text_loss = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, 0)).sum(0).mean()
     return (image_loss + text_loss) / 2
 
 
-def train_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, steps: int, batch_size: int = 128,
-               lr: float = 1e-3, seed: int = 0, warmup: int = 50, log_every: int = 50,
-               p_full: float = 0.0) -> list[float]:
+def train_clip(
+    model: CLIPModel,
+    tokenizer: PreTrainedTokenizerFast,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    warmup: int = 50,
+    log_every: int = 50,
+    p_full: float = 0.0,
+) -> list[float]:
     """AdamW, linear warm-up then cosine decay to 1% of ``lr``; returns every step's loss."""
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))),
+    )
     model.train()
     losses, start = [], time.time()
     for step, (prompts, pixels, shapes) in zip(range(steps), clip_batches(batch_size, seed, p_full)):
         tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
-        out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                    pixel_values=normalize(pixels))
+        out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=normalize(pixels))
         loss = contrastive_loss(out.logits_per_image, prompts, shapes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -108,8 +134,11 @@ def train_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, steps: int,
         schedule.step()
         losses.append(loss.item())
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}/{steps} {time.time() - start:6.0f}s loss {loss.item():.4f} "
-                  f"scale {model.logit_scale.exp().item():.1f}", flush=True)
+            print(
+                f"step {step:5d}/{steps} {time.time() - start:6.0f}s loss {loss.item():.4f} "
+                f"scale {model.logit_scale.exp().item():.1f}",
+                flush=True,
+            )
     model.eval()
     return losses
 
@@ -122,10 +151,14 @@ def zero_shot(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, shapes: list
     images = normalize(torch.stack([to_tensor(render(s)) for s in shapes]))
     image_emb = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
     for style in ("full", "short"):
-        candidates = combos("all") if style == "full" else [s for s in combos("all")
-                                                            if s.size == "small" and s.position == "center"]
-        tokens = tokenizer([caption(c, style) for c in candidates], padding="max_length", truncation=True,
-                           return_tensors="pt")
+        candidates = (
+            combos("all")
+            if style == "full"
+            else [s for s in combos("all") if s.size == "small" and s.position == "center"]
+        )
+        tokens = tokenizer(
+            [caption(c, style) for c in candidates], padding="max_length", truncation=True, return_tensors="pt"
+        )
         text_emb = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
         chosen = [candidates[i] for i in (image_emb @ text_emb.T).argmax(1).tolist()]
         attributes = ("colour", "shape", "size", "position") if style == "full" else ("colour", "shape")
@@ -138,8 +171,12 @@ def zero_shot(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, shapes: list
 
 def image_processor() -> CLIPImageProcessor:
     """Stock CLIP preprocessing at 64²: resize shortest edge, centre crop, rescale, normalise."""
-    return CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
-                              image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    return CLIPImageProcessor(
+        size={"shortest_edge": 64},
+        crop_size={"height": 64, "width": 64},
+        image_mean=list(CLIP_MEAN),
+        image_std=list(CLIP_STD),
+    )
 
 
 def save_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:

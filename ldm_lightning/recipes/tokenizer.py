@@ -33,12 +33,19 @@ def build_tokenizer(max_length: int = MAX_LENGTH) -> PreTrainedTokenizerFast:
     core.normalizer = normalizers.Sequence([normalizers.Strip(), normalizers.Lowercase()])
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     core.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B {EOS}",
+        single=f"{BOS} $A {EOS}",
+        pair=f"{BOS} $A {EOS} $B {EOS}",
         special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=EOS,
-        model_max_length=max_length, padding_side="right", truncation_side="right",
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=EOS,
+        model_max_length=max_length,
+        padding_side="right",
+        truncation_side="right",
         model_input_names=["input_ids", "attention_mask"],
     )
 

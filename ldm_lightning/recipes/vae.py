@@ -35,9 +35,15 @@ def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0) -> Autoen
     growing the signal.
     """
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64), norm_num_groups=norm_num_groups,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        sample_size=64,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        norm_num_groups=norm_num_groups,
     )
     with torch.no_grad():  # quant_conv emits [mean, logvar] stacked on the channel axis
         vae.quant_conv.bias[vae.config.latent_channels :].fill_(initial_logvar)
@@ -52,8 +58,14 @@ def image_batches(batch_size: int, seed: int, split: Split = "train") -> Iterato
         yield batch["pixel_values"]
 
 
-def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, edge_weight: float, mse_weight: float,
-             generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+def vae_loss(
+    vae: AutoencoderKL,
+    x: torch.Tensor,
+    kl_weight: float,
+    edge_weight: float,
+    mse_weight: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """L1 + MSE + L1 on image gradients (sharp edges decide the judged shape) + KL to N(0, I).
 
     L1's gradient does not shrink with the error, so on ~90% black background it is mostly spent
@@ -69,15 +81,26 @@ def vae_loss(vae: AutoencoderKL, x: torch.Tensor, kl_weight: float, edge_weight:
     return loss, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "edge": edge.item(), "kl": kl.item()}
 
 
-def train_vae(vae: AutoencoderKL, steps: int, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
-              kl_weight: float = 1e-4, edge_weight: float = 0.5, mse_weight: float = 1.0, warmup: int = 50,
-              log_every: int = 50) -> list[float]:
+def train_vae(
+    vae: AutoencoderKL,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    kl_weight: float = 1e-4,
+    edge_weight: float = 0.5,
+    mse_weight: float = 1.0,
+    warmup: int = 50,
+    log_every: int = 50,
+) -> list[float]:
     """AdamW with linear warm-up and cosine decay to 1% of ``lr``; returns the loss of every step."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))),
+    )
     vae.train()
     losses, start = [], time.time()
     for step, x in zip(range(steps), image_batches(batch_size, seed)):
@@ -89,8 +112,11 @@ def train_vae(vae: AutoencoderKL, steps: int, batch_size: int = 16, lr: float = 
         schedule.step()
         losses.append(parts["loss"])
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}/{steps} {time.time() - start:6.0f}s "
-                  + " ".join(f"{k} {v:.4f}" for k, v in parts.items()), flush=True)
+            print(
+                f"step {step:5d}/{steps} {time.time() - start:6.0f}s "
+                + " ".join(f"{k} {v:.4f}" for k, v in parts.items()),
+                flush=True,
+            )
     vae.eval()
     return losses
 

@@ -17,6 +17,7 @@ from lightning import LightningModule
 from ldm_lightning.clip_score import DEFAULT_CLIP, load_clip, score_images
 from ldm_lightning.components import Components, default_size, load_components, resolve, vae_scale_factor
 from ldm_lightning.errors import UserError
+from ldm_lightning.fast import make_fast
 from ldm_lightning.memory import peak_memory_mb
 from ldm_lightning.sampling import Samples, generate, to_uint8
 from ldm_lightning.schedulers import SchedulerName, build_scheduler, check_scheduler_name
@@ -45,7 +46,7 @@ class LatentDiffusionModule(LightningModule):
         warmup_steps: int = 100,
         snr_gamma: float | None = 5.0,
         clip_model_name_or_path: str | None = None,
-        compile_unet: bool = False,
+        fast: bool = False,
         step_progress: bool = False,
     ):
         """
@@ -70,8 +71,9 @@ class LatentDiffusionModule(LightningModule):
             snr_gamma: min-SNR loss weighting gamma (Hang et al. 2023) for `fit`; null for plain MSE.
             clip_model_name_or_path: CLIP that scores images in `test` (hub id or folder). Default:
                 the embedded "tiny-clip" for the embedded model, else openai/clip-vit-large-patch14.
-            compile_unet: opt-in speed-up: `torch.compile` the U-Net for predict/test (the first
-                batch pays the compilation; images equal the exact path to float rounding).
+            fast: opt-in fast mode for predict/test (`fast.py`): on a GPU channels-last + `torch.compile`
+                with CUDA graphs, on a CPU `torch.compile`. The first batch of each shape pays the
+                compilation; images equal the exact path to float rounding.
             step_progress: also show a progress bar over each batch's denoising steps (rank 0), for
                 runs where one batch takes minutes (SD v1.4 on a CPU).
         """
@@ -119,6 +121,7 @@ class LatentDiffusionModule(LightningModule):
             "eta": hp.eta,
             "height": self.height,
             "width": self.width,
+            "fast": hp.fast,  # same images to float rounding, not bit for bit
         }
 
     @property
@@ -188,8 +191,8 @@ class LatentDiffusionModule(LightningModule):
     # ----- per-stage setup, and training (fit): the U-Net only; VAE and text encoder stay frozen -----
 
     def setup(self, stage: str) -> None:
-        if self.hparams.compile_unet and stage in ("predict", "test"):
-            self.unet.compile()  # in place: the sampling code keeps the same module object
+        if self.hparams.fast and stage in ("predict", "test"):
+            make_fast(self.unet)  # in place: the sampling code keeps the same module object
         if stage == "test":
             self.clip = load_clip(self.clip_name)
         if stage == "fit":

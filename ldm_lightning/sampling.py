@@ -73,7 +73,9 @@ def step_kwargs(scheduler: SchedulerMixin, eta: float, generators: list[torch.Ge
 def predict_noise(unet, latents, t, cond, uncond, guidance_scale: float) -> torch.Tensor:
     """The U-Net's noise estimate, with classifier-free guidance as one batched call when scale > 1."""
     if uncond is None:
-        return unet(latents, t, encoder_hidden_states=cond, return_dict=False)[0]
+        # A copy: multistep schedulers keep past estimates, and a CUDA-graph U-Net (fast mode)
+        # overwrites its output buffer at the next step.
+        return unet(latents, t, encoder_hidden_states=cond, return_dict=False)[0].clone()
     both = unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
     # Classifier-free guidance, Ho & Salimans 2022, eq. 6: extrapolate from the unconditional
     # estimate towards the conditional one.

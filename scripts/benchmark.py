@@ -2,19 +2,21 @@
 
     python scripts/benchmark.py --model tiny-shapes                       # the embedded model
     python scripts/benchmark.py --model sd14 --height 256 --steps 4       # SD v1.4 architecture, random weights
-    python scripts/benchmark.py --gpu                                     # SD v1.4 at 512², 50 steps, on CUDA
+    python scripts/benchmark.py --gpu --model sd14 --height 512 --steps 50 --batch 1 8 --fast   # on CUDA
 
 Each variant runs alternately in one process, `--repeats` times, on the same prompts, seeds,
 scheduler and steps; the table gives the median. Rows:
 - `pipeline`: `StableDiffusionPipeline.__call__` (the reference);
 - `ours, bare loop`: `sampling.generate` called directly;
 - `ours, Trainer.predict`: the same through Lightning (what `python -m ldm_lightning predict` runs);
-- `ours, compiled`: the opt-in `model.compile_unet` (torch.compile) path.
-Peak memory is CUDA's max allocated on a GPU, else the peak resident-set increase of the call
-(Linux VmHWM, reset before each call). FLOPs are counted (torch.utils.flop_counter), not estimated.
+- `ours, fast`: the opt-in fast mode (`--model.fast true`, `ldm_lightning/fast.py`) on a copy of the U-Net.
+Peak memory is CUDA's max allocated during the call on a GPU (weights included), else the peak
+resident-set increase of the call (Linux VmHWM, reset before each call). FLOPs are counted
+(torch.utils.flop_counter), not estimated.
 """
 
 import argparse
+import copy
 import statistics
 import time
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader
 from ldm_lightning.anatomy import text_encoder_flops, unet_step_flops, vae_decode_flops
 from ldm_lightning.components import Components, default_size, load_components, vae_scale_factor
 from ldm_lightning.data import _Rows, collate, read_rows
+from ldm_lightning.fast import make_fast
 from ldm_lightning.memory import peak_rss_delta
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.sampling import generate
@@ -58,25 +61,37 @@ class Preloaded(LatentDiffusionModule):
     def load_parts(self) -> Components:
         return self.parts_to_use
 
+    def cpu(self):
+        """Stay put: Lightning moves the module to the CPU when `predict` ends, which would move the
+        parts every variant shares (a CLI run pays that move once, at exit)."""
+        return self
+
 
 @contextmanager
-def timed_modules(parts: Components, totals: dict):
-    """Accumulate wall time spent inside the U-Net and the VAE decoder."""
-    handles, starts = [], {}
+def timed_modules(parts: Components, totals: dict, device: torch.device):
+    """Accumulate the time spent inside the U-Net and the VAE decoder: CUDA events on a GPU (the host
+    returns before the kernels finish), wall time on a CPU."""
+
+    def now():
+        if device.type != "cuda":
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    spans, handles = [], []
     for name, module in (("unet", parts.unet), ("vae", parts.vae.decoder)):
-        handles.append(
-            module.register_forward_pre_hook(lambda m, a, n=name: starts.__setitem__(n, time.perf_counter()))
-        )
-        handles.append(
-            module.register_forward_hook(
-                lambda m, a, o, n=name: totals.__setitem__(n, totals.get(n, 0.0) + time.perf_counter() - starts[n])
-            )
-        )
+        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: spans.append([n, now()])))
+        handles.append(module.register_forward_hook(lambda m, a, o: spans[-1].append(now())))
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+        sync(device)
+        for name, begin, end in spans:
+            seconds = begin.elapsed_time(end) / 1e3 if device.type == "cuda" else end - begin
+            totals[name] = totals.get(name, 0.0) + seconds
 
 
 def sync(device: torch.device) -> None:
@@ -85,17 +100,17 @@ def sync(device: torch.device) -> None:
 
 
 def measure(fn, device: torch.device) -> tuple[float, float | None, object]:
-    """(seconds, peak memory in MiB, result) of one call."""
+    """(seconds, peak memory in MiB, result) of one call. Memory: CUDA's max allocated during the
+    call (weights included), else the resident-set increase of the process (VmHWM reset before)."""
     out = {}
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
         sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         out["r"] = fn()
         sync(device)
         seconds = time.perf_counter() - start
-        return seconds, (torch.cuda.max_memory_allocated(device) - base) / 2**20, out["r"]
+        return seconds, torch.cuda.max_memory_allocated(device) / 2**20, out["r"]
 
     def call():
         start = time.perf_counter()
@@ -106,8 +121,9 @@ def measure(fn, device: torch.device) -> tuple[float, float | None, object]:
     return out["t"], None if peak is None else peak / 2**20, out["r"]
 
 
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Measured dense matmul rate of this device and dtype, TFLOP/s (best of `repeats`)."""
+def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul rate of this device and dtype, TFLOP/s (best of several products)."""
+    n, repeats = (8192, 10) if device.type == "cuda" else (2048, 5)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = float("inf")
@@ -128,20 +144,51 @@ def flops_per_image(parts: Components, height: int, width: int, steps: int, cfg:
     return text_encoder_flops(parts.text_encoder, batch) + steps * unet + vae_decode_flops(parts.vae, height, width)
 
 
+def load(args, device: torch.device, dtype: torch.dtype) -> tuple[Components, str]:
+    if args.model == "sd14":
+        return sd14_random(dtype, str(device)), "SD v1.4 architecture, random weights"
+    parts = load_components(args.model)
+    for m in (parts.unet, parts.vae, parts.text_encoder):
+        m.to(device=device, dtype=dtype)
+    return parts, f"{args.model} (real weights)"
+
+
 def run(args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and args.gpu else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    if args.model == "sd14":
-        parts, what = sd14_random(dtype, str(device)), "SD v1.4 architecture, random weights"
-    else:
-        parts, what = load_components(args.model), f"{args.model} (real weights)"
-        for m in (parts.unet, parts.vae, parts.text_encoder):
-            m.to(device=device, dtype=dtype)
+    parts, what = load(args, device, dtype)
     height = args.height or default_size(parts.unet, parts.vae)
-    n_images = args.batch * args.batches
+    fast_parts = None
+    if args.fast:  # a copy, so that fast mode's in-place changes leave the exact variants alone
+        fast_parts = Components(
+            parts.tokenizer, parts.text_encoder, copy.deepcopy(parts.unet), parts.vae, parts.scheduler_config
+        )
+        fast_settings = make_fast(fast_parts.unet)
+        print(f"fast mode on {device.type}: {fast_settings}", flush=True)
+    peak = matmul_tflops(device, dtype)
+    flops = flops_per_image(parts, height, height, args.steps, args.guidance > 1)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    header = (
+        f"\n{what}; {height}×{height}, {args.scheduler}, {args.steps} steps, guidance {args.guidance}, "
+        f"{args.dtype}, {device.type} ({where}); {args.repeats} alternating repeats, medians\n"
+        f"counted FLOPs per image: {flops / 1e12:.4f} TFLOP; measured {args.dtype} matmul: {peak:.3f} TFLOP/s"
+    )
+    lines = [header]
+    print(header, flush=True)
+    for batch in args.batch:
+        table = bench_batch(args, parts, fast_parts, device, batch, height, flops, peak)
+        print(table, flush=True)
+        lines.append(table)
+    if args.out:
+        write_report(args.out, "\n".join(lines))
+
+
+def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> str:
+    """Time every variant at this batch size; the markdown table and notes."""
+    n_images = batch * args.batches
     prompts = (PROMPTS * n_images)[:n_images]
     rows = read_rows(prompts, seed=0)
-    chunks = [rows[i : i + args.batch] for i in range(0, n_images, args.batch)]
+    chunks = [rows[i : i + batch] for i in range(0, n_images, batch)]
     settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, eta=0.0, height=height, width=height)
     pipe = StableDiffusionPipeline(
         vae=parts.vae,
@@ -186,9 +233,6 @@ def run(args) -> None:
             )
         return torch.cat(out)
 
-    def bare():
-        return ours(parts)
-
     Preloaded.parts_to_use = parts
     module = Preloaded(
         scheduler=args.scheduler,
@@ -196,6 +240,7 @@ def run(args) -> None:
         guidance_scale=args.guidance,
         height=height,
         width=height,
+        decode_fp32="never",  # decode in the model's dtype, as the pipeline does
     )
     precision = {"fp32": "32-true", "bf16": "bf16-true", "fp16": "16-true"}[args.dtype]
     trainer = Trainer(
@@ -207,60 +252,69 @@ def run(args) -> None:
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    loader = DataLoader(_Rows(rows), batch_size=args.batch, collate_fn=collate)
+    loader = DataLoader(_Rows(rows), batch_size=batch, collate_fn=collate)
 
-    def lightning():
-        return trainer.predict(module, loader)
-
-    variants = {"pipeline": reference, "ours, bare loop": bare, "ours, Trainer.predict": lightning}
-    if args.compiled:
-        compiled_parts = Components(
-            parts.tokenizer, parts.text_encoder, torch.compile(parts.unet), parts.vae, parts.scheduler_config
-        )
-        variants["ours, compiled"] = lambda: ours(compiled_parts)
-        variants["ours, compiled"]()  # compile outside the timed runs
+    variants = {
+        "pipeline": reference,
+        "ours, bare loop": lambda: ours(parts),
+        "ours, Trainer.predict": lambda: trainer.predict(module, loader),
+    }
+    notes = []
     with torch.inference_mode():
-        bare(), reference()  # warm-up
+        ours(parts), reference()  # warm-up
+        if fast_parts is not None:
+            try:
+                start = time.perf_counter()
+                ours(fast_parts)  # compiles for this shape, outside the timed runs
+                notes.append(f"fast mode's first call (compilation) took {time.perf_counter() - start:.1f} s")
+                variants["ours, fast"] = lambda: ours(fast_parts)
+            except Exception as error:  # report and go on with the exact variants
+                notes.append(f"fast mode failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
         results = {name: [] for name in variants}
-        images = {}
-        shares = {}
+        images, shares = {}, {}
         for _ in range(args.repeats):
             for name, fn in variants.items():  # alternate, so drift hits every variant alike
                 totals = {}
-                with timed_modules(parts, totals):
+                with timed_modules(parts, totals, device):
                     seconds, memory, out = measure(fn, device)
                 results[name].append((seconds, memory))
                 shares[name] = (totals.get("unet", 0) + totals.get("vae", 0)) / seconds
                 if name != "ours, Trainer.predict":
                     images[name] = out
 
-    flops = flops_per_image(parts, height, height, args.steps, args.guidance > 1)
-    peak = matmul_tflops(device, dtype)
     ref_time = statistics.median(s for s, _ in results["pipeline"])
     ref_mem = statistics.median((m or 0) for _, m in results["pipeline"])
-    print(
-        f"\n{what}; {height}×{height}, {args.scheduler}, {args.steps} steps, guidance {args.guidance}, "
-        f"batch {args.batch} × {args.batches} batches, {args.dtype}, {device.type}; "
-        f"{args.repeats} alternating repeats, medians"
-    )
-    print(f"counted FLOPs per image: {flops / 1e12:.4f} TFLOP; measured {args.dtype} matmul: {peak:.3f} TFLOP/s\n")
-    print(
-        "| variant | s/image | × pipeline time | peak MiB | × pipeline memory | max abs diff vs pipeline "
-        "| U-Net+VAE share | TFLOP/s | of matmul |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
+    lines = [
+        f"\nbatch {batch} × {args.batches} batches",
+        "| variant | s/image | images/s | it/s | × pipeline time | peak MiB | × pipeline memory "
+        "| max abs diff vs pipeline | U-Net+VAE share | TFLOP/s | of matmul |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, runs in results.items():
-        seconds = statistics.median(s for s, _ in runs) / n_images
+        call = statistics.median(s for s, _ in runs)
+        seconds = call / n_images
         memory = statistics.median((m or 0) for _, m in runs)
         diff = (
             (images[name].float() - images["pipeline"].float()).abs().max().item() if name in images else float("nan")
         )
+        share = f"{shares[name]:.0%}" if name != "ours, fast" else "–"  # the compiled copy has no hooks
         rate = flops / seconds / 1e12
-        print(
-            f"| {name} | {seconds:.4f} | {seconds * n_images / ref_time:.3f} | {memory:.0f} | "
-            f"{memory / ref_mem if ref_mem else float('nan'):.2f} | {diff:.2e} | {shares[name]:.0%} | "
-            f"{rate:.3f} | {rate / peak:.1%} |"
+        lines.append(
+            f"| {name} | {seconds:.4f} | {1 / seconds:.2f} | {args.steps * args.batches / call:.2f} "
+            f"| {call / ref_time:.3f} | {memory:.0f} | {f'{memory / ref_mem:.2f}' if ref_mem >= 1 else '–'} "
+            f"| {diff:.2e} | {share} | {rate:.3f} | {rate / peak:.1%} |"
         )
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: Path, text: str) -> None:
+    """benchmark.md (the tables), benchmark.png (speed vs the pipeline) and a TensorBoard run, in `folder`."""
+    from benchmark_report import main as report
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "benchmark.md").write_text(text + "\n")
+    report([str(folder / "benchmark.md"), "--out", str(folder / "benchmark.png"), "--tensorboard", str(folder)])
 
 
 def main() -> None:
@@ -270,13 +324,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--scheduler", default="ddim")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, nargs="+", default=[4], help="batch size(s), each its own table")
     parser.add_argument("--batches", type=int, default=2, help="batches per timed call")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compiled", action="store_true", help="also time the torch.compile'd U-Net")
+    parser.add_argument("--fast", action="store_true", help="also time the opt-in fast mode (ldm_lightning/fast.py)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--gpu", action="store_true", help="run on CUDA if present")
+    parser.add_argument("--out", type=Path, default=None, help="also write benchmark.md/.png and TensorBoard here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

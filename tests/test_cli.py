@@ -125,3 +125,13 @@ def test_fewer_prompts_than_ranks_does_not_hang(tiny_model, tmp_path):
     done = run_cli_subprocess(args, timeout=90)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["index"] for r in manifest(tmp_path / "run")] == [0]
+
+
+def test_fast_mode_draws_the_same_images(tiny_model, tmp_path):
+    exact, fast = tmp_path / "exact", tmp_path / "fast"
+    assert run_cli(predict_args(tiny_model, exact, "--data.batch_size=5"))[0] == 0
+    assert run_cli(predict_args(tiny_model, fast, "--data.batch_size=5", "--model.fast=true"))[0] == 0
+    rows = manifest(fast)
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    for r, e in zip(rows, manifest(exact)):
+        assert np.abs(pixels(fast, r) - pixels(exact, e)).max() <= 1  # compiled kernels round differently

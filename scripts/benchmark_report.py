@@ -1,0 +1,88 @@
+"""Turn `scripts/benchmark.py` output (its printed markdown, or a log holding it) into a picture.
+
+    python scripts/benchmark_report.py LOG --out benchmark.png [--tensorboard DIR]
+
+One bar per variant and table: speed relative to `StableDiffusionPipeline` in the same table
+(1 / "× pipeline time"), grouped by dtype, device and batch size, so the fast mode's gain and the
+exact mode's parity read off at a glance.
+"""
+
+import argparse
+import re
+from pathlib import Path
+
+SETTING = re.compile(r", (fp32|bf16|fp16), (cpu|cuda) \(([^)]*)\)")
+BATCH = re.compile(r"^batch (\d+) × (\d+) batches")
+
+
+def parse_tables(text: str) -> list[dict]:
+    """Each table of the output: {"dtype", "device", "batch", "rows": [{column: cell}]}, in order."""
+    tables, setting, current, columns = [], None, None, None
+    for line in text.splitlines():
+        if match := SETTING.search(line):
+            setting = {"dtype": match[1], "device": match[2], "where": match[3]}
+            current = None  # rows count only under a "batch N" line
+        elif (match := BATCH.match(line)) and setting:
+            current = {**setting, "batch": int(match[1]), "rows": []}
+            tables.append(current)
+            columns = None
+        elif line.startswith("|") and current is not None:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if columns is None:
+                columns = cells
+            elif not set(line) <= set("|-"):
+                current["rows"].append(dict(zip(columns, cells)))
+    return tables
+
+
+def plot(tables: list[dict], path: str | Path) -> None:
+    """Grouped bars: each variant's speed-up over the pipeline, one group per table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(row["variant"] for t in tables for row in t["rows"]))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tables) + 2), 4))
+    for i, name in enumerate(variants):
+        xs, ys = [], []
+        for j, table in enumerate(tables):
+            row = next((r for r in table["rows"] if r["variant"] == name), None)
+            if row:
+                xs.append(j + (i - (len(variants) - 1) / 2) * width)
+                ys.append(1 / float(row["× pipeline time"]))
+        bars = ax.bar(xs, ys, width, label=name)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(tables)), [f"{t['dtype']} {t['device']}\nbatch {t['batch']}" for t in tables])
+    ax.set_ylabel("speed vs StableDiffusionPipeline (×)")
+    where = ", ".join(dict.fromkeys(t["where"] for t in tables))
+    ax.set_title(f"Sampling speed relative to the diffusers pipeline ({where})", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("log", type=Path, help="benchmark output (markdown or a log holding it)")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--tensorboard", default=None, help="also log the tables and the picture here")
+    args = parser.parse_args(argv)
+    text = args.log.read_text()
+    tables = parse_tables(text)
+    if not tables:
+        raise SystemExit(f"error: no benchmark tables found in {args.log}")
+    plot(tables, args.out)
+    if args.tensorboard:
+        from ldm_lightning.tensorboard_log import log_table
+
+        markdown = "\n".join(line for line in text.splitlines() if line.startswith("|") or BATCH.match(line))
+        log_table(args.tensorboard, "benchmark", markdown, args.out)
+    print(f"{len(tables)} tables -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

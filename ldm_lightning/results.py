@@ -30,6 +30,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n_nonfinite": sum(not r.get("finite", True) for r in rows),
         "n_black": sum(bool(r.get("black")) for r in rows),
         "n_truncated": sum(bool(r.get("truncated")) for r in rows),
-        "seconds_per_image": float(np.mean([r["seconds"] for r in rows])) if rows else float("nan"),
+        # Median: the first batch, which pays warm-up (and fast mode's compilation), does not dominate.
+        "seconds_per_image": float(np.median([r["seconds"] for r in rows])) if rows else float("nan"),
         "peak_memory_mb": max((r["peak_memory_mb"] for r in rows), default=float("nan")),
     }

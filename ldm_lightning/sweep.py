@@ -1,11 +1,12 @@
-"""Sweeps: one `test` run per setting (guidance × scheduler × steps × precision), then a table and a plot.
+"""Sweeps: one `test` run per setting (guidance × scheduler × steps × precision × mode), then a table and a plot.
 
     python -m ldm_lightning.sweep --guidance 1 2 3 5 7.5 --schedulers ddim dpmpp_2m_karras \\
         --out outputs/sweep -- --config configs/tiny-shapes.yaml
 
 Arguments after `--` go to every `test` run. Each run is an ordinary, resumable `test` run in its own
 folder; `--reference SCHEDULER:STEPS[:PRECISION]` adds one more run and reports each run's pixel
-distance to it (e.g. `ddim:200` for a many-step reference, or `ddim:25:32-true` for precision).
+distance to it (e.g. `ddim:200` for a many-step reference, or `ddim:25:32-true` for precision);
+`--modes exact fast` runs every setting also in fast mode (`model.fast`), against the exact reference.
 Writes `sweep.csv`, `sweep.md`, `clip_vs_guidance.png`, `grid.png` (rows: schedulers, columns: the
 other settings; the first prompt's image) and logs table and plot to TensorBoard.
 """
@@ -26,7 +27,9 @@ from ldm_lightning.memory import reset_peak_rss
 from ldm_lightning.outputs import read_jsonl
 
 
-def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: str, passthrough: list[str]) -> Path:
+def run_test(
+    out: Path, scheduler: str, steps: int, guidance: float, precision: str, fast: bool, passthrough: list[str]
+) -> Path:
     """One `test` run; returns its folder (the CLI may pick `<out>-N` for a changed config)."""
     args = [
         "test",
@@ -35,6 +38,7 @@ def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: 
         f"--model.num_inference_steps={steps}",
         f"--model.guidance_scale={guidance}",
         f"--trainer.precision={precision}",
+        f"--model.fast={str(fast).lower()}",
         f"--output_dir={out}",
     ]
     reset_peak_rss()  # each in-process run reports its own CPU peak
@@ -56,9 +60,10 @@ def run_test(out: Path, scheduler: str, steps: int, guidance: float, precision: 
                 settings["num_inference_steps"],
                 settings["guidance_scale"],
                 settings["precision"],
-            ) == (scheduler, steps, guidance, precision):
+                settings.get("fast", False),
+            ) == (scheduler, steps, guidance, precision, fast):
                 return folder
-    raise RuntimeError(f"no summary for {scheduler}/{steps}/{guidance}/{precision} under {out}")
+    raise RuntimeError(f"no summary for {scheduler}/{steps}/{guidance}/{precision}/fast={fast} under {out}")
 
 
 def images_of(folder: Path) -> dict[int, np.ndarray]:
@@ -78,15 +83,15 @@ def distance(a: dict[int, np.ndarray], b: dict[int, np.ndarray]) -> tuple[float,
 
 
 def plot(rows: list[dict], path: Path):
-    """CLIPScore against guidance scale, one line per scheduler/steps/precision."""
+    """CLIPScore against guidance scale, one line per scheduler/steps/precision/mode."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    key = lambda r: (r["scheduler"], r["steps"], r["precision"])  # noqa: E731
-    for (scheduler, steps, precision), group in itertools.groupby(sorted(rows, key=key), key=key):
+    key = lambda r: (r["scheduler"], r["steps"], r["precision"], r["mode"])  # noqa: E731
+    for (scheduler, steps, precision, mode), group in itertools.groupby(sorted(rows, key=key), key=key):
         group = sorted(group, key=lambda r: r["guidance_scale"])
         x = [r["guidance_scale"] for r in group]
         ax.errorbar(
@@ -95,7 +100,7 @@ def plot(rows: list[dict], path: Path):
             marker="o",
             capsize=3,
             yerr=np.array([[r["clip_score"] - r["ci_low"], r["ci_high"] - r["clip_score"]] for r in group]).T,
-            label=f"{scheduler}, {steps} steps, {precision}",
+            label=f"{scheduler}, {steps} steps, {precision}" + (", fast" if mode == "fast" else ""),
         )
     ax.set_xlabel("guidance scale")
     ax.set_ylabel("CLIPScore (mean, 95% CI)")
@@ -142,6 +147,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--schedulers", nargs="+", default=["ddim"])
     parser.add_argument("--steps", type=int, nargs="+", default=[25])
     parser.add_argument("--precisions", nargs="+", default=["32-true"])
+    parser.add_argument("--modes", nargs="+", choices=["exact", "fast"], default=["exact"])
     parser.add_argument("--reference", default=None, help="SCHEDULER:STEPS[:PRECISION] run to measure distances to")
     parser.add_argument("--out", type=Path, default=Path("outputs/sweep"))
     args, passthrough = parser.parse_known_args(argv)
@@ -157,20 +163,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 int(steps),
                 guidance,
                 precision[0] if precision else args.precisions[0],
+                False,
                 passthrough,
             )
             ref_score = json.loads((folder / "summary.json").read_text())["clip_score_mean"]
             references[guidance] = (images_of(folder), ref_score)
     rows = []
-    for scheduler, steps, guidance, precision in itertools.product(
-        args.schedulers, args.steps, args.guidance, args.precisions
+    for scheduler, steps, guidance, precision, mode in itertools.product(
+        args.schedulers, args.steps, args.guidance, args.precisions, args.modes
     ):
         folder = run_test(
-            args.out / f"{scheduler}-{steps}-g{guidance:g}-{precision}",
+            args.out / (f"{scheduler}-{steps}-g{guidance:g}-{precision}" + ("-fast" if mode == "fast" else "")),
             scheduler,
             steps,
             guidance,
             precision,
+            mode == "fast",
             passthrough,
         )
         summary = json.loads((folder / "summary.json").read_text())
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "steps": steps,
             "guidance_scale": guidance,
             "precision": precision,
+            "mode": mode,
             "clip_score": summary["clip_score_mean"],
             "ci_low": summary["clip_score_ci95"][0],
             "ci_high": summary["clip_score_ci95"][1],

@@ -47,6 +47,34 @@ def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_p
         assert (tmp_path / name).stat().st_size > 0
 
 
+def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip, tmp_path):
+    rows = sweep(
+        [
+            "--guidance",
+            "4",
+            "--steps",
+            "3",
+            "--modes",
+            "exact",
+            "fast",
+            "--reference",
+            "ddim:3",
+            "--out",
+            str(tmp_path),
+            "--",
+            f"--model.pretrained_model_name_or_path={tiny_model}",
+            f"--model.clip_model_name_or_path={tiny_clip}",
+            "--model.height=32",
+            "--model.width=32",
+            '--data.prompts=["a red circle", "a blue star"]',
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
+    assert [r["mode"] for r in rows] == ["exact", "fast"]
+    assert rows[0]["max_abs_diff_to_ref"] == 0  # the exact run is the reference setting
+    assert rows[1]["folder"].endswith("-fast") and rows[1]["max_abs_diff_to_ref"] <= 1 / 255
+
+
 def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path):
     cmd = [
         "timeout",

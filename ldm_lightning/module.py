@@ -121,7 +121,8 @@ class LatentDiffusionModule(LightningModule):
             "eta": hp.eta,
             "height": self.height,
             "width": self.width,
-            "fast": hp.fast,  # same images to float rounding, not bit for bit
+            # Same images to float rounding, not bit for bit; only when on, so earlier runs still resume.
+            **({"fast": True} if hp.fast else {}),
         }
 
     @property
@@ -177,6 +178,7 @@ class LatentDiffusionModule(LightningModule):
             # Broken samples are flagged and left out of the mean (counted in the summary).
             row["clip_score"] = score if row["finite"] and not row["black"] else None
             row["seconds"] = seconds  # the batch's wall time (sampling + scoring) per image
+            row["first_batch"] = batch_idx == 0  # this process's first: pays warm-up and compilation
             row["peak_memory_mb"] = memory
         metrics = {
             "test/seconds_per_image": seconds,
@@ -191,14 +193,25 @@ class LatentDiffusionModule(LightningModule):
     # ----- per-stage setup, and training (fit): the U-Net only; VAE and text encoder stay frozen -----
 
     def setup(self, stage: str) -> None:
-        if self.hparams.fast and stage in ("predict", "test"):
-            make_fast(self.unet)  # in place: the sampling code keeps the same module object
         if stage == "test":
             self.clip = load_clip(self.clip_name)
         if stage == "fit":
             self.unet.requires_grad_(True).train()  # the frozen VAE and text encoder stay in eval mode
             # The forward process uses the checkpoint's own noise schedule (betas).
             self.noise_schedule = DDPMScheduler.from_config(self.parts.scheduler_config)
+
+    def on_predict_start(self) -> None:
+        self._apply_fast_mode()
+
+    def on_test_start(self) -> None:
+        self._apply_fast_mode()
+
+    def _apply_fast_mode(self) -> None:
+        # Here, not in `setup`: Lightning moves the module to its device and dtype after `setup`, and
+        # fast mode's choices (CUDA graphs, channels-last) depend on where the U-Net lives.
+        if self.hparams.fast and not getattr(self, "_fast_applied", False):
+            make_fast(self.unet)  # in place: the sampling code keeps the same module object
+            self._fast_applied = True
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         latents = batch.get("latents")

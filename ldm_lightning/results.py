@@ -30,7 +30,21 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n_nonfinite": sum(not r.get("finite", True) for r in rows),
         "n_black": sum(bool(r.get("black")) for r in rows),
         "n_truncated": sum(bool(r.get("truncated")) for r in rows),
-        # Median: the first batch, which pays warm-up (and fast mode's compilation), does not dominate.
-        "seconds_per_image": float(np.median([r["seconds"] for r in rows])) if rows else float("nan"),
+        **timing(rows),
         "peak_memory_mb": max((r["peak_memory_mb"] for r in rows), default=float("nan")),
+    }
+
+
+def timing(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per image in steady state and in each process's first batch (warm-up, fast mode's compilation).
+
+    Steady state is the median over images outside first batches; with a single batch per process
+    there is none, and all images count.
+    """
+    seconds = np.array([r["seconds"] for r in rows], dtype=np.float64)
+    first = np.array([bool(r.get("first_batch")) for r in rows], dtype=bool)
+    steady = seconds[~first] if (~first).any() else seconds
+    return {
+        "seconds_per_image": float(np.median(steady)) if len(steady) else float("nan"),
+        "seconds_per_image_first_batch": float(seconds[first].mean()) if first.any() else float("nan"),
     }

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ldm_lightning.cli import main as cli_main
@@ -42,6 +43,8 @@ def run_test(
         f"--output_dir={out}",
     ]
     reset_peak_rss()  # each in-process run reports its own CPU peak
+    if fast:  # a fresh compiler: many fast runs in one process would otherwise hit torch.compile's recompile limit
+        torch._dynamo.reset()
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given both
     try:
         cli_main(args)

@@ -9,7 +9,9 @@ scheduler and steps; the table gives the median. Rows:
 - `pipeline`: `StableDiffusionPipeline.__call__` (the reference);
 - `ours, bare loop`: `sampling.generate` called directly;
 - `ours, Trainer.predict`: the same through Lightning (what `python -m ldm_lightning predict` runs);
-- `ours, fast`: the opt-in fast mode (`--model.fast true`, `ldm_lightning/fast.py`) on a copy of the U-Net.
+- `ours, fast (bare loop)`: the bare loop with fast mode (`ldm_lightning/fast.py`, what `--model.fast true`
+  applies) on a copy of the U-Net.
+`it/s (whole call)` counts denoising steps over the whole call, prompt encoding and decoding included.
 Peak memory is CUDA's max allocated during the call on a GPU (weights included), else the peak
 resident-set increase of the call (Linux VmHWM, reset before each call). FLOPs are counted
 (torch.utils.flop_counter), not estimated.
@@ -36,6 +38,7 @@ from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.sampling import generate
 from ldm_lightning.schedulers import build_scheduler
 
+FAST = "ours, fast (bare loop)"
 PROMPTS = ["a red circle", "a large blue square at the top", "a small green triangle on the left", "a yellow star"]
 
 
@@ -99,9 +102,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn, device: torch.device) -> tuple[float, float | None, object]:
-    """(seconds, peak memory in MiB, result) of one call. Memory: CUDA's max allocated during the
-    call (weights included), else the resident-set increase of the process (VmHWM reset before)."""
+def measure(fn, device: torch.device) -> tuple[float, float | None, float | None, object]:
+    """(seconds, peak memory MiB, peak reserved MiB, result) of one call. Memory: CUDA's max allocated
+    during the call (weights included) and max reserved (the caching allocator's pools, CUDA graphs'
+    private pools among them), else the resident-set increase of the process (VmHWM reset before)."""
     out = {}
     if device.type == "cuda":
         sync(device)
@@ -110,7 +114,8 @@ def measure(fn, device: torch.device) -> tuple[float, float | None, object]:
         out["r"] = fn()
         sync(device)
         seconds = time.perf_counter() - start
-        return seconds, torch.cuda.max_memory_allocated(device) / 2**20, out["r"]
+        allocated, reserved = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
+        return seconds, allocated / 2**20, reserved / 2**20, out["r"]
 
     def call():
         start = time.perf_counter()
@@ -118,7 +123,7 @@ def measure(fn, device: torch.device) -> tuple[float, float | None, object]:
         out["t"] = time.perf_counter() - start
 
     peak = peak_rss_delta(call)
-    return out["t"], None if peak is None else peak / 2**20, out["r"]
+    return out["t"], None if peak is None else peak / 2**20, None, out["r"]
 
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
@@ -267,28 +272,30 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
                 start = time.perf_counter()
                 ours(fast_parts)  # compiles for this shape, outside the timed runs
                 notes.append(f"fast mode's first call (compilation) took {time.perf_counter() - start:.1f} s")
-                variants["ours, fast"] = lambda: ours(fast_parts)
+                variants[FAST] = lambda: ours(fast_parts)
             except Exception as error:  # report and go on with the exact variants
                 notes.append(f"fast mode failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
         results = {name: [] for name in variants}
-        images, shares = {}, {}
+        images, shares, reserved = {}, {name: [] for name in variants}, {name: [] for name in variants}
         for _ in range(args.repeats):
             for name, fn in variants.items():  # alternate, so drift hits every variant alike
                 totals = {}
                 with timed_modules(parts, totals, device):
-                    seconds, memory, out = measure(fn, device)
+                    seconds, memory, pool, out = measure(fn, device)
                 results[name].append((seconds, memory))
-                shares[name] = (totals.get("unet", 0) + totals.get("vae", 0)) / seconds
+                reserved[name].append(pool or 0)
+                shares[name].append((totals.get("unet", 0) + totals.get("vae", 0)) / seconds)
                 if name != "ours, Trainer.predict":
-                    images[name] = out
+                    images[name] = out.cpu()  # off the GPU, so it does not count in the next variant's peak
+                del out
 
     ref_time = statistics.median(s for s, _ in results["pipeline"])
     ref_mem = statistics.median((m or 0) for _, m in results["pipeline"])
     lines = [
         f"\nbatch {batch} × {args.batches} batches",
-        "| variant | s/image | images/s | it/s | × pipeline time | peak MiB | × pipeline memory "
-        "| max abs diff vs pipeline | U-Net+VAE share | TFLOP/s | of matmul |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | s/image | images/s | it/s (whole call) | × pipeline time | peak MiB | × pipeline memory "
+        "| peak reserved MiB | max abs diff vs pipeline | U-Net+VAE share | TFLOP/s | of matmul |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in results.items():
         call = statistics.median(s for s, _ in runs)
@@ -297,12 +304,14 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
         diff = (
             (images[name].float() - images["pipeline"].float()).abs().max().item() if name in images else float("nan")
         )
-        share = f"{shares[name]:.0%}" if name != "ours, fast" else "–"  # the compiled copy has no hooks
+        # The compiled copy has no hooks. On a host-bound GPU run the spans include idle GPU time.
+        share = f"{statistics.median(shares[name]):.0%}" if name != FAST else "–"
+        pool = statistics.median(reserved[name])
         rate = flops / seconds / 1e12
         lines.append(
             f"| {name} | {seconds:.4f} | {1 / seconds:.2f} | {args.steps * args.batches / call:.2f} "
             f"| {call / ref_time:.3f} | {memory:.0f} | {f'{memory / ref_mem:.2f}' if ref_mem >= 1 else '–'} "
-            f"| {diff:.2e} | {share} | {rate:.3f} | {rate / peak:.1%} |"
+            f"| {f'{pool:.0f}' if pool else '–'} | {diff:.2e} | {share} | {rate:.3f} | {rate / peak:.1%} |"
         )
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"

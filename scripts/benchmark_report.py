@@ -9,6 +9,7 @@ exact mode's parity read off at a glance.
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 SETTING = re.compile(r", (fp32|bf16|fp16), (cpu|cuda) \(([^)]*)\)")
@@ -16,8 +17,12 @@ BATCH = re.compile(r"^batch (\d+) × (\d+) batches")
 
 
 def parse_tables(text: str) -> list[dict]:
-    """Each table of the output: {"dtype", "device", "batch", "rows": [{column: cell}]}, in order."""
-    tables, setting, current, columns = [], None, None, None
+    """Each table of the output: {"dtype", "device", "batch", "rows": [{column: cell}]}, in order.
+
+    A table needs the setting line and the "batch N × M batches" line that the benchmark prints above
+    it; tables without them (a log cut short, or filtered) are left out with a warning.
+    """
+    tables, setting, current, columns, orphans = [], None, None, None, 0
     for line in text.splitlines():
         if match := SETTING.search(line):
             setting = {"dtype": match[1], "device": match[2], "where": match[3]}
@@ -26,12 +31,16 @@ def parse_tables(text: str) -> list[dict]:
             current = {**setting, "batch": int(match[1]), "rows": []}
             tables.append(current)
             columns = None
+        elif line.startswith("| variant") and current is None:
+            orphans += 1
         elif line.startswith("|") and current is not None:
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if columns is None:
                 columns = cells
             elif not set(line) <= set("|-"):
                 current["rows"].append(dict(zip(columns, cells)))
+    if orphans:
+        print(f"warning: {orphans} table(s) without a setting and batch line above them left out", file=sys.stderr)
     return tables
 
 
@@ -79,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.tensorboard:
         from ldm_lightning.tensorboard_log import log_table
 
-        markdown = "\n".join(line for line in text.splitlines() if line.startswith("|") or BATCH.match(line))
+        keep = lambda line: line.startswith(("|", "- ")) or BATCH.match(line) or SETTING.search(line)  # noqa: E731
+        markdown = "\n".join(line for line in text.splitlines() if keep(line))
         log_table(args.tensorboard, "benchmark", markdown, args.out)
     print(f"{len(tables)} tables -> {args.out}")
 

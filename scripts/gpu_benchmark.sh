@@ -15,6 +15,7 @@ if ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
 fi
 mkdir -p "$out"
 log="$out/benchmark.log"
+: >"$log"  # a rerun into the same folder starts a new log
 {
     date -u
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
@@ -23,7 +24,7 @@ log="$out/benchmark.log"
 'lightning', L.__version__)"
 } 2>&1 | tee -a "$log"
 common=(--gpu --model sd14 --height 512 --steps 50 --scheduler pndm --guidance 7.5 --batch 1 8 --batches 1 --repeats 2)
-# bf16: the exact variants only (fast, ~1 min); fp16: with fast mode (compiles once per batch size).
+# bf16: the exact variants only (about 1 min); fp16: also fast mode (compiles once per batch size).
 timeout -k 10 "${BF16_LIMIT:-150}" python3 scripts/benchmark.py "${common[@]}" --dtype bf16 2>&1 | tee -a "$log"
 timeout -k 10 "${FP16_LIMIT:-330}" python3 scripts/benchmark.py "${common[@]}" --dtype fp16 --fast 2>&1 | tee -a "$log"
 python3 scripts/benchmark_report.py "$log" --out "$out/benchmark.png" --tensorboard "$out"

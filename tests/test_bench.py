@@ -1,6 +1,7 @@
 """The lab bench commands run on the tiny model and print their tables."""
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 from ldm_lightning.sweep import main as sweep
 
 ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmark_report import parse_tables  # noqa: E402
 
 
 def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_path):
@@ -73,6 +76,8 @@ def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip
     assert [r["mode"] for r in rows] == ["exact", "fast"]
     assert rows[0]["max_abs_diff_to_ref"] == 0  # the exact run is the reference setting
     assert rows[1]["folder"].endswith("-fast") and rows[1]["max_abs_diff_to_ref"] <= 1 / 255
+    settings = [json.loads((Path(r["folder"]) / "summary.json").read_text())["settings"] for r in rows]
+    assert "fast" not in settings[0] and settings[1]["fast"] is True
 
 
 def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path):
@@ -101,13 +106,25 @@ def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path)
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    header = [c.strip() for c in lines[0].strip("| ").split("|")]
-    rows = {r["variant"]: r for r in (dict(zip(header, (c.strip() for c in x.strip("| ").split("|")))) for x in lines)}
-    assert {"pipeline", "ours, bare loop", "ours, Trainer.predict", "ours, fast"} <= set(rows)
+    [table] = parse_tables(out.stdout)
+    rows = {r["variant"]: r for r in table["rows"]}
+    assert list(rows) == ["pipeline", "ours, bare loop", "ours, Trainer.predict", "ours, fast (bare loop)"]
     assert float(rows["ours, bare loop"]["max abs diff vs pipeline"]) <= 1e-5
-    assert float(rows["ours, fast"]["max abs diff vs pipeline"]) <= 1e-4  # compiled: same images to rounding
+    assert float(rows["ours, fast (bare loop)"]["max abs diff vs pipeline"]) <= 1e-4  # compiled: same to rounding
+    assert "fast mode on cpu: " in out.stdout and "fast mode's first call (compilation) took" in out.stdout
     assert float(rows["ours, Trainer.predict"]["s/image"]) > 0
     for name in ("benchmark.md", "benchmark.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_report_reads_the_gpu_log_in_the_docs():
+    tables = parse_tables((ROOT / "docs/gpu_benchmark_h200.md").read_text())
+    assert [(t["dtype"], t["device"], t["batch"]) for t in tables] == [
+        ("bf16", "cuda", 1),
+        ("bf16", "cuda", 8),
+        ("fp16", "cuda", 1),
+        ("fp16", "cuda", 8),
+    ]
+    fast = next(r for r in tables[3]["rows"] if r["variant"].startswith("ours, fast"))
+    assert (fast["× pipeline time"], fast["s/image"]) == ("0.687", "0.2413")

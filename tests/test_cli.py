@@ -127,11 +127,27 @@ def test_fewer_prompts_than_ranks_does_not_hang(tiny_model, tmp_path):
     assert [r["index"] for r in manifest(tmp_path / "run")] == [0]
 
 
-def test_fast_mode_draws_the_same_images(tiny_model, tmp_path):
+def test_fast_mode_draws_the_same_images(tiny_model, tmp_path, monkeypatch):
+    import ldm_lightning.module
+    from ldm_lightning.fast import make_fast
+
+    made_fast = []  # the U-Nets fast mode was applied to, to check it really compiled
+    monkeypatch.setattr(ldm_lightning.module, "make_fast", lambda unet: (made_fast.append(unet), make_fast(unet))[1])
     exact, fast = tmp_path / "exact", tmp_path / "fast"
     assert run_cli(predict_args(tiny_model, exact, "--data.batch_size=5"))[0] == 0
     assert run_cli(predict_args(tiny_model, fast, "--data.batch_size=5", "--model.fast=true"))[0] == 0
+    assert len(made_fast) == 1 and made_fast[0]._compiled_call_impl is not None
     rows = manifest(fast)
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
     for r, e in zip(rows, manifest(exact)):
         assert np.abs(pixels(fast, r) - pixels(exact, e)).max() <= 1  # compiled kernels round differently
+
+
+def test_fast_mode_is_applied_after_lightning_places_the_model(tiny_model, tmp_path, monkeypatch):
+    import ldm_lightning.module
+
+    seen = []  # the U-Net's dtype when fast mode is applied
+    monkeypatch.setattr(ldm_lightning.module, "make_fast", lambda unet: seen.append(next(unet.parameters()).dtype))
+    args = predict_args(tiny_model, tmp_path / "run", "--model.fast=true", "--trainer.precision=bf16-true")
+    assert run_cli(args)[0] == 0
+    assert seen == [torch.bfloat16]  # once, after the Trainer cast (and moved) the module: CUDA graphs need it there

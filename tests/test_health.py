@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from ldm_lightning.data import _Rows, collate, read_rows
 from ldm_lightning.module import LatentDiffusionModule
-from ldm_lightning.results import summarize
+from ldm_lightning.results import summarize, timing
 
 
 def loader(n: int = 2) -> DataLoader:
@@ -36,6 +36,13 @@ def test_summary_leaves_broken_samples_out_of_the_mean():
     assert (s["n_excluded"], s["n_nonfinite"], s["n_black"], s["n_truncated"]) == (2, 1, 1, 1)
     assert s["clip_score_ci95"][0] >= 20.0 and s["clip_score_ci95"][1] <= 30.0
     assert math.isclose(s["clip_score_std"], math.sqrt(50))
+
+
+def test_timing_leaves_each_processs_first_batch_out_of_the_steady_state():
+    rows = [{"seconds": 9.0, "first_batch": True}] * 2 + [{"seconds": 1.0}] * 3 + [{"seconds": 2.0}] * 2
+    assert timing(rows) == {"seconds_per_image": 1.0, "seconds_per_image_first_batch": 9.0}
+    only_first = timing([{"seconds": 3.0, "first_batch": True}])  # one batch: it is all there is
+    assert only_first["seconds_per_image"] == 3.0
 
 
 def test_sixteen_bit_precision_decodes_the_vae_in_fp32(tiny_model):

@@ -21,9 +21,15 @@ def fast_settings(device: torch.device) -> dict:
 
 
 def make_fast(unet: nn.Module) -> dict:
-    """Apply fast mode to `unet` in place (same module object, same state_dict keys); returns the settings used."""
+    """Apply fast mode to `unet` in place (same module object, same state_dict keys); returns the settings used.
+
+    Idempotent: a U-Net already made fast is left as it is, so its compiled code is kept.
+    """
+    if hasattr(unet, "_ldm_fast"):
+        return unet._ldm_fast
     settings = fast_settings(next(unet.parameters()).device)
     if settings["channels_last"]:
         unet.to(memory_format=torch.channels_last)
     unet.compile(**settings["compile"])
+    unet._ldm_fast = settings
     return settings

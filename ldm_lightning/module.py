@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from diffusers import DDPMScheduler
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 
 from ldm_lightning.clip_score import DEFAULT_CLIP, load_clip, score_images
 from ldm_lightning.components import Components, default_size, load_components, resolve, vae_scale_factor
@@ -209,9 +210,9 @@ class LatentDiffusionModule(LightningModule):
     def _apply_fast_mode(self) -> None:
         # Here, not in `setup`: Lightning moves the module to its device and dtype after `setup`, and
         # fast mode's choices (CUDA graphs, channels-last) depend on where the U-Net lives.
-        if self.hparams.fast and not getattr(self, "_fast_applied", False):
-            make_fast(self.unet)  # in place: the sampling code keeps the same module object
-            self._fast_applied = True
+        if self.hparams.fast:
+            settings = make_fast(self.unet)  # in place, once: the sampling code keeps the same module object
+            rank_zero_info(f"fast mode {settings}: the first batch of each shape compiles the U-Net (about a minute)")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         latents = batch.get("latents")

@@ -108,7 +108,13 @@ def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     [table] = parse_tables(out.stdout)
     rows = {r["variant"]: r for r in table["rows"]}
-    assert list(rows) == ["pipeline", "ours, bare loop", "ours, Trainer.predict", "ours, fast (bare loop)"]
+    assert list(rows) == [
+        "pipeline",
+        "ours, bare loop",
+        "ours, Trainer.predict",
+        "ours, fast (bare loop)",
+        "ours, fast, Trainer.predict",
+    ]
     assert float(rows["ours, bare loop"]["max abs diff vs pipeline"]) <= 1e-5
     assert float(rows["ours, fast (bare loop)"]["max abs diff vs pipeline"]) <= 1e-4  # compiled: same to rounding
     assert "fast mode on cpu: " in out.stdout and "fast mode's first call (compilation) took" in out.stdout

@@ -324,11 +324,11 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
 
 def write_report(folder: Path, text: str) -> None:
     """benchmark.md (the tables), benchmark.png (speed vs the pipeline) and a TensorBoard run, in `folder`."""
-    from benchmark_report import main as report
+    from benchmark_report import report
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "benchmark.md").write_text(text + "\n")
-    report([str(folder / "benchmark.md"), "--out", str(folder / "benchmark.png"), "--tensorboard", str(folder)])
+    report(text, folder / "benchmark.png", folder)
 
 
 def main() -> None:

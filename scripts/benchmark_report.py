@@ -74,24 +74,27 @@ def plot(tables: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
+def report(text: str, png: str | Path, tensorboard: str | Path | None = None) -> int:
+    """Draw the picture of the tables in `text` (and log tables and picture to TensorBoard); how many tables."""
+    tables = parse_tables(text)
+    if not tables:
+        raise SystemExit("error: no benchmark tables found")
+    plot(tables, png)
+    if tensorboard:
+        from ldm_lightning.tensorboard_log import log_table
+
+        keep = lambda line: line.startswith(("|", "- ")) or BATCH.match(line) or SETTING.search(line)  # noqa: E731
+        log_table(tensorboard, "benchmark", "\n".join(line for line in text.splitlines() if keep(line)), png)
+    return len(tables)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log", type=Path, help="benchmark output (markdown or a log holding it)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--tensorboard", default=None, help="also log the tables and the picture here")
     args = parser.parse_args(argv)
-    text = args.log.read_text()
-    tables = parse_tables(text)
-    if not tables:
-        raise SystemExit(f"error: no benchmark tables found in {args.log}")
-    plot(tables, args.out)
-    if args.tensorboard:
-        from ldm_lightning.tensorboard_log import log_table
-
-        keep = lambda line: line.startswith(("|", "- ")) or BATCH.match(line) or SETTING.search(line)  # noqa: E731
-        markdown = "\n".join(line for line in text.splitlines() if keep(line))
-        log_table(args.tensorboard, "benchmark", markdown, args.out)
-    print(f"{len(tables)} tables -> {args.out}")
+    print(f"{report(args.log.read_text(), args.out, args.tensorboard)} tables -> {args.out}")
 
 
 if __name__ == "__main__":

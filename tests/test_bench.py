@@ -13,6 +13,19 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchmark_report import parse_tables  # noqa: E402
 
 
+def sweep_passthrough(model: str, clip: str, prompts: str) -> list[str]:
+    """What a sweep passes (after `--`) to every `test` run on the tiny model."""
+    return [
+        "--",
+        f"--model.pretrained_model_name_or_path={model}",
+        f"--model.clip_model_name_or_path={clip}",
+        "--model.height=32",
+        "--model.width=32",
+        f"--data.prompts={prompts}",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
 def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_path):
     rows = sweep(
         [
@@ -28,13 +41,7 @@ def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_p
             "ddim:12",
             "--out",
             str(tmp_path),
-            "--",
-            f"--model.pretrained_model_name_or_path={tiny_model}",
-            f"--model.clip_model_name_or_path={tiny_clip}",
-            "--model.height=32",
-            "--model.width=32",
-            '--data.prompts=["a red circle", "a blue star", "a cross"]',
-            "--trainer.enable_progress_bar=false",
+            *sweep_passthrough(tiny_model, tiny_clip, '["a red circle", "a blue star", "a cross"]'),
         ]
     )
     assert [(r["scheduler"], r["guidance_scale"]) for r in rows] == [
@@ -64,13 +71,7 @@ def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip
             "ddim:3",
             "--out",
             str(tmp_path),
-            "--",
-            f"--model.pretrained_model_name_or_path={tiny_model}",
-            f"--model.clip_model_name_or_path={tiny_clip}",
-            "--model.height=32",
-            "--model.width=32",
-            '--data.prompts=["a red circle", "a blue star"]',
-            "--trainer.enable_progress_bar=false",
+            *sweep_passthrough(tiny_model, tiny_clip, '["a red circle", "a blue star"]'),
         ]
     )
     assert [r["mode"] for r in rows] == ["exact", "fast"]

@@ -5,7 +5,7 @@ here) and `torch.compile(mode="reduce-overhead", fullgraph=True)`, which fuses t
 and replays each step as one CUDA graph, removing the per-kernel launch cost that dominates SD's
 U-Net at small batches: 3.5× the pipeline's speed at batch 1 and 1.46× at batch 8 on an H200 in
 fp16 (README, "On a GPU"). On a CPU there are no CUDA graphs and channels-last measured slower, so
-it is the plain `torch.compile` (1.09–1.13×). `scripts/benchmark.py --fast` prints the speed and the
+it is the plain `torch.compile` (1.09–1.13×). `python -m ldm_lightning.lab.benchmark --fast` prints the speed and the
 difference to the pipeline's images; the first batch of each shape pays the compilation.
 """
 

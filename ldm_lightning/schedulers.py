@@ -16,6 +16,20 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ldm_lightning.errors import UserError
 
+# SD v1.4's scheduler/scheduler_config.json: PNDM (PLMS steps only) over scaled-linear betas
+# 0.00085–0.012, 1000 training steps. The sampler keys below are applied on top of it.
+SD14_SCHEDULER_CONFIG: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "trained_betas": None,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
 SchedulerName = Literal[
     "ddim",
     "pndm",
@@ -66,3 +80,8 @@ def build_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
     """
     cls, overrides = SCHEDULERS[check_scheduler_name(name)]
     return cls.from_config(config, **overrides)
+
+
+def sd14_scheduler() -> PNDMScheduler:
+    """SD v1.4's own scheduler, for model folders built by this package (tests, the embedded model)."""
+    return PNDMScheduler.from_config(SD14_SCHEDULER_CONFIG)

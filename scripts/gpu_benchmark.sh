@@ -25,6 +25,6 @@ log="$out/benchmark.log"
 } 2>&1 | tee -a "$log"
 common=(--gpu --model sd14 --height 512 --steps 50 --scheduler pndm --guidance 7.5 --batch 1 8 --batches 1 --repeats 2)
 # bf16: the exact variants only (about 1 min); fp16: also fast mode (compiles once per batch size).
-timeout -k 10 "${BF16_LIMIT:-150}" python3 scripts/benchmark.py "${common[@]}" --dtype bf16 2>&1 | tee -a "$log"
-timeout -k 10 "${FP16_LIMIT:-330}" python3 scripts/benchmark.py "${common[@]}" --dtype fp16 --fast 2>&1 | tee -a "$log"
-python3 scripts/benchmark_report.py "$log" --out "$out/benchmark.png" --tensorboard "$out"
+timeout -k 10 "${BF16_LIMIT:-150}" python3 -m ldm_lightning.lab.benchmark "${common[@]}" --dtype bf16 2>&1 | tee -a "$log"
+timeout -k 10 "${FP16_LIMIT:-330}" python3 -m ldm_lightning.lab.benchmark "${common[@]}" --dtype fp16 --fast 2>&1 | tee -a "$log"
+python3 -m ldm_lightning.lab.benchmark_report "$log" --out "$out/benchmark.png" --tensorboard "$out"

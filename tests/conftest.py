@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """Path of a tiny random diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)."""
-    from ldm_lightning.tiny import build_tiny_random
+    from ldm_lightning.testing import build_tiny_random
 
     return str(build_tiny_random(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -31,6 +31,6 @@ def tiny_module(tiny_model):
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> str:
     """Path of a tiny random CLIP folder (model, tokenizer, image processor)."""
-    from ldm_lightning.tiny import build_tiny_clip
+    from ldm_lightning.testing import build_tiny_clip
 
     return str(build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip"))

@@ -30,26 +30,6 @@ def run_cli_subprocess(args: list[str], timeout: int = 120) -> subprocess.Comple
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
-def reference_pipeline(parts, scheduler: str):
-    """diffusers' own StableDiffusionPipeline on the same components and a fresh scheduler: the reference."""
-    from diffusers import StableDiffusionPipeline
-
-    from ldm_lightning.schedulers import build_scheduler
-
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=build_scheduler(scheduler, parts.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def manifest(folder: str | Path, name: str = "manifest.jsonl") -> list[dict]:
     """The rows of a run folder's manifest (or results) file."""
     lines = (Path(folder) / name).read_text(encoding="utf-8").splitlines()

@@ -10,9 +10,10 @@ import pytest
 import torch
 from diffusers import PNDMScheduler
 
-from ldm_lightning import anatomy, why_latent
-from ldm_lightning.architectures import SD14_UNET, build_sd14, sd14_scheduler_config
 from ldm_lightning.components import load_components
+from ldm_lightning.lab import anatomy, why_latent
+from ldm_lightning.lab.architectures import SD14_UNET, build_sd14
+from ldm_lightning.schedulers import SD14_SCHEDULER_CONFIG, build_scheduler
 
 torch.set_num_threads(1)
 
@@ -84,10 +85,11 @@ def test_attention_counted_on_cpu_as_on_meta(tiny):
 
 
 def test_scheduler_config_builds_pndm():
-    scheduler = PNDMScheduler.from_config(sd14_scheduler_config())
+    scheduler = PNDMScheduler.from_config(dict(SD14_SCHEDULER_CONFIG))
     assert scheduler.config.beta_schedule == "scaled_linear"
     assert scheduler.config.skip_prk_steps and scheduler.config.steps_offset == 1
-    assert scheduler.config.clip_sample is False and scheduler.config.set_alpha_to_one is False
+    assert scheduler.config.set_alpha_to_one is False
+    assert build_scheduler("ddim", SD14_SCHEDULER_CONFIG).config.clip_sample is False  # latents are not clipped
 
 
 def test_anatomy_cli_on_tiny_folder(tiny_model, tiny, tmp_path):
@@ -95,7 +97,7 @@ def test_anatomy_cli_on_tiny_folder(tiny_model, tiny, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "ldm_lightning.anatomy",
+        "ldm_lightning.lab.anatomy",
         "--model",
         str(tiny_model),
         "--height",

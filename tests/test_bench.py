@@ -6,11 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ldm_lightning.sweep import main as sweep
+from ldm_lightning.lab.benchmark_report import parse_tables
+from ldm_lightning.lab.sweep import main as sweep
 
 ROOT = Path(__file__).parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from benchmark_report import parse_tables  # noqa: E402
 
 
 def sweep_passthrough(model: str, clip: str, prompts: str) -> list[str]:
@@ -88,7 +87,8 @@ def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path)
         "10",
         "300",
         sys.executable,
-        str(ROOT / "scripts/benchmark.py"),
+        "-m",
+        "ldm_lightning.lab.benchmark",
         "--model",
         tiny_model,
         "--height",

@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import manifest, pixels, reference_pipeline, run_cli, run_cli_subprocess
+from helpers import manifest, pixels, run_cli, run_cli_subprocess
+
+from ldm_lightning.testing import reference_pipeline
 
 CONFIGS = sorted(Path(__file__).parents[1].glob("configs/**/*.yaml"))
 PROMPTS = '["a red circle", "../../etc/passwd", "ünïcode 猫 / slash", "a green star", "' + "very long " * 40 + '"]'

@@ -2,7 +2,7 @@
 
 from helpers import manifest, pixels, run_cli
 
-from ldm_lightning.judge import judge
+from ldm_lightning.shapes.judge import judge
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star", "a purple cross", "a white circle"]
 

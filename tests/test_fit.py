@@ -5,7 +5,7 @@ from helpers import run_cli
 from lightning import Callback, Trainer
 
 from ldm_lightning.module import LatentDiffusionModule
-from ldm_lightning.shapes import ShapesDataModule
+from ldm_lightning.shapes.data import ShapesDataModule
 
 
 class Losses(Callback):
@@ -41,7 +41,7 @@ def test_fit_cli_saves_a_checkpoint_and_a_diffusers_folder(tiny_model, tmp_path)
         "fit",
         f"--model.pretrained_model_name_or_path={tiny_model}",
         "--model.warmup_steps=2",
-        "--data=ldm_lightning.shapes.ShapesDataModule",
+        "--data=ldm_lightning.shapes.data.ShapesDataModule",
         "--data.batch_size=4",
         "--data.num_samples=16",
         "--trainer.max_steps=4",

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from helpers import reference_pipeline
 
 from ldm_lightning.data import collate
 from ldm_lightning.sampling import predict_noise
 from ldm_lightning.schedulers import SCHEDULERS
+from ldm_lightning.testing import reference_pipeline
 
 PROMPTS = ["a red circle", "blue ../ square ünïcode", "a green star at the top"]
 NEGATIVES = ["", "green", "blurry"]

@@ -14,10 +14,9 @@ pytestmark = [
 
 def test_sd14_matches_the_pipeline_at_256(capsys):
 
-    from helpers import reference_pipeline
-
     from ldm_lightning.data import collate, read_rows
     from ldm_lightning.module import LatentDiffusionModule
+    from ldm_lightning.testing import reference_pipeline
 
     module = LatentDiffusionModule(
         SD14, scheduler="pndm", num_inference_steps=3, guidance_scale=7.5, height=256, width=256

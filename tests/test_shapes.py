@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldm_lightning.judge import judge
-from ldm_lightning.recipes.tokenizer import build_tokenizer
-from ldm_lightning.shapes import (
+from ldm_lightning.shapes.data import (
     COLOURS,
     HELD_OUT,
     SEEN_PAIRS,
@@ -21,6 +19,8 @@ from ldm_lightning.shapes import (
     render,
     shape_at,
 )
+from ldm_lightning.shapes.judge import judge
+from ldm_lightning.shapes.tokenizer import build_tokenizer
 
 torch.set_num_threads(1)
 

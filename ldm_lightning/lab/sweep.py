@@ -1,6 +1,6 @@
 """Sweeps: one `test` run per setting (guidance × scheduler × steps × precision × mode), then a table and a plot.
 
-    python -m ldm_lightning.sweep --guidance 1 2 3 5 7.5 --schedulers ddim dpmpp_2m_karras \\
+    python -m ldm_lightning.lab.sweep --guidance 1 2 3 5 7.5 --schedulers ddim dpmpp_2m_karras \\
         --out outputs/sweep -- --config configs/tiny-shapes.yaml
 
 Arguments after `--` go to every `test` run. Each run is an ordinary, resumable `test` run in its own

@@ -1,8 +1,8 @@
 """Benchmark: our sampling path against diffusers' StableDiffusionPipeline on identical components.
 
-    python scripts/benchmark.py --model tiny-shapes                       # the embedded model
-    python scripts/benchmark.py --model sd14 --height 256 --steps 4       # SD v1.4 architecture, random weights
-    python scripts/benchmark.py --gpu --model sd14 --height 512 --steps 50 --batch 1 8 --fast   # on CUDA
+    python -m ldm_lightning.lab.benchmark --model tiny-shapes                       # the embedded model
+    python -m ldm_lightning.lab.benchmark --model sd14 --height 256 --steps 4  # SD v1.4 shapes, random weights
+    python -m ldm_lightning.lab.benchmark --gpu --model sd14 --height 512 --steps 50 --batch 1 8 --fast   # on CUDA
 
 Each variant runs alternately in one process, `--repeats` times, on the same prompts, seeds,
 scheduler and steps; the table gives the median. Rows:
@@ -25,18 +25,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
 from lightning import Trainer
 from torch.utils.data import DataLoader
 
-from ldm_lightning.anatomy import text_encoder_flops, unet_step_flops, vae_decode_flops
 from ldm_lightning.components import Components, default_size, load_components, vae_scale_factor
 from ldm_lightning.data import _Rows, collate, read_rows
 from ldm_lightning.fast import fast_settings
+from ldm_lightning.lab.anatomy import text_encoder_flops, unet_step_flops, vae_decode_flops
 from ldm_lightning.memory import peak_rss_delta
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.sampling import generate
 from ldm_lightning.schedulers import build_scheduler
+from ldm_lightning.testing import reference_pipeline
 
 FAST, FAST_TRAINER = "ours, fast (bare loop)", "ours, fast, Trainer.predict"
 PROMPTS = ["a red circle", "a large blue square at the top", "a small green triangle on the left", "a yellow star"]
@@ -46,14 +46,15 @@ def sd14_random(dtype: torch.dtype, device: str) -> Components:
     """SD v1.4's exact architecture with random weights and a byte-level tokenizer (77 tokens)."""
     import tempfile
 
-    from ldm_lightning.architectures import build_sd14, sd14_scheduler_config
-    from ldm_lightning.tiny import save_byte_tokenizer
+    from ldm_lightning.lab.architectures import build_sd14
+    from ldm_lightning.schedulers import SD14_SCHEDULER_CONFIG
+    from ldm_lightning.testing import save_byte_tokenizer
 
     parts = build_sd14(device=device, dtype=dtype)
     tokenizer = save_byte_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer", max_length=77)
     for m in parts.values():
         m.requires_grad_(False).eval()
-    return Components(tokenizer, parts["text_encoder"], parts["unet"], parts["vae"], sd14_scheduler_config())
+    return Components(tokenizer, parts["text_encoder"], parts["unet"], parts["vae"], dict(SD14_SCHEDULER_CONFIG))
 
 
 class Preloaded(LatentDiffusionModule):
@@ -194,17 +195,7 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
     rows = read_rows(prompts, seed=0)
     chunks = [rows[i : i + batch] for i in range(0, n_images, batch)]
     settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, eta=0.0, height=height, width=height)
-    pipe = StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=build_scheduler(args.scheduler, parts.scheduler_config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(parts, args.scheduler)
 
     def reference():
         out = []
@@ -324,7 +315,7 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
 
 def write_report(folder: Path, text: str) -> None:
     """benchmark.md (the tables), benchmark.png (speed vs the pipeline) and a TensorBoard run, in `folder`."""
-    from benchmark_report import report
+    from ldm_lightning.lab.benchmark_report import report
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "benchmark.md").write_text(text + "\n")

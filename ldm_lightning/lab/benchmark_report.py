@@ -1,6 +1,6 @@
-"""Turn `scripts/benchmark.py` output (its printed markdown, or a log holding it) into a picture.
+"""Turn `python -m ldm_lightning.lab.benchmark` output (its printed markdown, or a log holding it) into a picture.
 
-    python scripts/benchmark_report.py LOG --out benchmark.png [--tensorboard DIR]
+    python -m ldm_lightning.lab.benchmark_report LOG --out benchmark.png [--tensorboard DIR]
 
 One bar per variant and table: speed relative to `StableDiffusionPipeline` in the same table
 (1 / "× pipeline time"), grouped by dtype, device and batch size, so the fast mode's gain and the
@@ -81,7 +81,7 @@ def report(text: str, png: str | Path, tensorboard: str | Path | None = None) ->
         raise SystemExit("error: no benchmark tables found")
     plot(tables, png)
     if tensorboard:
-        from ldm_lightning.tensorboard_log import log_table
+        from ldm_lightning.lab.tensorboard_log import log_table
 
         keep = lambda line: line.startswith(("|", "- ")) or BATCH.match(line) or SETTING.search(line)  # noqa: E731
         log_table(tensorboard, "benchmark", "\n".join(line for line in text.splitlines() if keep(line)), png)

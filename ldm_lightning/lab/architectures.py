@@ -75,26 +75,6 @@ SD14_TEXT_ENCODER: dict = {
     "eos_token_id": 2,
 }
 
-# SD v1.4 scheduler/scheduler_config.json (PNDM, PLMS steps only)
-SD14_SCHEDULER: dict = {
-    "_class_name": "PNDMScheduler",
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "trained_betas": None,
-    "skip_prk_steps": True,
-    "set_alpha_to_one": False,
-    "steps_offset": 1,
-    "clip_sample": False,
-}
-
-
-def sd14_scheduler_config() -> dict:
-    """Return a copy of SD v1.4's scheduler config, ready for `SchedulerClass.from_config`."""
-    return dict(SD14_SCHEDULER)
-
-
 def build_sd14(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
     """Build SD v1.4's U-Net, VAE and text encoder with random weights, in eval mode.
 

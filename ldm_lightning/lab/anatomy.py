@@ -5,8 +5,8 @@ convolution and attention call of one forward pass, run on the meta device so th
 memory and well under a second. The counter follows the usual convention, 2 FLOPs per
 multiply-accumulate, and skips elementwise work (norms, activations, softmax, additions).
 
-    python -m ldm_lightning.anatomy                        # SD v1.4 architecture, 512×512
-    python -m ldm_lightning.anatomy --model path/to/diffusers_folder --height 64 --width 64
+    python -m ldm_lightning.lab.anatomy                        # SD v1.4 architecture, 512×512
+    python -m ldm_lightning.lab.anatomy --model path/to/diffusers_folder --height 64 --width 64
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ldm_lightning.architectures import build_sd14
 from ldm_lightning.components import default_size, resolve, vae_scale_factor
 from ldm_lightning.errors import UserError
-from ldm_lightning.tensorboard_log import log_table
+from ldm_lightning.lab.architectures import build_sd14
+from ldm_lightning.lab.tensorboard_log import log_table
 
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2}
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".ckpt", ".pt"}

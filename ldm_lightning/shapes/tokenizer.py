@@ -2,7 +2,7 @@
 
 Why not ``CLIPTokenizer``: on transformers 5 ``CLIPTokenizer(vocab_file=…)`` ignores the files, and a
 folder whose config names ``CLIPTokenizer`` loads a byte-level BPE that maps our words to ``<unk>``.
-Run: ``python -m ldm_lightning.recipes.tokenizer --out DIR``.
+Run: ``python -m ldm_lightning.shapes.tokenizer --out DIR``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
 
-from ldm_lightning.shapes import VOCABULARY
+from ldm_lightning.shapes.data import VOCABULARY
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<unk>"
 MAX_LENGTH = 16  # longest caption ("on the right , a large purple triangle") is 10 tokens with BOS/EOS

@@ -1,7 +1,7 @@
 """Train a tiny ``CLIPModel`` contrastively on shapes; its text tower becomes the frozen text encoder.
 
 As in SD v1, where the U-Net reads CLIP ViT-L/14's text tower. Run:
-``python -m ldm_lightning.recipes.clip --out DIR --minutes M --seed S [--text-encoder-out DIR]``.
+``python -m ldm_lightning.shapes.clip --out DIR --minutes M --seed S [--text-encoder-out DIR]``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
-from ldm_lightning.recipes import steps_for_minutes
-from ldm_lightning.recipes.tokenizer import build_tokenizer
-from ldm_lightning.shapes import (
+from ldm_lightning.shapes.budget import steps_for_minutes
+from ldm_lightning.shapes.data import (
     Shape,
     ShapesDataset,
     caption,
@@ -31,6 +30,7 @@ from ldm_lightning.shapes import (
     shape_at,
     to_tensor,
 )
+from ldm_lightning.shapes.tokenizer import build_tokenizer
 
 # OpenAI CLIP's normalisation, so the saved CLIPImageProcessor is the stock one.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

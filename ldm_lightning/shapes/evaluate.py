@@ -1,12 +1,12 @@
 """Quality of the embedded tiny-shapes model: does it draw what the prompt says?
 
-    python scripts/evaluate_tiny_shapes.py --out outputs/tiny-eval
+    python -m ldm_lightning.shapes.evaluate --out outputs/tiny-eval
 
 For seen and held-out colour–shape pairs, with full captions ("a large red circle at the top"),
 short ones ("a red circle") and reordered ones ("red circle on the left"), it generates one image per
 prompt at the default settings and at guidance 1, and reports colour and shape accuracy by
 
-- the pixel judge (`ldm_lightning.judge`: no neural network involved), and
+- the pixel judge (`ldm_lightning.shapes.judge`: no neural network involved), and
 - the tiny CLIP's zero-shot choice among all "a {colour} {shape}" captions,
 
 plus the tiny CLIP's CLIPScore at guidance 1 → 2 → 3 → 5 → 7.5 and seconds per image. Writes
@@ -26,10 +26,10 @@ from PIL import Image
 
 from ldm_lightning.clip_score import load_clip, score_images
 from ldm_lightning.components import load_components
-from ldm_lightning.judge import judge
 from ldm_lightning.sampling import generate, to_uint8
 from ldm_lightning.schedulers import build_scheduler
-from ldm_lightning.shapes import COLOURS, POSITION_PHRASES, SHAPES, Shape, caption, combos
+from ldm_lightning.shapes.data import COLOURS, POSITION_PHRASES, SHAPES, Shape, caption, combos
+from ldm_lightning.shapes.judge import judge
 
 GUIDANCE_CURVE = [1.0, 2.0, 3.0, 5.0, 7.5]
 

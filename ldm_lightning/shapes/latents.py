@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from ldm_lightning.components import resolve
-from ldm_lightning.shapes import caption, render, shape_at, to_tensor
+from ldm_lightning.shapes.data import caption, render, shape_at, to_tensor
 
 
 @torch.no_grad()

@@ -2,19 +2,20 @@
 
 The result is an ordinary diffusers folder, so `python -m ldm_lightning fit` trains its U-Net exactly
 as it would fine-tune SD v1.4's. Run:
-`python -m ldm_lightning.recipes.assemble --clip DIR --vae DIR --out DIR`.
+`python -m ldm_lightning.shapes.assemble --clip DIR --vae DIR --out DIR`.
 """
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPModel
 
-from ldm_lightning.recipes.clip import export_text_encoder
+from ldm_lightning.export import write_model_index
+from ldm_lightning.schedulers import sd14_scheduler
+from ldm_lightning.shapes.clip import export_text_encoder
 
 
 def tiny_unet(cross_attention_dim: int, sample_size: int = 16) -> UNet2DConditionModel:
@@ -33,35 +34,6 @@ def tiny_unet(cross_attention_dim: int, sample_size: int = 16) -> UNet2DConditio
     )
 
 
-def sd_scheduler() -> PNDMScheduler:
-    """SD v1.4's scheduler config: scaled-linear betas 0.00085–0.012 over 1000 steps."""
-    return PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        set_alpha_to_one=False,
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
-
-
-def write_model_index(folder: Path, tokenizer_class: str = "CLIPTokenizer") -> None:
-    """`model_index.json` of an SD v1 diffusers folder without safety checker."""
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "scheduler": ["diffusers", "PNDMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", tokenizer_class],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
 def assemble(clip_dir: Path, vae_dir: Path, out: Path, seed: int = 0) -> Path:
     """Write `out/` with text_encoder/, tokenizer/, vae/, scheduler/, a seeded random unet/ and model_index.json."""
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +41,7 @@ def assemble(clip_dir: Path, vae_dir: Path, out: Path, seed: int = 0) -> Path:
     text_encoder = export_text_encoder(clip, out / "text_encoder")
     AutoTokenizer.from_pretrained(clip_dir).save_pretrained(out / "tokenizer")
     AutoencoderKL.from_pretrained(vae_dir).save_pretrained(out / "vae")
-    sd_scheduler().save_pretrained(out / "scheduler")
+    sd14_scheduler().save_pretrained(out / "scheduler")
     torch.manual_seed(seed)
     tiny_unet(text_encoder.config.hidden_size).save_pretrained(out / "unet")
     # A word-level tokenizer: named CLIPTokenizer it would load as byte-level BPE and map every word to <unk>.

@@ -9,8 +9,8 @@ square). This module measures that claim instead of quoting it:
 - measured: a reduced U-Net with SD v1.4's block layout, run with random weights on this CPU at a
   latent size and at the matching pixel size: FLOPs, wall time and peak resident memory.
 
-    python -m ldm_lightning.why_latent                     # latent 8² vs pixels 64²
-    python -m ldm_lightning.why_latent --latent_side 16   # vs 128² pixels: ~1 minute here
+    python -m ldm_lightning.lab.why_latent                     # latent 8² vs pixels 64²
+    python -m ldm_lightning.lab.why_latent --latent_side 16   # vs 128² pixels: ~1 minute here
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
-from ldm_lightning.anatomy import count_params, unet_step_flops
-from ldm_lightning.architectures import SD14_UNET
+from ldm_lightning.lab.anatomy import count_params, unet_step_flops
+from ldm_lightning.lab.architectures import SD14_UNET
+from ldm_lightning.lab.tensorboard_log import log_table
 from ldm_lightning.memory import peak_rss_delta
-from ldm_lightning.tensorboard_log import log_table
 
 
 def sd_layout_unet(widths: tuple[int, ...], heads: int = 8, cross_attention_dim: int = 768) -> dict:

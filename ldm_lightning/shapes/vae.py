@@ -1,6 +1,6 @@
 """Train the tiny ``AutoencoderKL`` (SD v1's VAE anatomy at 64²: 64² → 16²×4) on shapes images.
 
-Run: ``python -m ldm_lightning.recipes.vae --out DIR --minutes M --seed S``. The saved config carries
+Run: ``python -m ldm_lightning.shapes.vae --out DIR --minutes M --seed S``. The saved config carries
 ``scaling_factor`` = 1 / std of latents, computed as SD did (Rombach et al. 2022, sec. 4.3.2 / app. G).
 """
 
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 
-from ldm_lightning.judge import judge
-from ldm_lightning.recipes import steps_for_minutes
-from ldm_lightning.shapes import Shape, ShapesDataset, Split, eval_shapes, render, to_tensor
+from ldm_lightning.shapes.budget import steps_for_minutes
+from ldm_lightning.shapes.data import Shape, ShapesDataset, Split, eval_shapes, render, to_tensor
+from ldm_lightning.shapes.judge import judge
 
 
 def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0) -> AutoencoderKL:

@@ -1,7 +1,8 @@
-"""A tiny random SD-v1-shaped model (diffusers fast-test sized), saved as a diffusers folder.
+"""What tests and benchmarks build: tiny random SD-v1-shaped models and CLIPs, and the reference pipeline.
 
-It draws noise, not pictures: it exists so that loading, sampling, parity and multi-process
-behaviour can be tested in seconds with no download.
+The tiny models (diffusers fast-test sized) draw noise, not pictures: they exist so that loading,
+sampling, parity and multi-process behaviour can be tested in seconds with no download. The
+reference is diffusers' own `StableDiffusionPipeline` on the same components.
 """
 
 import json
@@ -19,7 +20,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from ldm_lightning.recipes.assemble import sd_scheduler, write_model_index
+from ldm_lightning.export import write_model_index
+from ldm_lightning.schedulers import sd14_scheduler
 
 
 def _byte_vocab() -> dict[str, int]:
@@ -92,7 +94,7 @@ def build_tiny_random(folder: str | Path, seed: int = 0, max_length: int = 32) -
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")
-    sd_scheduler().save_pretrained(folder / "scheduler")
+    sd14_scheduler().save_pretrained(folder / "scheduler")
     write_model_index(folder)
     return folder
 
@@ -131,6 +133,26 @@ def build_tiny_clip(folder: str | Path, seed: int = 0, max_length: int = 32) -> 
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def reference_pipeline(parts, scheduler: str):
+    """diffusers' own StableDiffusionPipeline on the same components and a fresh scheduler: the reference."""
+    from diffusers import StableDiffusionPipeline
+
+    from ldm_lightning.schedulers import build_scheduler
+
+    pipe = StableDiffusionPipeline(
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        unet=parts.unet,
+        scheduler=build_scheduler(scheduler, parts.scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ldm_lightning.shapes import CENTRES, PALETTE, SHAPES
+from ldm_lightning.shapes.data import CENTRES, PALETTE, SHAPES
 
 TEMPLATE_PX = 32
 LARGE_MIN_EXTENT = 19.5  # px; small shapes span ≤ 18, large ones ≥ 21 (see shapes.RADIUS)

@@ -5,6 +5,7 @@ Model keys are `model.*`, data keys `data.*`, precision/devices/strategy/logger 
 """
 
 import sys
+from pathlib import Path
 
 from lightning import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
@@ -19,7 +20,17 @@ from ldm_lightning.writer import ImageWriter
 
 
 class LdmCLI(LightningCLI):
-    """LightningCLI plus `--output_dir` and the image writer for `predict` and `test`."""
+    """LightningCLI plus `--output_dir` and the image writer for `predict` and `test`.
+
+    With `run=False` there is no subcommand on the command line: `stage` says which one the
+    Trainer is set up for, and the caller runs it (`cli.trainer.test(cli.model, datamodule=cli.datamodule)`).
+    `run_dir` is the folder the run writes to.
+    """
+
+    def __init__(self, *args, stage: str | None = None, **kwargs):
+        self.stage = stage
+        self.run_dir: Path | None = None
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data": {"class_path": "ldm_lightning.data.PromptDataModule"}})
@@ -32,7 +43,7 @@ class LdmCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs):
-        trainer = self._instantiate(**kwargs)
+        trainer = self._trainer_with_run_folder(**kwargs)
         start = getattr(trainer.strategy, "_start_method", "popen")
         if start != "popen" and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
             raise UserError(
@@ -41,15 +52,17 @@ class LdmCLI(LightningCLI):
             )
         return trainer
 
-    def _instantiate(self, **kwargs):
-        config = self.config_init[self.subcommand]
-        base = config.get("output_dir") or f"outputs/{self.subcommand}"
-        if self.subcommand in ("predict", "test") and isinstance(self.datamodule, PromptDataModule):
+    def _trainer_with_run_folder(self, **kwargs):
+        """The Trainer, logging into the run's folder, with the image writer (predict, test) or the exporter (fit)."""
+        stage = self.subcommand or self.stage
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        base = config.get("output_dir") or f"outputs/{stage}"
+        if stage in ("predict", "test") and isinstance(self.datamodule, PromptDataModule):
             precision = config.trainer.get("precision") or "32-true"
             settings = {**self.model.settings(), "precision": str(precision)}
-            settings.update(self.model.extra_settings(self.subcommand))
+            settings.update(self.model.extra_settings(stage))
             run_fingerprint = fingerprint(settings, self.datamodule.load_rows())
-            run_dir = choose_run_dir(base, run_fingerprint)
+            self.run_dir = run_dir = choose_run_dir(base, run_fingerprint)
             kwargs["default_root_dir"] = str(run_dir)
             if config.trainer.get("logger") in (None, True):
                 kwargs["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
@@ -58,24 +71,32 @@ class LdmCLI(LightningCLI):
             return trainer
         kwargs["default_root_dir"] = base
         trainer = super().instantiate_trainer(**kwargs)
-        if self.subcommand == "fit":
+        if stage == "fit":
             trainer.callbacks.append(ExportDiffusers())
         return trainer
+
+
+def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
+    """The CLI on `args`. With `stage` ("predict", "test" or "fit") it only builds model, data and
+    Trainer for that stage and returns them on the CLI object, for Python callers such as sweeps."""
+    return LdmCLI(
+        LatentDiffusionModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        trainer_defaults={"use_distributed_sampler": False},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=stage is None,
+        stage=stage,
+        auto_configure_optimizers=False,
+        seed_everything_default=0,
+    )
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of `python -m ldm_lightning` and `ldm-lightning`."""
     try:
-        LdmCLI(
-            LatentDiffusionModule,
-            LightningDataModule,
-            subclass_mode_data=True,
-            trainer_defaults={"use_distributed_sampler": False},
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            auto_configure_optimizers=False,
-            seed_everything_default=0,
-        )
+        make_cli(args)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,7 @@
 """The lab bench commands run on the tiny model and print their tables."""
 
 import csv
+import gc
 import json
 import subprocess
 import sys
@@ -25,7 +26,15 @@ def sweep_passthrough(model: str, clip: str, prompts: str) -> list[str]:
     ]
 
 
+def live_modules() -> int:
+    from ldm_lightning.module import LatentDiffusionModule
+
+    gc.collect()
+    return sum(type(o) is LatentDiffusionModule for o in gc.get_objects())  # not the weak proxies Lightning keeps
+
+
 def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_path):
+    before = live_modules()
     rows = sweep(
         [
             "--guidance",
@@ -54,6 +63,7 @@ def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_p
     assert all(0 < float(r["max_abs_diff_to_ref"]) <= 1 for r in table)  # 3 steps differ from 12 steps
     for name in ("sweep.md", "clip_vs_guidance.png", "grid.png"):
         assert (tmp_path / name).stat().st_size > 0
+    assert live_modules() == before  # every setting released its module (and the parts and CLIP it held)
 
 
 def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip, tmp_path):

@@ -12,18 +12,21 @@ other settings; the first prompt's image) and logs table and plot to TensorBoard
 """
 
 import argparse
+import contextvars
 import csv
+import gc
 import itertools
 import json
 import math
-import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.utils import make_image_grid
 from PIL import Image
 
-from ldm_lightning.cli import main as cli_main
+from ldm_lightning.cli import make_cli
 from ldm_lightning.memory import reset_peak_rss
 from ldm_lightning.outputs import read_jsonl
 
@@ -31,9 +34,11 @@ from ldm_lightning.outputs import read_jsonl
 def run_test(
     out: Path, scheduler: str, steps: int, guidance: float, precision: str, fast: bool, passthrough: list[str]
 ) -> Path:
-    """One `test` run; returns its folder (the CLI may pick `<out>-N` for a changed config)."""
+    """One ordinary, resumable `test` run; returns its folder (`<out>-N` when `out` holds another run).
+
+    Model, CLIP and Trainer are released before it returns, so a long sweep holds one model at a time.
+    """
     args = [
-        "test",
         *passthrough,
         f"--model.scheduler={scheduler}",
         f"--model.num_inference_steps={steps}",
@@ -45,28 +50,17 @@ def run_test(
     reset_peak_rss()  # each in-process run reports its own CPU peak
     if fast:  # a fresh compiler: many fast runs in one process would otherwise hit torch.compile's recompile limit
         torch._dynamo.reset()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given both
-    try:
-        cli_main(args)
-    except SystemExit as exit_:
-        if exit_.code:
-            raise
-    finally:
-        sys.argv = argv
-    candidates = [out] + sorted(out.parent.glob(f"{out.name}-*"))
-    for folder in reversed(candidates):  # the newest folder holding a finished summary of this setting
-        summary = folder / "summary.json"
-        if summary.is_file():
-            settings = json.loads(summary.read_text())["settings"]
-            if (
-                settings["scheduler"],
-                settings["num_inference_steps"],
-                settings["guidance_scale"],
-                settings["precision"],
-                settings.get("fast", False),
-            ) == (scheduler, steps, guidance, precision, fast):
-                return folder
-    raise RuntimeError(f"no summary for {scheduler}/{steps}/{guidance}/{precision}/fast={fast} under {out}")
+    # jsonargparse keeps the last parser (and through it the model) in a context variable: build the
+    # CLI in a context of its own, dropped with the run.
+    context = contextvars.copy_context()
+    with warnings.catch_warnings():  # the sweep's own command line is not meant for the CLI
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        cli = context.run(make_cli, args, "test")
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    folder = cli.run_dir
+    del cli, context
+    gc.collect()
+    return folder
 
 
 def images_of(folder: Path) -> dict[int, np.ndarray]:
@@ -115,20 +109,15 @@ def plot(rows: list[dict], path: Path):
 
 
 def grid(rows: list[dict], path: Path) -> None:
-    """First prompt's image of every run: one row per scheduler."""
+    """First prompt's image of every run: one row per scheduler (every scheduler has the same runs)."""
     schedulers = list(dict.fromkeys(r["scheduler"] for r in rows))
-    by_row = [[r for r in rows if r["scheduler"] == s] for s in schedulers]
-    cols = max(len(g) for g in by_row)
-    first = [
-        [Image.open(Path(r["folder"]) / read_jsonl(Path(r["folder"]) / "results.jsonl")[0]["image"]) for r in g]
-        for g in by_row
+    images = [
+        Image.open(Path(r["folder"]) / read_jsonl(Path(r["folder"]) / "results.jsonl")[0]["image"]).convert("RGB")
+        for s in schedulers
+        for r in rows
+        if r["scheduler"] == s
     ]
-    w, h = first[0][0].size
-    canvas = Image.new("RGB", (cols * w, len(schedulers) * h))
-    for i, g in enumerate(first):
-        for j, im in enumerate(g):
-            canvas.paste(im.convert("RGB"), (j * w, i * h))
-    canvas.save(path)
+    make_image_grid(images, rows=len(schedulers), cols=len(images) // len(schedulers)).save(path)
 
 
 def write_table(rows: list[dict], out: Path) -> None:

@@ -49,6 +49,7 @@ class LatentDiffusionModule(LightningModule):
         clip_model_name_or_path: str | None = None,
         fast: bool = False,
         step_progress: bool = False,
+        _components: Components | None = None,
     ):
         """
         Args:
@@ -86,8 +87,8 @@ class LatentDiffusionModule(LightningModule):
             raise UserError(f"model.guidance_scale: must be >= 0, got {guidance_scale}")
         if not 0.0 <= eta <= 1.0:
             raise UserError(f"model.eta: must be in [0, 1], got {eta}")
-        self.save_hyperparameters()
-        self.parts = self.load_parts()
+        self.save_hyperparameters(ignore=["_components"])
+        self.parts = _components or load_components(pretrained_model_name_or_path, revision, variant, allow_pickle)
         # Registered as submodules so that Lightning moves and casts them.
         self.unet, self.vae, self.text_encoder = self.parts.unet, self.parts.vae, self.parts.text_encoder
         self.tokenizer = self.parts.tokenizer
@@ -102,10 +103,13 @@ class LatentDiffusionModule(LightningModule):
                 )
         self.strict_loading = False  # checkpoints hold only the trained U-Net
 
-    def load_parts(self) -> Components:
-        """The model's frozen components (the benchmark overrides this to pass prebuilt ones)."""
-        hp = self.hparams
-        return load_components(hp.pretrained_model_name_or_path, hp.revision, hp.variant, hp.allow_pickle)
+    @classmethod
+    def from_components(cls, components: Components, **settings: Any) -> "LatentDiffusionModule":
+        """The module on components already in memory (benchmarks, notebooks): nothing is loaded.
+
+        `settings` are the constructor's arguments; `pretrained_model_name_or_path` only names the model.
+        """
+        return cls(**settings, _components=components)
 
     # ----- sampling (predict and test share it) -----
 

@@ -129,10 +129,16 @@ def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path)
     assert float(rows["ours, bare loop"]["max abs diff vs pipeline"]) <= 1e-5
     assert float(rows["ours, fast (bare loop)"]["max abs diff vs pipeline"]) <= 1e-4  # compiled: same to rounding
     assert "fast mode on cpu: " in out.stdout and "fast mode's first call (compilation) took" in out.stdout
-    assert float(rows["ours, Trainer.predict"]["s/image"]) > 0
+    assert rows["ours, Trainer.predict"]["max abs diff vs pipeline"] == "–"  # not measured: no image tensor
     for name in ("benchmark.md", "benchmark.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert list(tmp_path.glob("events.out.tfevents.*"))
+    # The printed table and the figures handed to the report are the same numbers.
+    [data] = json.loads((tmp_path / "benchmark.json").read_text())
+    for figures in data["rows"]:
+        printed = rows[figures["variant"]]
+        assert printed["× pipeline time"] == f"{figures['× pipeline time']:.3f}"
+        assert printed["s/image"] == f"{figures['s/image']:.4f}"
 
 
 def test_report_reads_the_gpu_log_in_the_docs():
@@ -143,5 +149,4 @@ def test_report_reads_the_gpu_log_in_the_docs():
         ("fp16", "cuda", 1),
         ("fp16", "cuda", 8),
     ]
-    fast = next(r for r in tables[3]["rows"] if r["variant"].startswith("ours, fast"))
-    assert (fast["× pipeline time"], fast["s/image"]) == ("0.687", "0.2413")
+    assert all(row["variant"] and float(row["× pipeline time"]) for t in tables for row in t["rows"])

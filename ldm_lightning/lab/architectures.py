@@ -75,6 +75,7 @@ SD14_TEXT_ENCODER: dict = {
     "eos_token_id": 2,
 }
 
+
 def build_sd14(device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
     """Build SD v1.4's U-Net, VAE and text encoder with random weights, in eval mode.
 

@@ -57,13 +57,8 @@ def sd14_random(dtype: torch.dtype, device: str) -> Components:
     return Components(tokenizer, parts["text_encoder"], parts["unet"], parts["vae"], dict(SD14_SCHEDULER_CONFIG))
 
 
-class Preloaded(LatentDiffusionModule):
-    """The LightningModule on components already in memory."""
-
-    parts_to_use: Components | None = None
-
-    def load_parts(self) -> Components:
-        return self.parts_to_use
+class StaysPut(LatentDiffusionModule):
+    """The LightningModule, left where it is when `predict` ends."""
 
     def cpu(self):
         """Stay put: Lightning moves the module to the CPU when `predict` ends, which would move the
@@ -178,18 +173,24 @@ def run(args) -> None:
         f"{args.dtype}, {device.type} ({where}); {args.repeats} alternating repeats, medians\n"
         f"counted FLOPs per image: {flops / 1e12:.4f} TFLOP; measured {args.dtype} matmul: {peak:.3f} TFLOP/s"
     )
-    lines = [header]
+    lines, tables = [header], []
     print(header, flush=True)
     for batch in args.batch:
-        table = bench_batch(args, parts, fast_parts, device, batch, height, flops, peak)
-        print(table, flush=True)
-        lines.append(table)
+        table = {"dtype": args.dtype, "device": device.type, "where": where, "batch": batch}
+        table.update(bench_batch(args, parts, fast_parts, device, batch, height, flops, peak))
+        tables.append(table)
+        lines.append(markdown(table, args.batches))
+        print(lines[-1], flush=True)
     if args.out:
-        write_report(args.out, "\n".join(lines))
+        write_report(args.out, "\n".join(lines), tables)
+    return tables
 
 
-def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> str:
-    """Time every variant at this batch size; the markdown table and notes."""
+def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> dict:
+    """Time every variant at this batch size: {"rows": one dict of figures per variant, "notes": [...]}.
+
+    A figure that was not measured is None: peak memory off CUDA and Linux, the image difference of
+    `Trainer.predict` (it returns rows, not an image tensor)."""
     n_images = batch * args.batches
     prompts = (PROMPTS * n_images)[:n_images]
     rows = read_rows(prompts, seed=0)
@@ -228,9 +229,9 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
             )
         return torch.cat(out)
 
-    def module_on(parts_: Components, fast: bool) -> Preloaded:
-        Preloaded.parts_to_use = parts_
-        return Preloaded(
+    def module_on(parts_: Components, fast: bool) -> StaysPut:
+        return StaysPut.from_components(
+            parts_,
             scheduler=args.scheduler,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
@@ -287,39 +288,81 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
 
     ref_time = statistics.median(s for s, _ in results["pipeline"])
     ref_mem = statistics.median((m or 0) for _, m in results["pipeline"])
-    lines = [
-        f"\nbatch {batch} × {args.batches} batches",
-        "| variant | s/image | images/s | it/s (whole call) | × pipeline time | peak MiB | × pipeline memory "
-        "| peak reserved MiB | max abs diff vs pipeline | U-Net+VAE share | TFLOP/s | of matmul |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for name, runs in results.items():
         call = statistics.median(s for s, _ in runs)
         seconds = call / n_images
-        memory = statistics.median((m or 0) for _, m in runs)
-        diff = (
-            (images[name].float() - images["pipeline"].float()).abs().max().item() if name in images else float("nan")
-        )
-        # The compiled copy has no hooks. On a host-bound GPU run the spans include idle GPU time.
-        share = f"{statistics.median(shares[name]):.0%}" if name not in (FAST, FAST_TRAINER) else "–"
-        pool = statistics.median(reserved[name])
+        memory = statistics.median((m or 0) for _, m in runs) if runs[0][1] is not None else None
+        diff = (images[name].float() - images["pipeline"].float()).abs().max().item() if name in images else None
         rate = flops / seconds / 1e12
-        lines.append(
-            f"| {name} | {seconds:.4f} | {1 / seconds:.2f} | {args.steps * args.batches / call:.2f} "
-            f"| {call / ref_time:.3f} | {memory:.0f} | {f'{memory / ref_mem:.2f}' if ref_mem >= 1 else '–'} "
-            f"| {f'{pool:.0f}' if pool else '–'} | {diff:.2e} | {share} | {rate:.3f} | {rate / peak:.1%} |"
+        rows.append(
+            {
+                "variant": name,
+                "s/image": seconds,
+                "images/s": 1 / seconds,
+                "it/s (whole call)": args.steps * args.batches / call,
+                "× pipeline time": call / ref_time,
+                "peak MiB": memory,
+                "× pipeline memory": memory / ref_mem if memory and memory >= 1 and ref_mem >= 1 else None,
+                "peak reserved MiB": statistics.median(reserved[name]) or None,
+                "max abs diff vs pipeline": diff,
+                # The compiled copy has no hooks. On a host-bound GPU run the spans include idle GPU time.
+                "U-Net+VAE share": None if name in (FAST, FAST_TRAINER) else statistics.median(shares[name]),
+                "TFLOP/s": rate,
+                "of matmul": rate / peak,
+            }
         )
-    lines += [f"- {note}" for note in notes]
+    return {"rows": rows, "notes": notes}
+
+
+FORMATS = {
+    "s/image": "{:.4f}",
+    "images/s": "{:.2f}",
+    "it/s (whole call)": "{:.2f}",
+    "× pipeline time": "{:.3f}",
+    "peak MiB": "{:.0f}",
+    "× pipeline memory": "{:.2f}",
+    "peak reserved MiB": "{:.0f}",
+    "max abs diff vs pipeline": "{:.2e}",
+    "U-Net+VAE share": "{:.0%}",
+    "TFLOP/s": "{:.3f}",
+    "of matmul": "{:.1%}",
+}
+
+
+def cell(column: str, value) -> str:
+    """A table cell: "–" where the figure was not measured, "< 1" for a peak below a MiB."""
+    if value is None:
+        return "–"
+    if column == "peak MiB" and value < 1:
+        return "< 1"
+    return FORMATS[column].format(value) if column in FORMATS else str(value)
+
+
+def markdown(table: dict, batches: int) -> str:
+    """The printed form of one table (`benchmark_report.parse_tables` reads it back)."""
+    columns = list(table["rows"][0])
+    lines = [
+        f"\nbatch {table['batch']} × {batches} batches",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for row in table["rows"]),
+        *(f"- {note}" for note in table["notes"]),
+    ]
     return "\n".join(lines) + "\n"
 
 
-def write_report(folder: Path, text: str) -> None:
-    """benchmark.md (the tables), benchmark.png (speed vs the pipeline) and a TensorBoard run, in `folder`."""
+def write_report(folder: Path, text: str, tables: list[dict]) -> None:
+    """benchmark.md (the tables), benchmark.json (their figures), benchmark.png (speed vs the pipeline)
+    and a TensorBoard run, in `folder`."""
+    import json
+
     from ldm_lightning.lab.benchmark_report import report
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "benchmark.md").write_text(text + "\n")
-    report(text, folder / "benchmark.png", folder)
+    (folder / "benchmark.json").write_text(json.dumps(tables, indent=2) + "\n")
+    report(tables, folder / "benchmark.png", folder, text)
 
 
 def main() -> None:

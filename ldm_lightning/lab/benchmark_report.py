@@ -1,6 +1,7 @@
-"""Turn `python -m ldm_lightning.lab.benchmark` output (its printed markdown, or a log holding it) into a picture.
+"""The benchmark's picture: from its tables (`benchmark.json`, or the benchmark passing them directly),
+or from a log holding its printed markdown (e.g. several benchmark runs appended to one log).
 
-    python -m ldm_lightning.lab.benchmark_report LOG --out benchmark.png [--tensorboard DIR]
+    python -m ldm_lightning.lab.benchmark_report LOG_OR_JSON [LOG_OR_JSON …] --out benchmark.png [--tensorboard DIR]
 
 One bar per variant and table: speed relative to `StableDiffusionPipeline` in the same table
 (1 / "× pipeline time"), grouped by dtype, device and batch size, so the fast mode's gain and the
@@ -8,6 +9,7 @@ exact mode's parity read off at a glance.
 """
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -74,9 +76,8 @@ def plot(tables: list[dict], path: str | Path) -> None:
     plt.close(fig)
 
 
-def report(text: str, png: str | Path, tensorboard: str | Path | None = None) -> int:
-    """Draw the picture of the tables in `text` (and log tables and picture to TensorBoard); how many tables."""
-    tables = parse_tables(text)
+def report(tables: list[dict], png: str | Path, tensorboard: str | Path | None = None, text: str = "") -> int:
+    """Draw the picture of `tables` (and log the printed `text` and the picture to TensorBoard); how many tables."""
     if not tables:
         raise SystemExit("error: no benchmark tables found")
     plot(tables, png)
@@ -88,13 +89,26 @@ def report(text: str, png: str | Path, tensorboard: str | Path | None = None) ->
     return len(tables)
 
 
+def read_tables(path: Path) -> tuple[list[dict], str]:
+    """Tables and printable text of a `benchmark.json` or of a log holding the printed markdown."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(text), ""
+    return parse_tables(text), text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("log", type=Path, help="benchmark output (markdown or a log holding it)")
+    parser.add_argument("inputs", type=Path, nargs="+", help="benchmark.json files or logs holding benchmark output")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--tensorboard", default=None, help="also log the tables and the picture here")
     args = parser.parse_args(argv)
-    print(f"{report(args.log.read_text(), args.out, args.tensorboard)} tables -> {args.out}")
+    tables, texts = [], []
+    for path in args.inputs:
+        found, text = read_tables(path)
+        tables += found
+        texts.append(text)
+    print(f"{report(tables, args.out, args.tensorboard, chr(10).join(texts))} tables -> {args.out}")
 
 
 if __name__ == "__main__":

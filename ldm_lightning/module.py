@@ -1,4 +1,4 @@
-"""The LightningModule: frozen SD v1 parts; sampling in `predict_step`/`test_step`; the LDM loss in `training_step`.
+"""The LightningModule: frozen SD v1 components; sampling in `predict_step`/`test_step`; the LDM loss in `fit`.
 
 It orchestrates; the math lives in `sampling.py` (generation), `training.py` (the loss) and
 `clip_score.py` (the metric).
@@ -88,10 +88,10 @@ class LatentDiffusionModule(LightningModule):
         if not 0.0 <= eta <= 1.0:
             raise UserError(f"model.eta: must be in [0, 1], got {eta}")
         self.save_hyperparameters(ignore=["_components"])
-        self.parts = _components or load_components(pretrained_model_name_or_path, revision, variant, allow_pickle)
+        self.components = _components or load_components(pretrained_model_name_or_path, revision, variant, allow_pickle)
         # Registered as submodules so that Lightning moves and casts them.
-        self.unet, self.vae, self.text_encoder = self.parts.unet, self.parts.vae, self.parts.text_encoder
-        self.tokenizer = self.parts.tokenizer
+        self.unet, self.vae, self.text_encoder = self.components.unet, self.components.vae, self.components.text_encoder
+        self.tokenizer = self.components.tokenizer
         factor = vae_scale_factor(self.vae)
         native = default_size(self.unet, self.vae)
         self.height, self.width = height or native, width or native
@@ -151,8 +151,8 @@ class LatentDiffusionModule(LightningModule):
         """Generate the batch's images; a fresh scheduler per batch (diffusers#8711)."""
         hp = self.hparams
         return generate(
-            self.parts,
-            build_scheduler(hp.scheduler, self.parts.scheduler_config),
+            self.components,
+            build_scheduler(hp.scheduler, self.components.scheduler_config),
             batch["prompt"],
             batch["negative_prompt"],
             batch["seed"].tolist(),
@@ -203,7 +203,7 @@ class LatentDiffusionModule(LightningModule):
         if stage == "fit":
             self.unet.requires_grad_(True).train()  # the frozen VAE and text encoder stay in eval mode
             # The forward process uses the checkpoint's own noise schedule (betas).
-            self.noise_schedule = DDPMScheduler.from_config(self.parts.scheduler_config)
+            self.noise_schedule = DDPMScheduler.from_config(self.components.scheduler_config)
 
     def on_predict_start(self) -> None:
         self._apply_fast_mode()
@@ -250,7 +250,7 @@ class LatentDiffusionModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Only the trained U-Net: the frozen parts come from the pretrained model again.
+        # Only the trained U-Net: the frozen components come from the pretrained model again.
         state = checkpoint["state_dict"]
         for key in [k for k in state if not k.startswith("unet.")]:
             del state[key]

@@ -93,7 +93,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def finished(folder: Path, rows: list[dict[str, Any]], decode: bool = True) -> dict[int, dict[str, Any]]:
+def finished_rows(folder: Path, rows: list[dict[str, Any]], decode: bool = True) -> dict[int, dict[str, Any]]:
     """Rows of a JSONL file whose image is on disk (and, with `decode`, decodes), by index; the last row wins.
 
     Decoding every PNG is for a folder left by another process (resume). Within a run it is not

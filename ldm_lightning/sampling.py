@@ -102,7 +102,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(
-    parts: Components,
+    components: Components,
     scheduler: SchedulerMixin,
     prompts: list[str],
     negative_prompts: list[str],
@@ -120,20 +120,22 @@ def generate(
 
     `progress` shows a bar over the denoising steps (worth it when one batch takes minutes).
     """
-    device = parts.unet.device
+    device = components.unet.device
     use_cfg = guidance_scale > 1.0
 
     # 1. Encode the prompts (and, for guidance, the negative prompts) with the frozen CLIP text encoder.
-    ids, num_tokens, truncated = tokenize(parts.tokenizer, prompts)
-    cond = encode_text(parts.text_encoder, ids)
-    uncond = encode_text(parts.text_encoder, tokenize(parts.tokenizer, negative_prompts)[0]) if use_cfg else None
+    ids, num_tokens, truncated = tokenize(components.tokenizer, prompts)
+    cond = encode_text(components.text_encoder, ids)
+    uncond = (
+        encode_text(components.text_encoder, tokenize(components.tokenizer, negative_prompts)[0]) if use_cfg else None
+    )
 
     # 2. Timesteps of this sampler for the requested number of steps.
     scheduler.set_timesteps(num_inference_steps, device=device)
 
     # 3. Initial noise in latent space: 4 × H/8 × W/8 for SD v1, one seeded stream per row.
-    factor = vae_scale_factor(parts.vae)
-    shape = (parts.unet.config.in_channels, height // factor, width // factor)
+    factor = vae_scale_factor(components.vae)
+    shape = (components.unet.config.in_channels, height // factor, width // factor)
     latents, generators = initial_noise(seeds, shape, device, cond.dtype)
     latents = latents * scheduler.init_noise_sigma
     extra = step_kwargs(scheduler, eta, generators)
@@ -141,10 +143,10 @@ def generate(
     # 4. Denoising loop: predict the noise, guide, step from x_t to x_{t-1}.
     for t in tqdm(scheduler.timesteps, desc="denoising", leave=False, disable=not progress):
         model_input = scheduler.scale_model_input(latents, t)  # elementwise: same as on the CFG batch
-        noise = predict_noise(parts.unet, model_input, t, cond, uncond, guidance_scale)
+        noise = predict_noise(components.unet, model_input, t, cond, uncond, guidance_scale)
         latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
 
     # 5. Decode the latents to pixels with the VAE.
     finite = torch.isfinite(latents).flatten(1).all(dim=1).cpu()
-    images = decode(parts.vae, latents, force_fp32=decode_fp32)
+    images = decode(components.vae, latents, force_fp32=decode_fp32)
     return Samples(images=images, finite=finite, truncated=truncated, num_tokens=num_tokens)

@@ -135,18 +135,18 @@ def build_tiny_clip(folder: str | Path, seed: int = 0, max_length: int = 32) -> 
     return folder
 
 
-def reference_pipeline(parts, scheduler: str):
+def reference_pipeline(components, scheduler: str):
     """diffusers' own StableDiffusionPipeline on the same components and a fresh scheduler: the reference."""
     from diffusers import StableDiffusionPipeline
 
     from ldm_lightning.schedulers import build_scheduler
 
     pipe = StableDiffusionPipeline(
-        vae=parts.vae,
-        text_encoder=parts.text_encoder,
-        tokenizer=parts.tokenizer,
-        unet=parts.unet,
-        scheduler=build_scheduler(scheduler, parts.scheduler_config),
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=build_scheduler(scheduler, components.scheduler_config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -17,7 +17,7 @@ from ldm_lightning.outputs import (
     RUN_FILE,
     append_jsonl,
     atomic_write,
-    finished,
+    finished_rows,
     image_name,
     png_bytes,
     read_jsonl,
@@ -52,7 +52,7 @@ class ImageWriter(BasePredictionWriter):
             run = {"fingerprint": self.fingerprint, "stage": stage, "settings": self.settings}
             atomic_write(self.run_dir / RUN_FILE, json.dumps(run, indent=2).encode())
         trainer.strategy.barrier("ldm_lightning.writer.setup")
-        done = finished(self.run_dir, read_jsonl(self.done_file(stage)))
+        done = finished_rows(self.run_dir, read_jsonl(self.done_file(stage)))
         datamodule = trainer.datamodule
         datamodule.skip = set(done)
         total = len(datamodule.rows)
@@ -88,7 +88,7 @@ class ImageWriter(BasePredictionWriter):
     def finish(self, trainer: Trainer) -> dict[int, dict[str, Any]]:
         """After all ranks: sort the manifest, draw the grid; returns the finished rows by index."""
         trainer.strategy.barrier("ldm_lightning.writer.finish")
-        done = finished(self.run_dir, read_jsonl(self.manifest), decode=False)  # decoded at setup or written whole
+        done = finished_rows(self.run_dir, read_jsonl(self.manifest), decode=False)  # decoded at setup or written whole
         if trainer.is_global_zero and done:
             rewrite_sorted(self.manifest, done)
             grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
@@ -111,7 +111,7 @@ class ImageWriter(BasePredictionWriter):
         trainer.strategy.barrier("ldm_lightning.writer.summary")
         summary = None
         if trainer.is_global_zero:
-            rows = finished(self.run_dir, read_jsonl(self.run_dir / RESULTS), decode=False)
+            rows = finished_rows(self.run_dir, read_jsonl(self.run_dir / RESULTS), decode=False)
             rewrite_sorted(self.run_dir / RESULTS, rows)
             summary = {**summarize(list(rows.values())), "settings": self.settings}
             atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())

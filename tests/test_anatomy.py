@@ -26,8 +26,8 @@ def sd14():
 @pytest.fixture(scope="module")
 def tiny(tiny_model) -> dict:
     """The tiny random model's components (conftest's diffusers fast-test-sized folder)."""
-    parts = load_components(tiny_model)
-    return {"unet": parts.unet, "vae": parts.vae, "text_encoder": parts.text_encoder}
+    components = load_components(tiny_model)
+    return {"unet": components.unet, "vae": components.vae, "text_encoder": components.text_encoder}
 
 
 def test_sd14_parameter_counts_are_exact(sd14):
@@ -126,7 +126,7 @@ def test_anatomy_cli_on_tiny_folder(tiny_model, tiny, tmp_path):
 
 def test_anatomy_rejects_unknown_model(tmp_path):
     with pytest.raises(ValueError, match="sd14"):
-        anatomy.load_components(str(tmp_path))
+        anatomy.load_modules(str(tmp_path))
 
 
 def test_sd_layout_matches_sd14():

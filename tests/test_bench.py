@@ -63,7 +63,7 @@ def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_p
     assert all(0 < float(r["max_abs_diff_to_ref"]) <= 1 for r in table)  # 3 steps differ from 12 steps
     for name in ("sweep.md", "clip_vs_guidance.png", "grid.png"):
         assert (tmp_path / name).stat().st_size > 0
-    assert live_modules() == before  # every setting released its module (and the parts and CLIP it held)
+    assert live_modules() == before  # every setting released its module (and the components and CLIP it held)
 
 
 def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip, tmp_path):

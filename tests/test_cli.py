@@ -41,8 +41,8 @@ def test_predict_writes_images_and_manifest_equal_to_the_pipeline(tiny_model, tm
 
     from ldm_lightning.components import load_components
 
-    parts = load_components(tiny_model)
-    pipe = reference_pipeline(parts, "ddim")
+    components = load_components(tiny_model)
+    pipe = reference_pipeline(components, "ddim")
     for r in rows[:2]:
         ref = pipe(
             r["prompt"],

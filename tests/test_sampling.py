@@ -30,8 +30,8 @@ def configure(module, scheduler: str, guidance_scale: float, eta: float = 0.0) -
 
 def reference(module, name: str, guidance_scale: float, eta: float = 0.0) -> torch.Tensor:
     """diffusers' own pipeline on the same components, scheduler, prompts and seeds."""
-    parts = module.parts
-    pipe = reference_pipeline(parts, name)
+    components = module.components
+    pipe = reference_pipeline(components, name)
     generators = [torch.Generator("cpu").manual_seed(s) for s in SEEDS]
     out = pipe(
         PROMPTS,

@@ -23,8 +23,8 @@ def test_sd14_matches_the_pipeline_at_256(capsys):
     )
     rows = read_rows(["a photograph of an astronaut riding a horse"], seed=0)
     ours = module.sample(collate(rows)).images
-    parts = module.parts
-    pipe = reference_pipeline(parts, "pndm")
+    components = module.components
+    pipe = reference_pipeline(components, "pndm")
     ref = pipe(
         rows[0]["prompt"],
         generator=torch.Generator("cpu").manual_seed(0),

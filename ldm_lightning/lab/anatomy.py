@@ -108,7 +108,7 @@ def _from_config(cls: type, folder: Path) -> nn.Module:
     return cls.from_config(cls.load_config(folder))
 
 
-def load_components(model: str) -> tuple[dict[str, nn.Module], str]:
+def load_modules(model: str) -> tuple[dict[str, nn.Module], str]:
     """Build a model's U-Net, VAE and text encoder on the meta device; say where weights stand.
 
     Args:
@@ -272,7 +272,7 @@ def anatomy(
         plot: if given, save a bar chart of FLOPs per component to this PNG file.
         tensorboard: if given, log the table (and the chart) to a TensorBoard run in this folder.
     """
-    modules, weights = load_components(model)
+    modules, weights = load_modules(model)
     height = height or default_size(modules["unet"], modules["vae"])
     width = width or default_size(modules["unet"], modules["vae"])
     report = {"model": model, "weights": weights} | measure(modules, height, width, steps, cfg)

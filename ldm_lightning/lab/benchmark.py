@@ -50,11 +50,13 @@ def sd14_random(dtype: torch.dtype, device: str) -> Components:
     from ldm_lightning.schedulers import SD14_SCHEDULER_CONFIG
     from ldm_lightning.testing import save_byte_tokenizer
 
-    parts = build_sd14(device=device, dtype=dtype)
+    components = build_sd14(device=device, dtype=dtype)
     tokenizer = save_byte_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer", max_length=77)
-    for m in parts.values():
+    for m in components.values():
         m.requires_grad_(False).eval()
-    return Components(tokenizer, parts["text_encoder"], parts["unet"], parts["vae"], dict(SD14_SCHEDULER_CONFIG))
+    return Components(
+        tokenizer, components["text_encoder"], components["unet"], components["vae"], dict(SD14_SCHEDULER_CONFIG)
+    )
 
 
 class StaysPut(LatentDiffusionModule):
@@ -62,12 +64,12 @@ class StaysPut(LatentDiffusionModule):
 
     def cpu(self):
         """Stay put: Lightning moves the module to the CPU when `predict` ends, which would move the
-        parts every variant shares (a CLI run pays that move once, at exit)."""
+        components every variant shares (a CLI run pays that move once, at exit)."""
         return self
 
 
 @contextmanager
-def timed_modules(parts: Components, totals: dict, device: torch.device):
+def timed_modules(components: Components, totals: dict, device: torch.device):
     """Accumulate the time spent inside the U-Net and the VAE decoder: CUDA events on a GPU (the host
     returns before the kernels finish), wall time on a CPU."""
 
@@ -79,7 +81,7 @@ def timed_modules(parts: Components, totals: dict, device: torch.device):
         return event
 
     spans, handles = [], []
-    for name, module in (("unet", parts.unet), ("vae", parts.vae.decoder)):
+    for name, module in (("unet", components.unet), ("vae", components.vae.decoder)):
         handles.append(module.register_forward_pre_hook(lambda m, a, n=name: spans.append([n, now()])))
         handles.append(module.register_forward_hook(lambda m, a, o: spans[-1].append(now())))
     try:
@@ -137,36 +139,46 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / best / 1e12
 
 
-def flops_per_image(parts: Components, height: int, width: int, steps: int, cfg: bool) -> int:
+def flops_per_image(components: Components, height: int, width: int, steps: int, cfg: bool) -> int:
     """Counted FLOPs of one image: text encoder + steps × U-Net (CFG batch 2) per sample + one VAE decode."""
-    factor = vae_scale_factor(parts.vae)
+    factor = vae_scale_factor(components.vae)
     batch = 2 if cfg else 1
-    unet = unet_step_flops(parts.unet, (height // factor, width // factor), batch, parts.tokenizer.model_max_length)
-    return text_encoder_flops(parts.text_encoder, batch) + steps * unet + vae_decode_flops(parts.vae, height, width)
+    unet = unet_step_flops(
+        components.unet, (height // factor, width // factor), batch, components.tokenizer.model_max_length
+    )
+    return (
+        text_encoder_flops(components.text_encoder, batch)
+        + steps * unet
+        + vae_decode_flops(components.vae, height, width)
+    )
 
 
 def load(args, device: torch.device, dtype: torch.dtype) -> tuple[Components, str]:
     if args.model == "sd14":
         return sd14_random(dtype, str(device)), "SD v1.4 architecture, random weights"
-    parts = load_components(args.model)
-    for m in (parts.unet, parts.vae, parts.text_encoder):
+    components = load_components(args.model)
+    for m in (components.unet, components.vae, components.text_encoder):
         m.to(device=device, dtype=dtype)
-    return parts, f"{args.model} (real weights)"
+    return components, f"{args.model} (real weights)"
 
 
 def run(args) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and args.gpu else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    parts, what = load(args, device, dtype)
-    height = args.height or default_size(parts.unet, parts.vae)
+    components, what = load(args, device, dtype)
+    height = args.height or default_size(components.unet, components.vae)
     fast_parts = None
     if args.fast:  # a copy, so that fast mode's in-place changes leave the exact variants alone
         fast_parts = Components(
-            parts.tokenizer, parts.text_encoder, copy.deepcopy(parts.unet), parts.vae, parts.scheduler_config
+            components.tokenizer,
+            components.text_encoder,
+            copy.deepcopy(components.unet),
+            components.vae,
+            components.scheduler_config,
         )
         print(f"fast mode on {device.type}: {fast_settings(device)}", flush=True)
     peak = matmul_tflops(device, dtype)
-    flops = flops_per_image(parts, height, height, args.steps, args.guidance > 1)
+    flops = flops_per_image(components, height, height, args.steps, args.guidance > 1)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     header = (
         f"\n{what}; {height}×{height}, {args.scheduler}, {args.steps} steps, guidance {args.guidance}, "
@@ -177,7 +189,7 @@ def run(args) -> None:
     print(header, flush=True)
     for batch in args.batch:
         table = {"dtype": args.dtype, "device": device.type, "where": where, "batch": batch}
-        table.update(bench_batch(args, parts, fast_parts, device, batch, height, flops, peak))
+        table.update(bench_batch(args, components, fast_parts, device, batch, height, flops, peak))
         tables.append(table)
         lines.append(markdown(table, args.batches))
         print(lines[-1], flush=True)
@@ -186,7 +198,7 @@ def run(args) -> None:
     return tables
 
 
-def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> dict:
+def bench_batch(args, components, fast_parts, device, batch, height, flops, peak) -> dict:
     """Time every variant at this batch size: {"rows": one dict of figures per variant, "notes": [...]}.
 
     A figure that was not measured is None: peak memory off CUDA and Linux, the image difference of
@@ -196,12 +208,12 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
     rows = read_rows(prompts, seed=0)
     chunks = [rows[i : i + batch] for i in range(0, n_images, batch)]
     settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, eta=0.0, height=height, width=height)
-    pipe = reference_pipeline(parts, args.scheduler)
+    pipe = reference_pipeline(components, args.scheduler)
 
     def reference():
         out = []
         for chunk in chunks:
-            pipe.scheduler = build_scheduler(args.scheduler, parts.scheduler_config)
+            pipe.scheduler = build_scheduler(args.scheduler, components.scheduler_config)
             gens = [torch.Generator("cpu").manual_seed(r["seed"]) for r in chunk]
             out.append(
                 pipe(
@@ -220,7 +232,7 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
             out.append(
                 generate(
                     parts_,
-                    build_scheduler(args.scheduler, parts.scheduler_config),
+                    build_scheduler(args.scheduler, components.scheduler_config),
                     [r["prompt"] for r in chunk],
                     [""] * len(chunk),
                     [r["seed"] for r in chunk],
@@ -241,7 +253,7 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
             fast=fast,
         )
 
-    module = module_on(parts, fast=False)
+    module = module_on(components, fast=False)
     precision = {"fp32": "32-true", "bf16": "bf16-true", "fp16": "16-true"}[args.dtype]
     trainer = Trainer(
         accelerator=device.type,
@@ -256,12 +268,12 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
 
     variants = {
         "pipeline": reference,
-        "ours, bare loop": lambda: ours(parts),
+        "ours, bare loop": lambda: ours(components),
         "ours, Trainer.predict": lambda: trainer.predict(module, loader),
     }
     notes = []
     with torch.inference_mode():
-        ours(parts), reference()  # warm-up
+        ours(components), reference()  # warm-up
         if fast_parts is not None:
             fast_module = module_on(fast_parts, fast=True)
             try:
@@ -277,7 +289,7 @@ def bench_batch(args, parts, fast_parts, device, batch, height, flops, peak) -> 
         for _ in range(args.repeats):
             for name, fn in variants.items():  # alternate, so drift hits every variant alike
                 totals = {}
-                with timed_modules(parts, totals, device):
+                with timed_modules(components, totals, device):
                     seconds, memory, pool, out = measure(fn, device)
                 results[name].append((seconds, memory))
                 reserved[name].append(pool or 0)

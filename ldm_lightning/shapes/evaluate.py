@@ -60,13 +60,13 @@ def zero_shot(clip, images: torch.Tensor) -> list[tuple[str, str]]:
     return [pairs[i] for i in sims.argmax(dim=1).tolist()]
 
 
-def sample(parts, prompts: list[str], seeds: list[int], guidance: float, args) -> tuple[torch.Tensor, float]:
+def sample(components, prompts: list[str], seeds: list[int], guidance: float, args) -> tuple[torch.Tensor, float]:
     """uint8 images for the prompts, and seconds per image."""
     out, start = [], time.perf_counter()
     for i in range(0, len(prompts), args.batch_size):
         s = generate(
-            parts,
-            build_scheduler(args.scheduler, parts.scheduler_config),
+            components,
+            build_scheduler(args.scheduler, components.scheduler_config),
             prompts[i : i + args.batch_size],
             [""] * len(prompts[i : i + args.batch_size]),
             seeds[i : i + args.batch_size],
@@ -106,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    parts, clip = load_components(args.model), load_clip(args.clip)
+    components, clip = load_components(args.model), load_clip(args.clip)
     sets = prompt_sets(args.per_set, args.seed)
     report: dict = {"settings": vars(args) | {"out": str(args.out)}, "sets": {}}
     lines = [
@@ -121,7 +121,7 @@ def main() -> None:
         prompts, shapes = [p for p, _ in items], [s for _, s in items]
         seeds = list(range(len(prompts)))
         for guidance in (1.0, args.guidance):
-            images, seconds = sample(parts, prompts, seeds, guidance, args)
+            images, seconds = sample(components, prompts, seeds, guidance, args)
             acc = accuracy(images, shapes, clip)
             report["sets"][f"{name} @ {guidance:g}"] = {**acc, "n": len(prompts), "seconds_per_image": seconds}
             lines.append(
@@ -134,7 +134,7 @@ def main() -> None:
     curve = {}
     prompts, shapes = zip(*sets["seen full"])
     for guidance in GUIDANCE_CURVE:
-        images, _ = sample(parts, list(prompts), list(range(len(prompts))), guidance, args)
+        images, _ = sample(components, list(prompts), list(range(len(prompts))), guidance, args)
         curve[guidance] = float(np.mean(score_images(images, list(prompts), clip)))
     report["clip_score_vs_guidance"] = curve
     lines += [

@@ -14,7 +14,7 @@ from torchmetrics.functional.multimodal import clip_score
 from transformers import AutoProcessor, CLIPModel
 
 from ldm_lightning.components import ASSETS
-from ldm_lightning.errors import UserError
+from ldm_lightning.errors import UserError, first_line
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # the family of SD v1.4's own text encoder
 EMBEDDED_CLIP = {"tiny-clip": ASSETS / "tiny-clip"}
@@ -59,7 +59,7 @@ def load_clip(name_or_path: str) -> tuple[FeatureCLIP, TruncatingProcessor]:
         model = CLIPModel.from_pretrained(source).eval().requires_grad_(False)
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UserError(
             f"model.clip_model_name_or_path: could not load CLIP {name_or_path!r}: {first}\n"
             "Download it on a connected machine (hf download openai/clip-vit-large-patch14 "

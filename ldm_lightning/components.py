@@ -8,7 +8,7 @@ from typing import Any
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
-from ldm_lightning.errors import UserError
+from ldm_lightning.errors import UserError, first_line
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 ASSETS = Path(__file__).parent / "assets"
@@ -74,14 +74,13 @@ def load_components(
         # Any scheduler class reads any scheduler config file; PNDM is SD v1.4's own.
         scheduler_config = dict(PNDMScheduler.load_config(root, subfolder="scheduler", **hub))
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         pickle_hint = (
             "\nIf the folder holds only .bin weights, pass --model.allow_pickle true (only for files you trust)."
             if not allow_pickle
             else ""
         )
         raise UserError(
-            f"could not load Stable Diffusion components from {root!r}: {first_line}\n"
+            f"could not load Stable Diffusion components from {root!r}: {first_line(err)}\n"
             + HOW_TO_GET_WEIGHTS
             + pickle_hint
         ) from None

@@ -3,3 +3,9 @@
 
 class UserError(ValueError):
     """Bad input or a missing model; the CLI prints its message alone, without a traceback."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (its type's name if it has none), for one-line reports."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -4,7 +4,6 @@ It orchestrates; the math lives in `sampling.py` (generation), `training.py` (th
 `clip_score.py` (the metric).
 """
 
-import math
 import shutil
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.optimization import get_cosine_schedule_with_warmup
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -239,14 +239,7 @@ class LatentDiffusionModule(LightningModule):
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.unet.parameters(), lr=hp.learning_rate, weight_decay=1e-2)
         total = max(self.trainer.estimated_stepping_batches, hp.warmup_steps + 1)
-
-        def warmup_cosine(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            progress = (step - hp.warmup_steps) / max(1, total - hp.warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, hp.warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

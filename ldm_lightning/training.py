@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 
 from ldm_lightning.sampling import encode_text, tokenize
 
@@ -15,8 +16,7 @@ def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | 
 
 def min_snr_weights(noise_schedule: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Per-sample loss weights min(SNR, γ)/SNR for ε-prediction (Hang et al. 2023, eq. 6)."""
-    alphas = noise_schedule.alphas_cumprod.to(timesteps.device)[timesteps]
-    snr = alphas / (1 - alphas)
+    snr = compute_snr(noise_schedule, timesteps)  # ᾱ_t / (1 − ᾱ_t)
     return torch.clamp(snr, max=gamma) / snr
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU section of the benchmark (issue 5.6): SD v1.4 architecture (random weights), 512², 50 PNDM
+# The benchmark on a GPU: SD v1.4 architecture (random weights), 512², 50 PNDM
 # steps, guidance 7.5, batch 1 and 8, bf16 and fp16: ours vs StableDiffusionPipeline, plus the opt-in
 # fast mode in fp16. One table per dtype and batch: s/image, images/s, it/s, peak max_memory_allocated,
 # U-Net+VAE share (CUDA events), MFU against the bf16/fp16 matmul rate measured in the same process.

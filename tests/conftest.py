@@ -4,11 +4,13 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Two busy cores: one thread per test process is far steadier (and DDP tests run two processes).
+# Set here once: the tests' own processes and every process they start inherit it.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Two busy cores: one thread per test process is far steadier (and DDP tests run two processes).
 torch.set_num_threads(1)
 
 

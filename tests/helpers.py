@@ -25,7 +25,7 @@ def run_cli(args: list[str], capsys=None) -> tuple[int, str]:
 
 def run_cli_subprocess(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh process (needed for DDP), killed hard if it hangs."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "ldm_lightning", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
 

@@ -9,7 +9,6 @@ from ldm_lightning.shapes.clip import build_clip, export_text_encoder, save_clip
 from ldm_lightning.shapes.tokenizer import BOS, EOS, build_tokenizer
 from ldm_lightning.shapes.vae import build_vae, latent_scaling_factor, train_vae
 
-torch.set_num_threads(1)
 PROMPTS = ["a large red circle at the top", "On the left, a big blue star", "", "a purple dog"]
 
 

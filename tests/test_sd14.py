@@ -1,4 +1,4 @@
-"""Real Stable Diffusion v1.4 weights, when this machine has them (LDM_SD14=/path/to/folder or a cached hub id)."""
+"""Real Stable Diffusion v1.4 weights, when they are present (LDM_SD14=/path/to/folder or a cached hub id)."""
 
 import os
 

@@ -22,8 +22,6 @@ from ldm_lightning.shapes.data import (
 from ldm_lightning.shapes.judge import judge
 from ldm_lightning.shapes.tokenizer import build_tokenizer
 
-torch.set_num_threads(1)
-
 
 def test_items_are_deterministic_in_seed_and_index() -> None:
     a, b = ShapesDataset(10, seed=3, p_empty_caption=0.5), ShapesDataset(10, seed=3, p_empty_caption=0.5)

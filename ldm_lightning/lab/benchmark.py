@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ldm_lightning.components import Components, default_size, load_components, vae_scale_factor
 from ldm_lightning.data import _Rows, collate, read_rows
+from ldm_lightning.errors import first_line
 from ldm_lightning.fast import fast_settings
 from ldm_lightning.lab.anatomy import text_encoder_flops, unet_step_flops, vae_decode_flops
 from ldm_lightning.memory import peak_rss_delta
@@ -283,7 +284,7 @@ def bench_batch(args, components, fast_parts, device, batch, height, flops, peak
                 variants[FAST] = lambda: ours(fast_parts)  # the same compiled U-Net
                 variants[FAST_TRAINER] = lambda: trainer.predict(fast_module, loader)
             except Exception as error:  # report and go on with the exact variants
-                notes.append(f"fast mode failed: {type(error).__name__}: {str(error).splitlines()[0][:300]}")
+                notes.append(f"fast mode failed: {type(error).__name__}: {first_line(error)[:300]}")
         results = {name: [] for name in variants}
         images, shares, reserved = {}, {name: [] for name in variants}, {name: [] for name in variants}
         for _ in range(args.repeats):

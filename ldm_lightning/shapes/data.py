@@ -2,8 +2,7 @@
 
 Nothing is stored: ``shape_at(index, split, seed)`` picks the attributes and ``render`` draws them, so a
 data set of any length is reproducible from ``(seed, index)`` alone. Some colour–shape pairs are held
-out of training (``HELD_OUT``) to measure compositional generalisation, as in the feasibility notes
-(``/work/shared/notes/tiny-ldm.md``).
+out of training (``HELD_OUT``) to measure compositional generalisation.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 SIZE_PX = 64
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross")
-# Far apart in RGB (closest pair, purple–blue, is ~130 apart); no orange, whose neighbour yellow
-# the feasibility run's U-Net confused with it.
+# Far apart in RGB (closest pair, purple–blue, is ~130 apart); no orange, which a tiny U-Net
+# confuses with its neighbour yellow.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 190, 60),
@@ -174,7 +173,7 @@ def caption(shape: Shape, style: CaptionStyle | np.random.Generator = "full") ->
     """Caption ``shape``: ``"full"`` template, ``"short"`` ("a red circle"), or varied from an rng.
 
     Varied captions drop, reorder and paraphrase attributes so short user prompts are in-distribution
-    (the feasibility run's U-Net only answered its own template).
+    (a U-Net trained on one template answers only that template).
     """
     if style == "full":
         return f"a {shape.size} {shape.colour} {shape.shape} {POSITION_PHRASES[shape.position][0]}"

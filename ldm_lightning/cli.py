@@ -11,6 +11,7 @@ from lightning import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.data import PromptDataModule
 from ldm_lightning.errors import UserError
 from ldm_lightning.export import ExportDiffusers
@@ -65,7 +66,10 @@ class LdmCLI(LightningCLI):
             self.run_dir = run_dir = choose_run_dir(base, run_fingerprint)
             kwargs["default_root_dir"] = str(run_dir)
             if config.trainer.get("logger") in (None, True):
-                kwargs["logger"] = TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="")
+                # No automatic HParams entry: the writer logs the settings that change results, with the score.
+                kwargs["logger"] = TensorBoardLogger(
+                    save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+                )
             trainer = super().instantiate_trainer(**kwargs)
             trainer.callbacks.append(ImageWriter(run_dir, settings, run_fingerprint))
             return trainer
@@ -79,6 +83,7 @@ class LdmCLI(LightningCLI):
 def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
     """The CLI on `args`. With `stage` ("predict", "test" or "fit") it only builds model, data and
     Trainer for that stage and returns them on the CLI object, for Python callers such as sweeps."""
+    quiet_known_noise()
     return LdmCLI(
         LatentDiffusionModule,
         LightningDataModule,

@@ -94,7 +94,7 @@ class ImageWriter(BasePredictionWriter):
             grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
             log_grid(trainer, grid, [done[i]["prompt"] for i in sorted(done)][:MAX_GRID_IMAGES])
             seconds = time.perf_counter() - self.started
-            rank_zero_info(f"{len(done)} images in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")
+            rank_zero_info(f"{len(done)} image{'s' * (len(done) != 1)} in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")
         return done
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -140,8 +140,12 @@ def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> N
         if isinstance(logger, TensorBoardLogger):
             images = np.stack([r["pixels"] for r in rows])
             logger.experiment.add_images("test/batch", images, global_step=batch_idx, dataformats="NHWC")
-            lines = [f"{r['index']}. {r['prompt']} (CLIPScore {r.get('clip_score')})" for r in rows]
+            lines = [f"{r['index']}. {r['prompt']} (CLIPScore {_rounded(r.get('clip_score'))})" for r in rows]
             logger.experiment.add_text("test/batch_prompts", "  \n".join(lines), global_step=batch_idx)
+
+
+def _rounded(score: float | None) -> str:
+    return "–" if score is None else f"{score:.2f}"
 
 
 def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:

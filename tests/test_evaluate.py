@@ -1,6 +1,7 @@
 """`test`: per-sample CLIPScore equal to torchmetrics' on the saved PNGs, exactly once under DDP, resumable."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -120,3 +121,24 @@ def test_killed_run_resumes_to_exactly_one_row_per_sample(tiny_model, tiny_clip,
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def test_console_and_tensorboard_show_what_the_user_needs(tiny_model, tiny_clip, tmp_path, caplog):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    with caplog.at_level(logging.INFO):
+        assert run_cli(eval_args(tiny_model, tiny_clip, tmp_path / "run"))[0] == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("images in" in m for m in messages)  # where the outputs went
+    assert not any("Tip:" in m for m in messages)  # no advertising
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    [session] = [
+        plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        for content in events.PluginTagToContent("hparams").values()
+        if plugin_data_pb2.HParamsPluginData.FromString(content).HasField("session_start_info")
+    ]
+    names = set(session.hparams)
+    assert {"model", "scheduler", "num_inference_steps", "guidance_scale", "precision", "clip_model"} <= names
+    assert not names & {"_instantiator", "learning_rate", "warmup_steps", "snr_gamma", "batch_size"}

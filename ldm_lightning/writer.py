@@ -94,7 +94,8 @@ class ImageWriter(BasePredictionWriter):
             grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
             log_grid(trainer, grid, [done[i]["prompt"] for i in sorted(done)][:MAX_GRID_IMAGES])
             seconds = time.perf_counter() - self.started
-            rank_zero_info(f"{len(done)} image{'s' * (len(done) != 1)} in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")
+            images = f"{len(done)} image" + "s" * (len(done) != 1)
+            rank_zero_info(f"{images} in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")
         return done
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

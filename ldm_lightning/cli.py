@@ -11,7 +11,7 @@ from lightning import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ldm_lightning.console import quiet_known_noise
+from ldm_lightning.console import quiet_known_noise, step_budget_bar
 from ldm_lightning.data import PromptDataModule
 from ldm_lightning.errors import UserError
 from ldm_lightning.export import ExportDiffusers
@@ -74,6 +74,10 @@ class LdmCLI(LightningCLI):
             trainer.callbacks.append(ImageWriter(run_dir, settings, run_fingerprint))
             return trainer
         kwargs["default_root_dir"] = base
+        if stage == "fit" and config.trainer.get("enable_progress_bar") is not False and (bar := step_budget_bar()):
+            # Trainer keyword arguments replace the configured ones: keep the configured callbacks.
+            configured = config.trainer.get("callbacks") or []
+            kwargs["callbacks"] = [*(configured if isinstance(configured, list) else [configured]), bar]
         trainer = super().instantiate_trainer(**kwargs)
         if stage == "fit":
             trainer.callbacks.append(ExportDiffusers())

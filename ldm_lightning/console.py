@@ -3,7 +3,9 @@
 Silenced, each by its exact text so that every other warning still shows:
 - Lightning's advertising tips ("💡 Tip: … litlogger / litmodels");
 - the `LeafSpec` deprecation that Lightning 2.6 triggers inside its own pytree helper;
-- transformers' per-file "Loading weights" progress bars (the models here load in well under a second).
+- transformers' per-file "Loading weights" progress bars (the models load in well under a second);
+- `fit`'s warning that modules start in eval mode: the frozen VAE and text encoder are meant to.
+And `fit` bounded by steps reads "Epoch 3 (max_steps 2400)" instead of Lightning's "Epoch 3/-2".
 """
 
 import logging
@@ -22,6 +24,24 @@ def quiet_known_noise() -> None:
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+
+
+def step_budget_bar():
+    """Lightning's rich progress bar, naming the step budget when `max_epochs` is unbounded; None without rich."""
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+    if not _RICH_AVAILABLE:
+        return None  # the tqdm bar shows "Epoch N" alone, which is right as it is
+
+    class StepBudgetBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            if self.trainer.max_epochs == -1 and self.trainer.max_steps > 0:
+                return f"Epoch {current_epoch} (max_steps {self.trainer.max_steps})"
+            return super()._get_train_description(current_epoch)
+
+    return StepBudgetBar()

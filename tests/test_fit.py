@@ -59,3 +59,20 @@ def test_fit_cli_saves_a_checkpoint_and_a_diffusers_folder(tiny_model, tmp_path)
     assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= {p.name for p in exported.iterdir()}
     from_export = LatentDiffusionModule(str(exported))
     assert torch.equal(from_export.unet.conv_in.weight, state["unet.conv_in.weight"])
+
+
+def test_the_readme_fit_command_fine_tunes_the_embedded_model(tmp_path):
+    args = [
+        "fit",
+        "--config=configs/fit/tiny-shapes-finetune.yaml",
+        "--trainer.max_steps=2",  # the config as written, shortened
+        "--data.init_args.num_images=16",
+        "--data.init_args.batch_size=4",
+        "--trainer.enable_progress_bar=false",
+        f"--output_dir={tmp_path}",
+    ]
+    assert run_cli(args)[0] == 0
+    exported = next(tmp_path.rglob("model"))
+    tuned, shipped = LatentDiffusionModule(str(exported)), LatentDiffusionModule()
+    assert not torch.equal(tuned.unet.conv_in.weight, shipped.unet.conv_in.weight)  # it trained
+    assert torch.equal(tuned.vae.decoder.conv_out.weight, shipped.vae.decoder.conv_out.weight)  # frozen

@@ -9,12 +9,15 @@ It also truncates prompts the CLIP way, keeping the end-of-text token (torchmetr
 ids instead, dropping it, and scores fall from ~26 to ~17).
 """
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchmetrics.functional.multimodal import clip_score
-from transformers import AutoProcessor, CLIPModel
 
 from ldm_lightning.components import ASSETS
 from ldm_lightning.errors import UserError, first_line
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # the family of SD v1.4's own text encoder
 EMBEDDED_CLIP = {"tiny-clip": ASSETS / "tiny-clip"}
@@ -23,7 +26,7 @@ EMBEDDED_CLIP = {"tiny-clip": ASSETS / "tiny-clip"}
 class FeatureCLIP(torch.nn.Module):
     """A CLIPModel whose feature methods return the projected embeddings as tensors."""
 
-    def __init__(self, model: CLIPModel):
+    def __init__(self, model: "CLIPModel"):
         super().__init__()
         self.model = model
         self.config = model.config
@@ -54,6 +57,8 @@ class TruncatingProcessor:
 
 def load_clip(name_or_path: str) -> tuple[FeatureCLIP, TruncatingProcessor]:
     """A frozen CLIP and its processor from a hub id, a local folder, or the embedded "tiny-clip"."""
+    from transformers import AutoProcessor, CLIPModel  # only `test` scores; `predict` starts without it
+
     source = str(EMBEDDED_CLIP.get(name_or_path, name_or_path))
     try:
         model = CLIPModel.from_pretrained(source).eval().requires_grad_(False)
@@ -72,6 +77,8 @@ def score_images(
     images: torch.Tensor, prompts: list[str], clip: tuple[FeatureCLIP, TruncatingProcessor]
 ) -> list[float]:
     """CLIPScore of each uint8 (B, 3, H, W) image against its prompt, one torchmetrics call per image."""
+    from torchmetrics.functional.multimodal import clip_score
+
     if images.dtype != torch.uint8:
         # torchmetrics rescales float input as if it were 0..255 (a score of 0.40 instead of 10.04).
         raise TypeError("score_images expects uint8 images in 0..255")

@@ -66,8 +66,9 @@ class LatentDiffusionModule(LightningModule):
             height: image height in pixels, a multiple of the VAE factor (8 for SD). Default: the
                 U-Net's training size.
             width: image width in pixels, as height.
-            decode_fp32: decode latents with the VAE in fp32: "auto" does so under 16-bit precisions,
-                where SD v1's VAE overflows into black images.
+            decode_fp32: decode latents with the VAE in fp32: "auto" does so under the fp16 precisions
+                (16-mixed, 16-true), where SD v1's VAE overflows into black images; bf16 has fp32's
+                exponent range and decodes in bf16.
             learning_rate: peak AdamW learning rate for `fit` (U-Net only).
             warmup_steps: linear warm-up steps before cosine decay, for `fit`.
             snr_gamma: min-SNR loss weighting gamma (Hang et al. 2023) for `fit`; null for plain MSE.

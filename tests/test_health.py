@@ -1,4 +1,4 @@
-"""Numerical health: broken samples are flagged and left out of the mean; 16-bit runs decode in fp32."""
+"""Numerical health: broken samples are flagged and left out of the mean; fp16 runs decode in fp32."""
 
 import math
 

@@ -27,6 +27,7 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 
 from ldm_lightning.cli import make_cli
+from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.memory import reset_peak_rss
 from ldm_lightning.outputs import read_jsonl
 
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--reference", default=None, help="SCHEDULER:STEPS[:PRECISION] run to measure distances to")
     parser.add_argument("--out", type=Path, default=Path("outputs/sweep"))
     args, passthrough = parser.parse_known_args(argv)
+    quiet_known_noise()  # here, not inside each run's warning filters, which are dropped with the run
     passthrough = [a for a in passthrough if a != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
     references = {}  # guidance scale -> the reference run's (images, mean CLIPScore) at that scale

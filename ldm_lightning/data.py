@@ -1,5 +1,6 @@
 """Prompt rows for `predict` and `test`: read from a list or a file, seeded, split across ranks exactly once."""
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ EXAMPLE_PROMPTS = [
     "blue star on the left",
     "a small red square in the center",
 ]
-TABLE_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# Keys of a prompt row; every other scalar column of a prompt table rides along into the manifest and results.
+ROW_KEYS = ("index", "prompt", "negative_prompt", "seed")
 
 
 def _read_table(source: str, split: str):
@@ -29,14 +32,16 @@ def _read_table(source: str, split: str):
 
     path = Path(source).expanduser()
     if path.suffix in TABLE_FORMATS and path.is_file():
-        return datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train")
+        # A TSV (PartiPrompts) is unquoted: a prompt may begin with a quotation mark and must stay as written.
+        options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}
+        return datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train", **options)
     saved_markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if path.is_dir() and any((path / m).exists() for m in saved_markers):
         table = datasets.load_from_disk(str(path))
         return table[split] if isinstance(table, datasets.DatasetDict) else table
     if path.suffix or source.startswith((".", "/", "~")):
         raise UserError(
-            f"data.prompts: no prompt file at {source!r} (expected .txt, .csv, .jsonl, .parquet, "
+            f"data.prompts: no prompt file at {source!r} (expected .txt, .csv, .tsv, .jsonl, .parquet, "
             "a saved dataset folder, or an inline list)"
         )
     try:
@@ -45,14 +50,36 @@ def _read_table(source: str, split: str):
         raise UserError(f"data.prompts: could not load dataset {source!r}: {err}") from None
 
 
+def prompt_column_of(columns: list[str], wanted: str | None, source: str) -> str:
+    """The table's prompt column: `wanted`, else `prompt` or `prompts` (PartiPrompts, DrawBench), case-insensitively."""
+    names = [wanted] if wanted else ["prompt", "prompts"]
+    for name in names:
+        found = [c for c in columns if c == name] or [c for c in columns if c.lower() == name.lower()]
+        if found:
+            return found[0]
+    key = "data.prompt_column" if wanted else "data.prompts"
+    raise UserError(
+        f"{key}: {source!r} has no column {' or '.join(map(repr, names))} (columns: {', '.join(columns)}); "
+        "name the prompt column with --data.prompt_column"
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
 def read_rows(
     prompts: str | list[str],
     seed: int,
     negative_prompt: str = "",
-    prompt_column: str = "prompt",
+    prompt_column: str | None = None,
     split: str = "train",
 ) -> list[dict[str, Any]]:
-    """Prompt rows `{index, prompt, negative_prompt, seed}`; a row without a seed gets `seed + index`."""
+    """Prompt rows `{index, prompt, negative_prompt, seed, …}`; a row without a seed gets `seed + index`.
+
+    A table's other columns whose values are text, numbers or empty (PartiPrompts' `Category`,
+    `Challenge`, `Note`; DrawBench's `Category`) are kept in the row under their own names.
+    """
     if isinstance(prompts, str) and Path(prompts).expanduser().suffix == ".txt":
         path = Path(prompts).expanduser()
         if not path.is_file():
@@ -60,12 +87,12 @@ def read_rows(
         records = [{"prompt": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     elif isinstance(prompts, str):
         table = _read_table(prompts, split)
-        if prompt_column not in table.column_names:
-            raise UserError(
-                f"data.prompt_column: {prompts!r} has no column {prompt_column!r} "
-                f"(columns: {', '.join(table.column_names)})"
-            )
-        records = [dict(r, prompt=r[prompt_column]) for r in table]
+        column = prompt_column_of(table.column_names, prompt_column, prompts)
+        records = [dict(r, prompt=r[column]) for r in table]
+        carried = [
+            c for c in table.column_names if c not in (column, *ROW_KEYS) and all(_is_scalar(r[c]) for r in records)
+        ]
+        records = [{**{c: r[c] for c in carried}, **{k: r[k] for k in ROW_KEYS if k in r}} for r in records]
     else:
         records = [{"prompt": p} for p in prompts]
     if not records:
@@ -77,6 +104,7 @@ def read_rows(
         row_seed = r.get("seed")
         rows.append(
             {
+                **{k: v for k, v in r.items() if k not in ROW_KEYS},
                 "index": index,
                 "prompt": r["prompt"],
                 "negative_prompt": r.get("negative_prompt") or negative_prompt,
@@ -84,6 +112,17 @@ def read_rows(
             }
         )
     return rows
+
+
+def check_group_by(rows: list[dict[str, Any]], group_by: list[str] | None) -> None:
+    """Every `data.group_by` column must be in the prompt rows."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    missing = [c for c in group_by or [] if any(c not in r for r in rows)]
+    if missing:
+        raise UserError(
+            f"data.group_by: no column {', '.join(map(repr, missing))} in the prompt rows "
+            f"(columns: {', '.join(columns)}); group by one of those"
+        )
 
 
 class _Rows(Dataset):
@@ -121,23 +160,26 @@ class PromptDataModule(LightningDataModule):
         batch_size: int = 4,
         seed: int = 0,
         negative_prompt: str = "",
-        prompt_column: str = "prompt",
+        prompt_column: str | None = None,
         split: str = "train",
         limit: int | None = None,
         num_workers: int = 0,
+        group_by: list[str] | None = None,
     ):
         """
         Args:
-            prompts: inline list, or a .txt (one prompt per line), .csv/.jsonl/.parquet file with a
-                `prompt` column (optional `negative_prompt`, `seed`), a saved dataset folder or a
-                hub dataset name. Default: example prompts for the embedded model.
+            prompts: inline list, or a .txt (one prompt per line), .csv/.tsv/.jsonl/.parquet file with a
+                `prompt` or `prompts` column (any case; optional `negative_prompt`, `seed`; other columns
+                are carried into manifest and results), a saved dataset folder or a hub dataset name.
+                Default: example prompts for the embedded model.
             batch_size: prompts per batch (images do not depend on it).
             seed: base seed; a row without its own seed gets `seed + row index`.
             negative_prompt: negative prompt for rows that have none ("" = unconditional).
-            prompt_column: column holding the prompt in table files.
+            prompt_column: column holding the prompt in table files (default: `prompt` or `prompts`, any case).
             split: split to read from a dataset with several.
             limit: use only the first N prompts.
             num_workers: DataLoader workers.
+            group_by: columns of the prompt rows (e.g. `Category`) to summarise `test` results by, group by group.
         """
         super().__init__()
         if batch_size < 1:
@@ -152,7 +194,9 @@ class PromptDataModule(LightningDataModule):
             hp = self.hparams
             source = EXAMPLE_PROMPTS if hp.prompts is None else hp.prompts
             rows = read_rows(source, hp.seed, hp.negative_prompt, hp.prompt_column, hp.split)
-            self.rows = rows[: hp.limit] if hp.limit else rows
+            rows = rows[: hp.limit] if hp.limit else rows
+            check_group_by(rows, hp.group_by)
+            self.rows = rows
         return self.rows
 
     def setup(self, stage: str) -> None:

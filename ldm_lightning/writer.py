@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
+from ldm_lightning.data import ROW_KEYS
 from ldm_lightning.outputs import (
     MANIFEST,
     RUN_FILE,
@@ -28,6 +29,7 @@ from ldm_lightning.results import summarize
 GRID = "grid.png"
 RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
+GROUPS = "groups.md"
 MAX_GRID_IMAGES = 64
 
 
@@ -45,6 +47,7 @@ class ImageWriter(BasePredictionWriter):
         self.fingerprint = run_fingerprint
         self.manifest = self.run_dir / MANIFEST
         self.started = 0.0
+        self.columns: dict[int, dict[str, Any]] = {}  # a prompt table's other columns, by row index
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -55,6 +58,7 @@ class ImageWriter(BasePredictionWriter):
         done = finished_rows(self.run_dir, read_jsonl(self.done_file(stage)))
         datamodule = trainer.datamodule
         datamodule.skip = set(done)
+        self.columns = {r["index"]: {k: v for k, v in r.items() if k not in ROW_KEYS} for r in datamodule.rows}
         total = len(datamodule.rows)
         if done and len(done) >= total:
             summary = self.run_dir / SUMMARY if stage == "test" else self.manifest
@@ -71,7 +75,7 @@ class ImageWriter(BasePredictionWriter):
         """The JSON row of one image: prompt row, file name, settings and health flags."""
         name = image_name(row["index"], row["prompt"])
         kept = {k: v for k, v in row.items() if k != "pixels"}
-        return {**kept, "image": name, **self.settings}
+        return {**self.columns.get(row["index"], {}), **kept, "image": name, **self.settings}
 
     def write_rows(self, rows: list[dict[str, Any]], extra_file: Path | None = None) -> None:
         """Save each row's image, then its manifest row (the image is on disk before its row)."""
@@ -115,6 +119,9 @@ class ImageWriter(BasePredictionWriter):
             rows = finished_rows(self.run_dir, read_jsonl(self.run_dir / RESULTS), decode=False)
             rewrite_sorted(self.run_dir / RESULTS, rows)
             summary = {**summarize(list(rows.values())), "settings": self.settings}
+            group_by = trainer.datamodule.hparams.get("group_by")
+            if group_by:
+                summary["groups"] = write_groups(trainer, self.run_dir, list(rows.values()), group_by)
             atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
         summary = trainer.strategy.broadcast(summary, src=0)
         # The same value on every rank (broadcast above); the mean reduction is a no-op that keeps Lightning quiet.
@@ -147,6 +154,22 @@ def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> N
 
 def _rounded(score: float | None) -> str:
     return "–" if score is None else f"{score:.2f}"
+
+
+def write_groups(trainer: Trainer, run_dir: Path, rows: list[dict[str, Any]], group_by: list[str]) -> dict:
+    """Per-group results: `groups.md`, a text table and a bar chart in TensorBoard; returns them for the summary."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from ldm_lightning.groups import group_summary, groups_figure, groups_markdown
+
+    groups = group_summary(rows, group_by)
+    table = groups_markdown(groups)
+    atomic_write(run_dir / GROUPS, table.encode())
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("test/groups", table)
+            logger.experiment.add_figure("test/groups", groups_figure(groups))
+    return groups
 
 
 def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:

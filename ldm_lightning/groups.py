@@ -1,0 +1,76 @@
+"""Results by group (`--data.group_by Category`): each per-sample metric's n, mean, std and 95% bootstrap
+interval per value of a prompt-row column, as JSON for `summary.json`, a markdown table and a bar chart."""
+
+from typing import Any
+
+import numpy as np
+
+from ldm_lightning.stats import describe
+
+# Numbers each `test` row carries about its own sample (rows left out of the mean hold None).
+PER_SAMPLE_METRICS = ("clip_score",)
+
+
+def group_key(value: Any) -> str:
+    """A group value as a JSON object key."""
+    return "(empty)" if value is None or value == "" else str(value)
+
+
+def group_summary(
+    rows: list[dict[str, Any]], by: list[str], metrics: tuple[str, ...] = PER_SAMPLE_METRICS
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """`{column: {value: {"n_rows": …, metric: {n, mean, std, ci95}}}}`: one table per column, values sorted."""
+    present = [m for m in metrics if any(m in r for r in rows)]
+    tables = {}
+    for column in by:
+        values = sorted({group_key(r.get(column)) for r in rows})
+        table = {}
+        for value in values:
+            members = [r for r in rows if group_key(r.get(column)) == value]
+            table[value] = {"n_rows": len(members)}
+            for metric in present:
+                scores = np.array([r[metric] for r in members if r.get(metric) is not None], dtype=np.float64)
+                table[value][metric] = describe(scores)
+        tables[column] = table
+    return tables
+
+
+def groups_markdown(groups: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """One markdown table per grouping column: a line per group, mean (95% CI) and std per metric."""
+    parts = []
+    for column, table in groups.items():
+        metrics = [k for k in next(iter(table.values()), {}) if k != "n_rows"]
+        header = [column, "rows"] + [f"{m} n | {m} mean (95% CI) | {m} std" for m in metrics]
+        lines = ["| " + " | ".join(header) + " |", "|---" * (2 + 3 * len(metrics)) + "|"]
+        for value, entry in table.items():
+            cells = [value.replace("|", "\\|"), str(entry["n_rows"])]
+            for m in metrics:
+                s = entry[m]
+                cells += [str(s["n"]), f"{s['mean']:.2f} ({s['ci95'][0]:.2f}–{s['ci95'][1]:.2f})", f"{s['std']:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def groups_figure(groups: dict[str, dict[str, dict[str, Any]]], metric: str = "clip_score"):
+    """Bars of the metric's mean per group with their 95% intervals as error bars; one panel per column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 2.5 + 0.25 * max(len(t) for t in groups.values())))
+    for ax, (column, table) in zip(np.atleast_1d(axes), groups.items()):
+        names = list(table)
+        stats = [table[n].get(metric, {"mean": np.nan, "ci95": [np.nan, np.nan]}) for n in names]
+        means = np.array([s["mean"] for s in stats])
+        low = np.array([s["ci95"][0] for s in stats])
+        high = np.array([s["ci95"][1] for s in stats])
+        error = np.nan_to_num(np.stack([means - low, high - means]))  # no interval (one sample): no bar
+        ax.barh(names, means, xerr=error, capsize=3, color="tab:blue", alpha=0.8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{metric} (mean, 95% CI)")
+        ax.set_title(f"by {column}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

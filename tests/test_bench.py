@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from helpers import manifest
+from scipy.stats import wilcoxon
+
 from ldm_lightning.lab.benchmark_report import parse_tables
 from ldm_lightning.lab.sweep import main as sweep
 
@@ -61,6 +65,15 @@ def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_p
     table = list(csv.DictReader(open(tmp_path / "sweep.csv")))
     assert len(table) == 4 and all(int(r["n"]) == 3 for r in table)
     assert all(0 < float(r["max_abs_diff_to_ref"]) <= 1 for r in table)  # 3 steps differ from 12 steps
+    for row in rows:  # the CLIPScore difference to the reference, paired by prompt and seed
+        reference = tmp_path / f"reference-ddim-12-g{row['guidance_scale']:g}"
+        scores = [
+            {r["seed"]: r["clip_score"] for r in manifest(f, "results.jsonl")} for f in (reference, row["folder"])
+        ]
+        diff = np.array([scores[1][seed] - scores[0][seed] for seed in scores[0]])
+        assert row["clip_score_paired_delta"] == diff.mean() and row["n_paired"] == 3
+        assert row["paired_p"] == (wilcoxon(diff).pvalue if np.any(diff != 0) else 1.0)
+        assert row["paired_ci_low"] <= row["clip_score_paired_delta"] <= row["paired_ci_high"]
     for name in ("sweep.md", "clip_vs_guidance.png", "grid.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert live_modules() == before  # every setting released its module (and the components and CLIP it held)

@@ -5,7 +5,9 @@
 
 Arguments after `--` go to every `test` run. Each run is an ordinary, resumable `test` run in its own
 folder; `--reference SCHEDULER:STEPS[:PRECISION]` adds one more run and reports each run's pixel
-distance to it (e.g. `ddim:200` for a many-step reference, or `ddim:25:32-true` for precision);
+distance to it (e.g. `ddim:200` for a many-step reference, or `ddim:25:32-true` for precision) and
+its CLIPScore difference paired row by row (same prompt and seed; `ldm_lightning.compare`): mean,
+95% bootstrap interval, Wilcoxon p-value;
 `--modes exact fast` runs every setting also in fast mode (`model.fast`), against the exact reference.
 Writes `sweep.csv`, `sweep.md`, `clip_vs_guidance.png`, `grid.png` (rows: schedulers, columns: the
 other settings; the first prompt's image) and logs table and plot to TensorBoard.
@@ -27,6 +29,7 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 
 from ldm_lightning.cli import make_cli
+from ldm_lightning.compare import compare
 from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.memory import reset_peak_rss
 from ldm_lightning.outputs import read_jsonl
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     quiet_known_noise()  # here, not inside each run's warning filters, which are dropped with the run
     passthrough = [a for a in passthrough if a != "--"]
     args.out.mkdir(parents=True, exist_ok=True)
-    references = {}  # guidance scale -> the reference run's (images, mean CLIPScore) at that scale
+    references = {}  # guidance scale -> the reference run's (folder, images) at that scale
     if args.reference:
         scheduler, steps, *precision = args.reference.split(":")
         for guidance in args.guidance:
@@ -160,8 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 False,
                 passthrough,
             )
-            ref_score = json.loads((folder / "summary.json").read_text())["clip_score_mean"]
-            references[guidance] = (images_of(folder), ref_score)
+            references[guidance] = (folder, images_of(folder))
     rows = []
     for scheduler, steps, guidance, precision, mode in itertools.product(
         args.schedulers, args.steps, args.guidance, args.precisions, args.modes
@@ -190,9 +192,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "peak_memory_mb": summary["peak_memory_mb"],
         }
         if references:
-            ref_images, ref_score = references[guidance]
+            ref_folder, ref_images = references[guidance]
             row["max_abs_diff_to_ref"], row["psnr_to_ref_db"] = distance(images_of(folder), ref_images)
-            row["clip_score_delta_to_ref"] = row["clip_score"] - ref_score
+            report, _ = compare([ref_folder, folder])
+            paired = report["pairs"][0]  # this run minus the reference, on the rows both scored
+            row["clip_score_paired_delta"] = paired["mean_diff"]
+            row["paired_ci_low"], row["paired_ci_high"] = paired["ci95_diff"]
+            row["paired_p"] = paired["p_wilcoxon"]
+            row["n_paired"] = paired["n"]
         rows.append({**row, "folder": str(folder)})
     write_table(rows, args.out)
     figure = plot(rows, args.out / "clip_vs_guidance.png")

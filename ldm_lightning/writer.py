@@ -63,6 +63,8 @@ class ImageWriter(BasePredictionWriter):
         if done and len(done) >= total:
             summary = self.run_dir / SUMMARY if stage == "test" else self.manifest
             rank_zero_info(f"Nothing left to do: all {total} samples are finished in {self.run_dir} (see {summary}).")
+            if stage == "test":  # Lightning skips an empty test loop and its hooks; groups may be new
+                self.summarize_groups(trainer)
         elif done:
             rank_zero_info(f"Resuming {self.run_dir}: {len(done)} of {total} images already done.")
         self.started = time.perf_counter()
@@ -119,9 +121,6 @@ class ImageWriter(BasePredictionWriter):
             rows = finished_rows(self.run_dir, read_jsonl(self.run_dir / RESULTS), decode=False)
             rewrite_sorted(self.run_dir / RESULTS, rows)
             summary = {**summarize(list(rows.values())), "settings": self.settings}
-            group_by = trainer.datamodule.hparams.get("group_by")
-            if group_by:
-                summary["groups"] = write_groups(trainer, self.run_dir, list(rows.values()), group_by)
             atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
         summary = trainer.strategy.broadcast(summary, src=0)
         # The same value on every rank (broadcast above); the mean reduction is a no-op that keeps Lightning quiet.
@@ -133,6 +132,16 @@ class ImageWriter(BasePredictionWriter):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.finish(trainer)
+        self.summarize_groups(trainer)
+
+    def summarize_groups(self, trainer: Trainer) -> None:
+        """Results per `data.group_by` value into `summary.json`, `groups.md` and TensorBoard, from `results.jsonl`."""
+        group_by = trainer.datamodule.hparams.get("group_by")
+        if group_by and trainer.is_global_zero and (self.run_dir / SUMMARY).is_file():
+            rows = read_jsonl(self.run_dir / RESULTS)
+            summary = json.loads((self.run_dir / SUMMARY).read_text())
+            summary["groups"] = write_groups(trainer, self.run_dir, rows, group_by)
+            atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
 
 
 def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:

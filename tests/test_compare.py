@@ -110,6 +110,31 @@ def test_test_run_carries_the_suite_columns_and_summarises_each_group(runs):
     assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_a_finished_run_started_again_gains_new_groups(runs, tiny_model, tiny_clip, tmp_path):
+    folder = shutil.copytree(runs["steps2"], tmp_path / "run")
+    before = {p.name: p.stat().st_mtime_ns for p in folder.glob("0*.png")}
+    code, err = run_cli(
+        [
+            "test",
+            f"--model.pretrained_model_name_or_path={tiny_model}",
+            f"--model.clip_model_name_or_path={tiny_clip}",
+            "--model.num_inference_steps=2",
+            "--model.height=32",
+            "--model.width=32",
+            f"--data.prompts={runs['steps2'].parent / 'suite.tsv'}",
+            "--data.group_by=[Challenge]",
+            f"--output_dir={folder}",
+        ]
+    )
+    assert code == 0, err
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("0*.png")} == before  # nothing generated again
+    groups = json.loads((folder / "summary.json").read_text())["groups"]
+    assert list(groups) == ["Challenge"]
+    assert {v: g["n_rows"] for v, g in groups["Challenge"].items()} == {
+        ch: sum(c == ch for _, _, c, _ in PARTI) for ch in {c for _, _, c, _ in PARTI}
+    }
+
+
 def test_missing_group_column_names_data_group_by_and_the_columns(tiny_model, tmp_path, capsys):
     suite = write_parti(tmp_path / "suite.tsv")
     code, err = run_cli(

@@ -57,6 +57,8 @@ def load_run(folder: str | Path, metric: str, by: list[str]) -> Run:
     if not any(metric in r for r in rows):
         numeric = sorted({k for r in rows for k, v in r.items() if isinstance(v, float)})
         raise UserError(f"--metric: {folder} has no per-row {metric!r} (per-row numbers there: {', '.join(numeric)})")
+    if any(isinstance(r.get(metric), (str, bool, list, dict)) for r in rows):
+        raise UserError(f"--metric: {metric!r} in {folder} is not a number; give a numeric per-row metric")
     for column in by:
         if any(column not in r for r in rows):
             columns = list(dict.fromkeys(k for r in rows for k in r))

@@ -222,6 +222,7 @@ BAD_INPUTS = {
     "not a run": ("empty", [], "not a run folder"),
     "no scores": ("predict", [], "no scores"),
     "metric absent": ("copy", ["--metric", "fid"], "--metric:"),
+    "metric not a number": ("copy", ["--metric", "prompt"], "is not a number"),
     "duplicate keys": ("duplicate", [], "two rows share"),
     "group column absent": ("copy", ["--by", "Colour"], "--by:"),
     "different CLIPs": ("other_clip", [], "scored by CLIP"),

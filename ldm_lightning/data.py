@@ -165,6 +165,7 @@ class PromptDataModule(LightningDataModule):
         limit: int | None = None,
         num_workers: int = 0,
         group_by: list[str] | None = None,
+        reference: str | None = None,
     ):
         """
         Args:
@@ -180,6 +181,10 @@ class PromptDataModule(LightningDataModule):
             limit: use only the first N prompts.
             num_workers: DataLoader workers.
             group_by: columns of the prompt rows (e.g. `Category`) to summarise `test` results by, group by group.
+            reference: real images for `test`'s distribution metrics (model.metrics fid, kid, cmmd,
+                fd_dinov2, fd_clip): a folder (searched recursively for .png/.jpg/.webp), a glob, or a
+                table (.csv/.jsonl/.parquet, saved dataset) whose `image` column holds paths relative
+                to the table's folder.
         """
         super().__init__()
         if batch_size < 1:
@@ -187,6 +192,7 @@ class PromptDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.rows: list[dict[str, Any]] = []
         self.skip: set[int] = set()  # indices already finished in the output folder (resume)
+        self.reference_files: list[Path] | None = None
 
     def load_rows(self) -> list[dict[str, Any]]:
         """All prompt rows, read once."""
@@ -201,6 +207,10 @@ class PromptDataModule(LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.load_rows()
+        if stage == "test" and self.hparams.reference:
+            from ldm_lightning.reference import list_reference
+
+            self.reference_files = list_reference(self.hparams.reference)
         trainer = self.trainer
         if trainer is not None and trainer.world_size > 1:
             uses_padding_sampler = getattr(trainer._accelerator_connector, "use_distributed_sampler", False)

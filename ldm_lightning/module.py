@@ -1,7 +1,8 @@
 """The LightningModule: frozen SD v1 components; sampling in `predict_step`/`test_step`; the LDM loss in `fit`.
 
-It orchestrates; the math lives in `sampling.py` (generation), `training.py` (the loss) and
-`clip_score.py` (the metric).
+It orchestrates; the math lives in `sampling.py` (generation), `training.py` (the loss),
+`clip_score.py` (the per-image metric) and `features.py` / `distribution.py` / `reference.py` (the
+distribution metrics against real images).
 """
 
 import shutil
@@ -13,18 +14,22 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from lightning import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ldm_lightning.clip_score import DEFAULT_CLIP, load_clip, score_images
 from ldm_lightning.components import Components, default_size, load_components, resolve, vae_scale_factor
+from ldm_lightning.distribution import COMPARABLE_N, FEATURES_OF, distribution_metrics
 from ldm_lightning.errors import UserError
 from ldm_lightning.fast import make_fast
+from ldm_lightning.features import DEFAULT_DINOV2, ClipImageFeatures, Dinov2Features, extract, load_inception
 from ldm_lightning.memory import peak_memory_mb
+from ldm_lightning.reference import reference_features
 from ldm_lightning.sampling import Samples, generate, to_uint8
 from ldm_lightning.schedulers import SchedulerName, build_scheduler, check_scheduler_name
 from ldm_lightning.training import diffusion_loss, encode_images
 
 DEFAULT_MODEL = "tiny-shapes"
+Metric = Literal["clip_score", "fid", "kid", "cmmd", "fd_dinov2", "fd_clip"]
 
 
 class LatentDiffusionModule(LightningModule):
@@ -49,6 +54,9 @@ class LatentDiffusionModule(LightningModule):
         clip_model_name_or_path: str | None = None,
         fast: bool = False,
         step_progress: bool = False,
+        metrics: list[Metric] | None = None,
+        inception_weights: str | None = None,
+        dinov2_model_name_or_path: str | None = None,
         _components: Components | None = None,
     ):
         """
@@ -79,6 +87,15 @@ class LatentDiffusionModule(LightningModule):
                 compilation; images equal the exact path to float rounding.
             step_progress: also show a progress bar over each batch's denoising steps (rank 0), for
                 runs where one batch takes minutes (SD v1.4 on a CPU).
+            metrics: what `test` reports. CLIPScore (per image, alignment with the prompt) is always
+                computed; the others compare the generated images with `data.reference`'s real ones:
+                fid and kid (FID Inception, needs model.inception_weights), cmmd (CLIP embeddings,
+                Gaussian-kernel MMD), fd_dinov2 (Fréchet distance on DINOv2 features), fd_clip
+                (Fréchet distance on the scoring CLIP's image features). Default: [clip_score].
+            inception_weights: local TorchScript file of the FID Inception network,
+                inception-2015-12-05.pt (StyleGAN2-ADA / clean-fid / EDM), for fid and kid.
+            dinov2_model_name_or_path: DINOv2 for fd_dinov2 (hub id or folder); default
+                facebook/dinov2-large.
         """
         super().__init__()
         check_scheduler_name(scheduler)
@@ -88,6 +105,11 @@ class LatentDiffusionModule(LightningModule):
             raise UserError(f"model.guidance_scale: must be >= 0, got {guidance_scale}")
         if not 0.0 <= eta <= 1.0:
             raise UserError(f"model.eta: must be in [0, 1], got {eta}")
+        unknown = [m for m in metrics or [] if m not in Metric.__args__]
+        if unknown:
+            raise UserError(f"model.metrics: unknown {unknown}; choose from {', '.join(Metric.__args__)}")
+        if {"fid", "kid"} & set(metrics or []):
+            load_inception(inception_weights)  # fail now, with where to get it, rather than after sampling
         self.save_hyperparameters(ignore=["_components"])
         self.components = _components or load_components(pretrained_model_name_or_path, revision, variant, allow_pickle)
         # Registered as submodules so that Lightning moves and casts them.
@@ -138,9 +160,27 @@ class LatentDiffusionModule(LightningModule):
             return self.hparams.clip_model_name_or_path
         return "tiny-clip" if self.hparams.pretrained_model_name_or_path == DEFAULT_MODEL else DEFAULT_CLIP
 
+    @property
+    def feature_names(self) -> list[str]:
+        """The feature sets the requested distribution metrics compare (none by default)."""
+        return list(dict.fromkeys(FEATURES_OF[m] for m in self.hparams.metrics or [] if m in FEATURES_OF))
+
+    def extractor_sources(self) -> dict[str, str]:
+        """Where each needed feature network comes from (file, hub id or folder)."""
+        sources = {
+            "inception": self.hparams.inception_weights,
+            "clip": self.clip_name,
+            "dinov2": self.hparams.dinov2_model_name_or_path or DEFAULT_DINOV2,
+        }
+        return {name: sources[name] for name in self.feature_names}
+
     def extra_settings(self, stage: str) -> dict[str, Any]:
-        """Settings that change a stage's results beyond the pixels (the scoring CLIP for `test`)."""
-        return {"clip_model": self.clip_name} if stage == "test" else {}
+        """What changes a stage's results beyond the pixels: for `test`, the scoring CLIP and feature networks."""
+        if stage != "test":
+            return {}
+        # Only when features are stored, so runs without distribution metrics keep their fingerprint.
+        extractors = ", ".join(f"{n}={source}" for n, source in self.extractor_sources().items())
+        return {"clip_model": self.clip_name, **({"feature_extractors": extractors} if extractors else {})}
 
     def _decode_fp32(self) -> bool:
         mode = self.hparams.decode_fp32
@@ -178,9 +218,13 @@ class LatentDiffusionModule(LightningModule):
         pixels = to_uint8(samples.images)
         rows = rows_of(batch, samples, pixels)
         scores = score_images(pixels, batch["prompt"], self.clip)
+        # Stored with each row (the writer's feature shards) and reduced once at the end, from every row.
+        features = {name: values.numpy() for name, values in extract(self.extractors, pixels).items()}
         seconds = (time.perf_counter() - start) / len(rows)
         memory = peak_memory_mb(self.device)
-        for row, score in zip(rows, scores):
+        for i, (row, score) in enumerate(zip(rows, scores)):
+            if features:
+                row["features"] = {name: values[i] for name, values in features.items()}
             # Broken samples are flagged and left out of the mean (counted in the summary).
             row["clip_score"] = score if row["finite"] and not row["black"] else None
             row["seconds"] = seconds  # the batch's wall time (sampling + scoring) per image
@@ -201,16 +245,78 @@ class LatentDiffusionModule(LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "test":
             self.clip = load_clip(self.clip_name)
+            self.extractors = self.build_extractors()
+            self.reference, self.reference_skipped = None, []
         if stage == "fit":
             self.unet.requires_grad_(True).train()  # the frozen VAE and text encoder stay in eval mode
             # The forward process uses the checkpoint's own noise schedule (betas).
             self.noise_schedule = DDPMScheduler.from_config(self.components.scheduler_config)
+
+    def build_extractors(self) -> dict[str, torch.nn.Module]:
+        """The feature networks the requested metrics need, built once, frozen, fp32 (kept out of Lightning's casts)."""
+        names = self.feature_names
+        if names and self._trainer is not None:
+            datamodule = self.trainer.datamodule
+            if not getattr(datamodule, "reference_files", None):
+                raise UserError(
+                    f"data.reference: model.metrics {self.hparams.metrics} compare generated with real images; "
+                    "pass --data.reference FOLDER, GLOB or TABLE"
+                )
+            if len(datamodule.rows) < 2:
+                raise UserError(
+                    f"data.prompts: distribution metrics need at least 2 generated images, got {len(datamodule.rows)}"
+                )
+        hp = self.hparams
+        built = {
+            "inception": lambda: load_inception(hp.inception_weights),
+            "clip": lambda: ClipImageFeatures(self.clip, self.clip_name, self._clip_folder()),
+            "dinov2": lambda: Dinov2Features(hp.dinov2_model_name_or_path or DEFAULT_DINOV2),
+        }
+        return {name: built[name]().eval().requires_grad_(False) for name in names}
+
+    def _clip_folder(self) -> str:
+        from ldm_lightning.clip_score import EMBEDDED_CLIP
+
+        return str(EMBEDDED_CLIP.get(self.clip_name, self.clip_name))
 
     def on_predict_start(self) -> None:
         self._apply_fast_mode()
 
     def on_test_start(self) -> None:
         self._apply_fast_mode()
+        for net in self.extractors.values():
+            net.to(self.device)
+        if self.extractors and self.trainer.is_global_zero:
+            # Once per sweep: cached next to the run folders, keyed by the files and the extractors.
+            files = self.trainer.datamodule.reference_files
+            cache_dir = Path(self.trainer.default_root_dir).resolve().parent
+            self.reference, self.reference_skipped = reference_features(files, self.extractors, cache_dir, self.device)
+            n = len(next(iter(self.reference.values())))
+            if n < 2:
+                raise UserError(f"data.reference: {n} readable image; distribution metrics need at least 2")
+            skipped = f", {len(self.reference_skipped)} unreadable skipped" if self.reference_skipped else ""
+            rank_zero_info(f"reference: {n} images{skipped}; features cached in {cache_dir}")
+
+    def distribution_summary(self, generated: dict[str, Any]) -> dict[str, Any]:
+        """The requested distribution metrics of the generated features against the reference, with their N."""
+        if not self.extractors:
+            return {}
+        n_generated = len(next(iter(generated.values())))
+        n_reference = len(next(iter(self.reference.values())))
+        if min(n_generated, n_reference) < COMPARABLE_N:
+            rank_zero_warn(
+                f"distribution metrics from {n_generated} generated and {n_reference} reference images: "
+                f"values below {COMPARABLE_N:,} images are biased upwards and not comparable with published ones"
+            )
+        return {
+            **distribution_metrics(self.hparams.metrics, self.reference, generated),
+            "n_generated": n_generated,
+            "n_reference": n_reference,
+            "n_reference_skipped": len(self.reference_skipped),
+            "reference": self.trainer.datamodule.hparams.reference,
+            "extractors": self.extractor_sources(),
+            "resize": {name: net.resize for name, net in self.extractors.items()},
+        }
 
     def _apply_fast_mode(self) -> None:
         # Here, not in `setup`: Lightning moves the module to its device and dtype after `setup`, and

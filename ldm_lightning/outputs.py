@@ -117,3 +117,40 @@ def rewrite_sorted(path: Path, rows: dict[int, dict[str, Any]]) -> None:
     """Replace a JSONL file with its rows in index order, one per index."""
     text = "".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows))
     atomic_write(path, text.encode())
+
+
+FEATURES_DIR = "features"
+
+
+def save_features(folder: Path, rank: int, rows: list[dict[str, Any]]) -> None:
+    """One batch's image features (`row["features"]`: name -> vector) as `features/rank<R>-<first index>.npz`.
+
+    Written atomically before the batch's rows are appended, so a finished row always has its features.
+    """
+    rows = [r for r in rows if r.get("features")]
+    if not rows:
+        return
+    import numpy as np
+
+    (folder / FEATURES_DIR).mkdir(exist_ok=True)
+    arrays = {name: np.stack([r["features"][name] for r in rows]) for name in rows[0]["features"]}
+    buffer = io.BytesIO()
+    np.savez(buffer, index=np.array([r["index"] for r in rows]), **arrays)
+    atomic_write(folder / FEATURES_DIR / f"rank{rank}-{rows[0]['index']:06d}.npz", buffer.getvalue())
+
+
+def load_features(folder: Path, indices: list[int]) -> dict[str, Any]:
+    """The stored features of rows `indices`, in that order, from every rank's shards (any duplicate wins once)."""
+    import numpy as np
+
+    by_index: dict[int, dict[str, np.ndarray]] = {}
+    for shard in sorted((folder / FEATURES_DIR).glob("rank*.npz")):
+        with np.load(shard) as stored:
+            names = [n for n in stored.files if n != "index"]
+            for i, index in enumerate(stored["index"].tolist()):
+                by_index[index] = {n: stored[n][i] for n in names}
+    missing = [i for i in indices if i not in by_index]
+    if missing:
+        raise RuntimeError(f"{folder / FEATURES_DIR}: no stored features for rows {missing[:5]}")
+    names = list(by_index[indices[0]]) if indices else []
+    return {n: np.stack([by_index[i][n] for i in indices]) for n in names}

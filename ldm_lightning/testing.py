@@ -135,6 +135,51 @@ def build_tiny_clip(folder: str | Path, seed: int = 0, max_length: int = 32) -> 
     return folder
 
 
+class _TinyInception(torch.nn.Module):
+    """Stands in for the FID Inception TorchScript: same call, uint8 (B, 3, H, W) in, resized inside, features out."""
+
+    def __init__(self, num_features: int = 16):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, num_features, kernel_size=5, stride=3)
+        self.fc = torch.nn.Linear(num_features, 10)
+
+    def forward(self, img: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(img.to(torch.float32), size=(29, 29), mode="bilinear", align_corners=False)
+        features = torch.relu(self.conv((x - 128) / 128)).mean(dim=(2, 3))
+        return features if return_features else self.fc(features)
+
+
+def build_tiny_inception(path: str | Path, seed: int = 0) -> Path:
+    """Save a seeded tiny network with the FID Inception's TorchScript call: `net(images, return_features=True)`."""
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(_TinyInception().eval()), str(path))
+    return path
+
+
+def build_tiny_dinov2(folder: str | Path, seed: int = 0) -> Path:
+    """Save a seeded tiny random DINOv2 (model and image processor) as a transformers folder."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=28, patch_size=7
+    )
+    Dinov2Model(config).save_pretrained(folder)
+    processor = BitImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 28, "width": 28},
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+        do_convert_rgb=True,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
 def reference_pipeline(components, scheduler: str):
     """diffusers' own StableDiffusionPipeline on the same components and a fresh scheduler: the reference."""
     from diffusers import StableDiffusionPipeline

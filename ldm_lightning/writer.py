@@ -20,9 +20,11 @@ from ldm_lightning.outputs import (
     atomic_write,
     finished_rows,
     image_name,
+    load_features,
     png_bytes,
     read_jsonl,
     rewrite_sorted,
+    save_features,
 )
 from ldm_lightning.results import summarize
 
@@ -31,6 +33,8 @@ RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 GROUPS = "groups.md"
 MAX_GRID_IMAGES = 64
+# Distribution metrics a summary may hold (those requested with model.metrics), logged beside clip_score.
+QUALITY_KEYS = ("fid", "kid_mean", "kid_std", "cmmd", "fd_dinov2", "fd_clip")
 
 
 class ImageWriter(BasePredictionWriter):
@@ -76,7 +80,7 @@ class ImageWriter(BasePredictionWriter):
     def manifest_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """The JSON row of one image: prompt row, file name, settings and health flags."""
         name = image_name(row["index"], row["prompt"])
-        kept = {k: v for k, v in row.items() if k != "pixels"}
+        kept = {k: v for k, v in row.items() if k not in ("pixels", "features")}
         return {**self.columns.get(row["index"], {}), **kept, "image": name, **self.settings}
 
     def write_rows(self, rows: list[dict[str, Any]], extra_file: Path | None = None) -> None:
@@ -108,6 +112,7 @@ class ImageWriter(BasePredictionWriter):
         self.finish(trainer)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        save_features(self.run_dir, trainer.global_rank, outputs)  # before the rows that mark them finished
         self.write_rows(outputs, extra_file=self.run_dir / RESULTS)
         if trainer.is_global_zero:
             log_batch(trainer, outputs, batch_idx)
@@ -120,13 +125,20 @@ class ImageWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             rows = finished_rows(self.run_dir, read_jsonl(self.run_dir / RESULTS), decode=False)
             rewrite_sorted(self.run_dir / RESULTS, rows)
-            summary = {**summarize(list(rows.values())), "settings": self.settings}
+            summary = summarize(list(rows.values()))
+            if getattr(pl_module, "feature_names", None):
+                summary.update(pl_module.distribution_summary(load_features(self.run_dir, sorted(rows))))
+            summary["settings"] = self.settings
             atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
         summary = trainer.strategy.broadcast(summary, src=0)
         # The same value on every rank (broadcast above); the mean reduction is a no-op that keeps Lightning quiet.
         pl_module.log("clip_score", summary["clip_score_mean"], sync_dist=True)
+        quality = {key: summary[key] for key in QUALITY_KEYS if key in summary}
+        for key, value in quality.items():
+            pl_module.log(key, value, sync_dist=True)
+        hp_metrics = {"hp/clip_score": summary["clip_score_mean"], **{f"hp/{k}": v for k, v in quality.items()}}
         for logger in trainer.loggers:
-            logger.log_hyperparams(flat_settings(self.settings), metrics={"hp/clip_score": summary["clip_score_mean"]})
+            logger.log_hyperparams(flat_settings(self.settings), metrics=hp_metrics)
         if summary["n_truncated"]:
             rank_zero_info(f"{summary['n_truncated']} prompts were longer than the tokenizer limit and were truncated.")
 

@@ -10,7 +10,10 @@ its CLIPScore difference paired row by row (same prompt and seed; `ldm_lightning
 95% bootstrap interval, Wilcoxon p-value;
 `--modes exact fast` runs every setting also in fast mode (`model.fast`), against the exact reference.
 Writes `sweep.csv`, `sweep.md`, `clip_vs_guidance.png`, `grid.png` (rows: schedulers, columns: the
-other settings; the first prompt's image) and logs table and plot to TensorBoard.
+other settings; the first prompt's image) and logs table and plot to TensorBoard. With a distribution
+metric on (`-- --model.metrics [clip_score,fd_clip] --data.reference DIR`) the table gains its columns
+and `fid_vs_clip.png` plots it against CLIPScore, one labelled point per guidance scale: the trade-off
+curve of SD v1.4's model card.
 """
 
 import argparse
@@ -33,6 +36,10 @@ from ldm_lightning.compare import compare
 from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.memory import reset_peak_rss
 from ldm_lightning.outputs import read_jsonl
+from ldm_lightning.writer import QUALITY_KEYS
+
+# The metric the trade-off plot shows when --quality-metric is not given: the first one a run reports.
+TRADEOFF_ORDER = ("fid", "fd_dinov2", "fd_clip", "cmmd", "kid_mean")
 
 
 def run_test(
@@ -112,6 +119,36 @@ def plot(rows: list[dict], path: Path):
     return fig
 
 
+def plot_tradeoff(rows: list[dict], metric: str, path: Path):
+    """A distribution metric (y) against CLIPScore (x), one line per scheduler/steps/precision/mode.
+
+    Each point is labelled with its guidance scale.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    key = lambda r: (r["scheduler"], r["steps"], r["precision"], r["mode"])  # noqa: E731
+    for (scheduler, steps, precision, mode), group in itertools.groupby(sorted(rows, key=key), key=key):
+        group = sorted(group, key=lambda r: r["guidance_scale"])
+        x, y = [r["clip_score"] for r in group], [r[metric] for r in group]
+        label = f"{scheduler}, {steps} steps, {precision}" + (", fast" if mode == "fast" else "")
+        ax.plot(x, y, marker="o", label=label)
+        for r, xi, yi in zip(group, x, y):
+            ax.annotate(f"{r['guidance_scale']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    n = f"N = {rows[0].get('n_generated')} generated, {rows[0].get('n_reference')} reference"
+    ax.set_xlabel("CLIPScore (mean)")
+    ax.set_ylabel(f"{metric} (lower is better)")
+    ax.set_title(f"{metric} vs CLIPScore over guidance scales ({n})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
 def grid(rows: list[dict], path: Path) -> None:
     """First prompt's image of every run: one row per scheduler (every scheduler has the same runs)."""
     schedulers = list(dict.fromkeys(r["scheduler"] for r in rows))
@@ -146,6 +183,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--modes", nargs="+", choices=["exact", "fast"], default=["exact"])
     parser.add_argument("--reference", default=None, help="SCHEDULER:STEPS[:PRECISION] run to measure distances to")
     parser.add_argument("--out", type=Path, default=Path("outputs/sweep"))
+    parser.add_argument(
+        "--quality-metric", choices=TRADEOFF_ORDER, default=None, help="y of fid_vs_clip.png (default: first reported)"
+    )
     args, passthrough = parser.parse_known_args(argv)
     quiet_known_noise()  # here, not inside each run's warning filters, which are dropped with the run
     passthrough = [a for a in passthrough if a != "--"]
@@ -190,6 +230,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "n": summary["n"],
             "seconds_per_image": summary["seconds_per_image"],
             "peak_memory_mb": summary["peak_memory_mb"],
+            **{k: summary[k] for k in (*QUALITY_KEYS, "n_generated", "n_reference") if k in summary},
         }
         if references:
             ref_folder, ref_images = references[guidance]
@@ -204,10 +245,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     write_table(rows, args.out)
     figure = plot(rows, args.out / "clip_vs_guidance.png")
     grid(rows, args.out / "grid.png")
+    quality = args.quality_metric or next((m for m in TRADEOFF_ORDER if m in rows[0]), None)
+    tradeoff = plot_tradeoff(rows, quality, args.out / "fid_vs_clip.png") if quality in rows[0] else None
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(args.out / "tensorboard")) as tb:
         tb.add_figure("sweep/clip_vs_guidance", figure)
+        if tradeoff is not None:
+            tb.add_figure("sweep/fid_vs_clip", tradeoff)
         tb.add_text("sweep/table", (args.out / "sweep.md").read_text())
     print((args.out / "sweep.md").read_text())
     return rows

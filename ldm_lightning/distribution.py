@@ -2,7 +2,8 @@
 
 Fréchet distance and KID are torchmetrics' own (`FrechetInceptionDistance`, `KernelInceptionDistance`),
 fed features that were extracted earlier and stored with each result row, so a resumed or multi-process
-run reduces exactly the same numbers. CMMD is written out here: no library of the stack implements it.
+run reduces exactly the same numbers (on one process: `sync_on_compute=False`, the features already hold
+every rank's rows). CMMD is written out here: no library of the stack implements it.
 """
 
 import warnings
@@ -46,7 +47,7 @@ def _as_tensor(features: np.ndarray) -> torch.Tensor:
 
 def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     """‖μ_r − μ_f‖² + Tr(Σ_r + Σ_f − 2(Σ_r Σ_f)^½) of two feature sets (Heusel et al. 2017), float64."""
-    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+    metric = FrechetInceptionDistance(feature=_Given(real.shape[1]), sync_on_compute=False)
     metric.update(_as_tensor(real), real=True)
     metric.update(_as_tensor(fake), real=False)
     return float(metric.compute())
@@ -60,7 +61,9 @@ def kernel_distance(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> dict[s
     size = min(KID_SUBSET_SIZE, len(real), len(fake))
     with warnings.catch_warnings():  # its note on keeping every feature in memory: that is what we pass it
         warnings.simplefilter("ignore", UserWarning)
-        metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=KID_SUBSETS, subset_size=size)
+        metric = KernelInceptionDistance(
+            feature=_Given(real.shape[1]), subsets=KID_SUBSETS, subset_size=size, sync_on_compute=False
+        )
     metric.update(_as_tensor(real), real=True)
     metric.update(_as_tensor(fake), real=False)
     with torch.random.fork_rng(devices=[]):

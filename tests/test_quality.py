@@ -1,0 +1,296 @@
+"""`test`'s distribution metrics: equal to independent computations, 1 = 2 processes, resumable, cached."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import manifest, run_cli, run_cli_subprocess
+from PIL import Image
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from transformers import AutoImageProcessor, AutoProcessor, CLIPModel, Dinov2Model
+
+PROMPTS = json.dumps(
+    ["a red circle", "a blue square", "a green star", "a red cross", "a white triangle", "a cyan star"]
+)
+ALL = "[clip_score,fid,kid,cmmd,fd_dinov2,fd_clip]"
+QUALITY = ("fid", "kid_mean", "cmmd", "fd_dinov2", "fd_clip")
+
+
+@pytest.fixture(scope="module")
+def extractors(tmp_path_factory):
+    """A tiny stand-in for the FID Inception TorchScript file, and a tiny DINOv2 folder."""
+    from ldm_lightning.testing import build_tiny_dinov2, build_tiny_inception
+
+    folder = tmp_path_factory.mktemp("extractors")
+    return str(build_tiny_inception(folder / "inception.pt")), str(build_tiny_dinov2(folder / "dinov2"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """Ten drawn shapes (64², PNG) and one file that is not an image."""
+    from ldm_lightning.shapes.reference import draw_reference
+
+    folder = tmp_path_factory.mktemp("reference") / "real"
+    draw_reference(folder / "nested", json.loads(PROMPTS)[:5], per_prompt=2)
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def quality_args(model, clip, extractors, reference, out: Path, *extra: str, metrics: str = ALL) -> list[str]:
+    inception, dinov2 = extractors
+    return [
+        "test",
+        f"--model.pretrained_model_name_or_path={model}",
+        f"--model.clip_model_name_or_path={clip}",
+        f"--model.metrics={metrics}",
+        f"--model.inception_weights={inception}",
+        f"--model.dinov2_model_name_or_path={dinov2}",
+        "--model.num_inference_steps=3",
+        "--model.height=32",
+        "--model.width=32",
+        f"--data.prompts={PROMPTS}",
+        f"--data.reference={reference}",
+        "--data.batch_size=4",
+        f"--output_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model, tiny_clip, extractors, reference, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert run_cli(quality_args(tiny_model, tiny_clip, extractors, reference, out))[0] == 0
+    return out
+
+
+def _images(paths: list[Path]) -> list[torch.Tensor]:
+    return [torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1) for p in paths]
+
+
+def _frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance in numpy: Tr((Σa Σb)^½) as Tr((Σa^½ Σb Σa^½)^½), a symmetric PSD square root."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(sa)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = np.linalg.eigvalsh(root @ sb @ root)
+    return float(
+        ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.sqrt(np.clip(middle, 0, None)).sum()
+    )
+
+
+def _cmmd(a: np.ndarray, b: np.ndarray, sigma: float = 10.0, scale: float = 1000.0) -> float:
+    """Unbiased MMD² with a Gaussian kernel on unit vectors, by explicit loops over pairs."""
+    x = a / np.linalg.norm(a, axis=1, keepdims=True)
+    y = b / np.linalg.norm(b, axis=1, keepdims=True)
+    k = lambda p, q: np.exp(-np.sum((p - q) ** 2) / (2 * sigma**2))  # noqa: E731
+    xx = np.mean([k(x[i], x[j]) for i in range(len(x)) for j in range(len(x)) if i != j])
+    yy = np.mean([k(y[i], y[j]) for i in range(len(y)) for j in range(len(y)) if i != j])
+    xy = np.mean([k(p, q) for p in x for q in y])
+    return float(scale * (xx + yy - 2 * xy))
+
+
+def _close(value: float, expected: float, rel: float) -> bool:
+    return abs(value - expected) <= rel * max(abs(expected), 1e-3)
+
+
+class _Inception(torch.nn.Module):
+    def __init__(self, path: str):
+        super().__init__()
+        self.net = torch.jit.load(path)
+
+    def forward(self, images):
+        return self.net(images, return_features=True)
+
+
+def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, extractors, reference):
+    summary = json.loads((one_process / "summary.json").read_text())
+    rows = manifest(one_process, "results.jsonl")
+    generated = _images([one_process / r["image"] for r in rows])
+    real_files = sorted(p for p in reference.rglob("*.png") if p.name != "broken.png")
+    real = _images(real_files)
+    assert summary["n_generated"] == 6 and summary["n_reference"] == 10 and summary["n_reference_skipped"] == 1
+    assert "bilinear" in summary["resize"]["inception"]
+
+    fid = FrechetInceptionDistance(feature=_Inception(extractors[0]))
+    # 100 subsets of min(1000, 10 real, 6 generated) images each, drawn after seeding the global RNG with 0.
+    kid = KernelInceptionDistance(feature=_Inception(extractors[0]), subsets=100, subset_size=6)
+    for metric in (fid, kid):
+        metric.update(torch.stack(real), real=True)
+        metric.update(torch.stack(generated), real=False)
+    assert _close(summary["fid"], float(fid.compute()), 1e-4)
+    torch.manual_seed(0)
+    kid_mean, kid_std = kid.compute()
+    assert _close(summary["kid_mean"], float(kid_mean), 1e-4) and _close(summary["kid_std"], float(kid_std), 1e-4)
+
+    clip, processor = CLIPModel.from_pretrained(tiny_clip), AutoProcessor.from_pretrained(tiny_clip)
+
+    def clip_features(images):
+        with torch.no_grad():
+            pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+            return clip.get_image_features(pixel_values=pixel_values).pooler_output.numpy()
+
+    assert _close(summary["fd_clip"], _frechet(clip_features(real), clip_features(generated)), 1e-4)
+    assert _close(summary["cmmd"], _cmmd(clip_features(real), clip_features(generated)), 1e-4)
+
+    dino, dino_processor = Dinov2Model.from_pretrained(extractors[1]), AutoImageProcessor.from_pretrained(extractors[1])
+
+    def dino_features(images):
+        with torch.no_grad():
+            return dino(pixel_values=dino_processor(images=images, return_tensors="pt")["pixel_values"]).pooler_output
+
+    assert _close(summary["fd_dinov2"], _frechet(dino_features(real).numpy(), dino_features(generated).numpy()), 1e-4)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(one_process / "tensorboard")).Reload()
+    assert {"fid", "kid_mean", "kid_std", "cmmd", "fd_dinov2", "fd_clip", "hp/fid"} <= set(events.Tags()["scalars"])
+    assert (one_process.parent / "run" / "features").is_dir()
+    assert len(list(one_process.parent.glob("reference-*.npz"))) == 3  # one cache per feature network
+
+
+def test_two_processes_give_the_same_metrics_as_one(
+    one_process, tiny_model, tiny_clip, extractors, reference, tmp_path
+):
+    args = quality_args(tiny_model, tiny_clip, extractors, reference, tmp_path / "two")
+    two = run_cli_subprocess([*args, "--config=configs/devices/ddp-cpu-2.yaml"])
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert sorted(p.name[:5] for p in (tmp_path / "two" / "features").glob("*.npz")) == ["rank0", "rank1"]
+    s1 = json.loads((one_process / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s2["n_generated"] == 6
+    for key in QUALITY:
+        assert _close(s2[key], s1[key], 1e-3), (key, s1[key], s2[key])
+
+
+def test_killed_run_resumes_with_stored_features_to_the_uninterrupted_result(
+    tiny_model, tiny_clip, extractors, reference, tmp_path
+):
+    prompts = json.dumps([f"a red circle number {i}" for i in range(8)])
+    args = quality_args(
+        tiny_model, tiny_clip, extractors, reference, tmp_path / "killed", "--data.batch_size=1",
+        "--model.num_inference_steps=20", metrics="[clip_score,fid,cmmd,fd_clip]",
+    )  # fmt: skip
+    args[args.index(f"--data.prompts={PROMPTS}")] = f"--data.prompts={prompts}"
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ldm_lightning", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_lines(out / "results.jsonl")) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_lines(out / "results.jsonl"))
+    assert 2 <= done < 8, "the run should have been killed mid-way"
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.npz")}
+    resumed = run_cli_subprocess(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.npz")}
+    finished = [r["index"] for r in manifest(out, "results.jsonl")][:done]
+    kept = {f"rank0-{i:06d}.npz" for i in finished}
+    assert all(before[name] == after[name] for name in kept)  # stored features of finished rows were not redone
+    assert len(after) == 8
+
+    whole = tmp_path / "whole"
+    args[args.index(f"--output_dir={out}")] = f"--output_dir={whole}"
+    assert run_cli(args)[0] == 0
+    s_resumed = json.loads((out / "summary.json").read_text())
+    s_whole = json.loads((whole / "summary.json").read_text())
+    for key in ("fid", "cmmd", "fd_clip", "clip_score_mean"):
+        assert _close(s_resumed[key], s_whole[key], 1e-4), (key, s_resumed[key], s_whole[key])
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_reference_features_are_cached_and_recomputed_when_a_file_changes(extractors, tmp_path):
+    from ldm_lightning.features import load_inception
+    from ldm_lightning.reference import list_reference, reference_features
+    from ldm_lightning.shapes.reference import draw_reference
+
+    draw_reference(tmp_path / "real", ["a red circle", "a blue star", "a green square"])
+    net = load_inception(extractors[0])
+    calls = []
+    net.register_forward_hook(lambda module, args, out: calls.append(len(out)))
+    files = list_reference(str(tmp_path / "real"))
+    first, _ = reference_features(files, {"inception": net}, tmp_path / "runs")
+    assert calls == [3]
+    again, _ = reference_features(files, {"inception": net}, tmp_path / "runs")
+    assert calls == [3] and np.array_equal(first["inception"], again["inception"])
+    files[1].write_bytes((tmp_path / "real" / files[0].name).read_bytes())  # a changed reference image
+    changed, _ = reference_features(files, {"inception": net}, tmp_path / "runs")
+    assert calls == [3, 3]
+    assert np.allclose(changed["inception"][1], first["inception"][0], atol=1e-6)
+    assert len(list((tmp_path / "runs").glob("reference-inception-*.npz"))) == 2
+
+
+def test_reference_from_a_table_and_a_glob(tmp_path):
+    from ldm_lightning.reference import list_reference
+    from ldm_lightning.shapes.reference import draw_reference
+
+    files = draw_reference(tmp_path / "images", ["a red circle", "a blue star"])
+    (tmp_path / "real.csv").write_text("image,caption\n" + "".join(f"images/{f.name},x\n" for f in files))
+    assert list_reference(str(tmp_path / "real.csv")) == [tmp_path / "images" / f.name for f in files]
+    assert list_reference(str(tmp_path / "images" / "*.png")) == sorted(files)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "data.reference: nothing at"),
+        ("empty", "data.reference: no .png/.jpg/.webp images"),
+        ("table", "has no `image` column"),
+        ("corrupt", "data.reference: none of the 2 images could be read"),
+        ("single", "data.reference: 1 readable image"),
+        ("no_reference", "data.reference: model.metrics"),
+        ("no_inception", "model.inception_weights: fid and kid need the FID Inception network"),
+        ("few_prompts", "data.prompts: distribution metrics need at least 2"),
+    ],
+)
+def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extractors, tmp_path, capsys, case, message):
+    from ldm_lightning.shapes.reference import draw_reference
+
+    real = tmp_path / "real"
+    real.mkdir()
+    metrics = "[clip_score,fd_clip]"
+    if case == "table":
+        (tmp_path / "real.csv").write_text("path\na.png\n")
+        real = tmp_path / "real.csv"
+    elif case == "corrupt":
+        (real / "a.png").write_bytes(b"x")
+        (real / "b.jpg").write_bytes(b"")
+    elif case in ("single", "no_reference", "no_inception", "few_prompts"):
+        draw_reference(real, ["a red circle"] if case == "single" else ["a red circle", "a blue star"])
+    args = quality_args(
+        tiny_model,
+        tiny_clip,
+        extractors,
+        real if case != "missing" else tmp_path / "no",
+        tmp_path / "run",
+        metrics=metrics,
+    )
+    if case == "no_reference":
+        args = [a for a in args if not a.startswith("--data.reference")]
+    if case == "no_inception":
+        args = [a for a in args if not a.startswith("--model.inception_weights")] + ["--model.metrics=[fid]"]
+    if case == "few_prompts":
+        args.append('--data.prompts=["one prompt"]')
+    code, err = run_cli(args, capsys)
+    assert code == 2
+    ours = err[err.rindex("error:") :]
+    assert message in ours and "Traceback" not in ours
+    assert not list((tmp_path / "run").glob("*.png")) and not (tmp_path / "run" / "results.jsonl").exists()
+    if case == "no_inception":
+        assert "inception-2015-12-05.pt" in ours and "nvlabs-fi-cdn.nvidia.com" in ours

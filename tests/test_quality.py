@@ -294,3 +294,24 @@ def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extrac
     assert not list((tmp_path / "run").glob("*.png")) and not (tmp_path / "run" / "results.jsonl").exists()
     if case == "no_inception":
         assert "inception-2015-12-05.pt" in ours and "nvlabs-fi-cdn.nvidia.com" in ours
+
+
+def test_sweep_draws_the_quality_vs_clip_score_curve(tiny_model, tiny_clip, reference, tmp_path):
+    from ldm_lightning.lab.sweep import main as sweep
+
+    passthrough = [
+        f"--model.pretrained_model_name_or_path={tiny_model}",
+        f"--model.clip_model_name_or_path={tiny_clip}",
+        "--model.height=32",
+        "--model.width=32",
+        '--data.prompts=["a red circle", "a blue star", "a cross"]',
+        f"--data.reference={reference}",
+        "--model.metrics=[clip_score,fd_clip]",
+        "--trainer.enable_progress_bar=false",
+    ]
+    rows = sweep(["--guidance", "1", "4", "--steps", "3", "--out", str(tmp_path), "--", *passthrough])
+    assert [r["guidance_scale"] for r in rows] == [1, 4]
+    assert all(r["fd_clip"] > 0 and r["n_generated"] == 3 and r["n_reference"] == 10 for r in rows)
+    assert rows[0]["fd_clip"] != rows[1]["fd_clip"]
+    assert (tmp_path / "fid_vs_clip.png").stat().st_size > 0 and "fd_clip" in (tmp_path / "sweep.md").read_text()
+    assert len(list(tmp_path.glob("reference-clip-*.npz"))) == 1  # computed by the first run, reused by the second

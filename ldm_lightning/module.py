@@ -16,7 +16,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ldm_lightning.clip_score import DEFAULT_CLIP, load_clip, score_images
+from ldm_lightning.clip_score import DEFAULT_CLIP, EMBEDDED_CLIP, load_clip, score_images
 from ldm_lightning.components import Components, default_size, load_components, resolve, vae_scale_factor
 from ldm_lightning.distribution import COMPARABLE_N, FEATURES_OF, distribution_metrics
 from ldm_lightning.errors import UserError
@@ -108,8 +108,9 @@ class LatentDiffusionModule(LightningModule):
         unknown = [m for m in metrics or [] if m not in Metric.__args__]
         if unknown:
             raise UserError(f"model.metrics: unknown {unknown}; choose from {', '.join(Metric.__args__)}")
-        if {"fid", "kid"} & set(metrics or []):
-            load_inception(inception_weights)  # fail now, with where to get it, rather than after sampling
+        # Loaded now, to fail before sampling with where to get it; a plain dict keeps it out of Lightning's casts.
+        needs_inception = {"fid", "kid"} & set(metrics or [])
+        self._inception = {"inception": load_inception(inception_weights)} if needs_inception else {}
         self.save_hyperparameters(ignore=["_components"])
         self.components = _components or load_components(pretrained_model_name_or_path, revision, variant, allow_pickle)
         # Registered as submodules so that Lightning moves and casts them.
@@ -268,15 +269,13 @@ class LatentDiffusionModule(LightningModule):
                 )
         hp = self.hparams
         built = {
-            "inception": lambda: load_inception(hp.inception_weights),
+            "inception": lambda: self._inception["inception"],
             "clip": lambda: ClipImageFeatures(self.clip, self.clip_name, self._clip_folder()),
             "dinov2": lambda: Dinov2Features(hp.dinov2_model_name_or_path or DEFAULT_DINOV2),
         }
         return {name: built[name]().eval().requires_grad_(False) for name in names}
 
     def _clip_folder(self) -> str:
-        from ldm_lightning.clip_score import EMBEDDED_CLIP
-
         return str(EMBEDDED_CLIP.get(self.clip_name, self.clip_name))
 
     def on_predict_start(self) -> None:

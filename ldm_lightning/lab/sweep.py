@@ -141,7 +141,7 @@ def plot_tradeoff(rows: list[dict], metric: str, path: Path):
     n = f"N = {rows[0].get('n_generated')} generated, {rows[0].get('n_reference')} reference"
     ax.set_xlabel("CLIPScore (mean)")
     ax.set_ylabel(f"{metric} (lower is better)")
-    ax.set_title(f"{metric} vs CLIPScore over guidance scales ({n})", fontsize=9)
+    ax.set_title(f"{metric} vs CLIPScore; points labelled by guidance scale\n{n}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

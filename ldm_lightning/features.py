@@ -14,7 +14,7 @@ import torch
 from transformers import AutoImageProcessor, Dinov2Model
 
 from ldm_lightning.clip_score import FeatureCLIP, TruncatingProcessor
-from ldm_lightning.errors import UserError
+from ldm_lightning.errors import UserError, first_line
 
 FeatureName = Literal["inception", "clip", "dinov2"]
 DEFAULT_DINOV2 = "facebook/dinov2-large"  # ViT-L/14, the encoder Stein et al. 2023 recommend
@@ -78,11 +78,10 @@ class Dinov2Features(torch.nn.Module):
             self.model = Dinov2Model.from_pretrained(name_or_path).eval().requires_grad_(False)
             self.processor = AutoImageProcessor.from_pretrained(name_or_path)
         except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UserError(
                 f"model.dinov2_model_name_or_path: could not load DINOv2 {name_or_path!r} (needed by fd_dinov2): "
-                f"{first}; download it on a connected machine (hf download {DEFAULT_DINOV2} --local-dir dinov2-large) "
-                "and pass the folder"
+                f"{first_line(err)}; download it on a connected machine "
+                f"(hf download {DEFAULT_DINOV2} --local-dir dinov2-large) and pass the folder"
             ) from None
         self.resize = f"dinov2: its image processor ({_processor_words(self.processor)})"
         self.identity = _digest(["dinov2", name_or_path, file_stamp(name_or_path), self.processor.to_dict()])
@@ -112,7 +111,8 @@ def load_inception(path: str | None) -> InceptionFeatures:
     try:
         return InceptionFeatures(path)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
+        # torch's own message runs on for sentences about corrupted checkpoints; its first sentence says it.
+        first = first_line(err).split(". ")[0]
         raise UserError(f"model.inception_weights: {path!r} is not a TorchScript file ({first}); {where}") from None
 
 

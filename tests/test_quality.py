@@ -257,6 +257,8 @@ def test_reference_from_a_table_and_a_glob(tmp_path):
         ("no_reference", "data.reference: model.metrics"),
         ("no_inception", "model.inception_weights: fid and kid need the FID Inception network"),
         ("few_prompts", "data.prompts: distribution metrics need at least 2"),
+        ("bad_inception", "inception.pt' is not a TorchScript file ("),
+        ("no_dinov2", "model.dinov2_model_name_or_path: could not load DINOv2"),
     ],
 )
 def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extractors, tmp_path, capsys, case, message):
@@ -271,7 +273,7 @@ def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extrac
     elif case == "corrupt":
         (real / "a.png").write_bytes(b"x")
         (real / "b.jpg").write_bytes(b"")
-    elif case in ("single", "no_reference", "no_inception", "few_prompts"):
+    elif case in ("single", "no_reference", "no_inception", "few_prompts", "bad_inception", "no_dinov2"):
         draw_reference(real, ["a red circle"] if case == "single" else ["a red circle", "a blue star"])
     args = quality_args(
         tiny_model,
@@ -287,6 +289,11 @@ def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extrac
         args = [a for a in args if not a.startswith("--model.inception_weights")] + ["--model.metrics=[fid]"]
     if case == "few_prompts":
         args.append('--data.prompts=["one prompt"]')
+    if case == "bad_inception":
+        (tmp_path / "inception.pt").write_bytes(b"not TorchScript")
+        args += [f"--model.inception_weights={tmp_path / 'inception.pt'}", "--model.metrics=[kid]"]
+    if case == "no_dinov2":
+        args += [f"--model.dinov2_model_name_or_path={tmp_path / 'no-dinov2'}", "--model.metrics=[fd_dinov2]"]
     code, err = run_cli(args, capsys)
     assert code == 2
     ours = err[err.rindex("error:") :]

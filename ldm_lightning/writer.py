@@ -34,7 +34,7 @@ SUMMARY = "summary.json"
 GROUPS = "groups.md"
 MAX_GRID_IMAGES = 64
 # Distribution metrics a summary may hold (those requested with model.metrics), logged beside clip_score.
-QUALITY_KEYS = ("fid", "kid_mean", "kid_std", "cmmd", "fd_dinov2", "fd_clip")
+QUALITY_KEYS = ("fid", "fid_infinity", "kid_mean", "kid_std", "cmmd", "fd_dinov2", "fd_clip")
 
 
 class ImageWriter(BasePredictionWriter):

@@ -128,6 +128,15 @@ def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, e
         metric.update(torch.stack(real), real=True)
         metric.update(torch.stack(generated), real=False)
     assert _close(summary["fid"], float(fid.compute()), 1e-4)
+    # FID∞: torchmetrics' FID of seeded random subsets (15 sizes from N/5 to N), extrapolated to 1/N = 0.
+    sizes = np.unique(np.linspace(2, 6, 15).astype(int))  # max(2, 6 // 5) = 2
+    rng, values = np.random.default_rng(0), []
+    for size in sizes:
+        subset = FrechetInceptionDistance(feature=_Inception(extractors[0]))
+        subset.update(torch.stack(real), real=True)
+        subset.update(torch.stack(generated)[torch.from_numpy(rng.permutation(6)[:size])], real=False)
+        values.append(float(subset.compute()))
+    assert _close(summary["fid_infinity"], float(np.polyfit(1 / sizes, values, 1)[1]), 1e-4)
     torch.manual_seed(0)
     kid_mean, kid_std = kid.compute()
     assert _close(summary["kid_mean"], float(kid_mean), 1e-4) and _close(summary["kid_std"], float(kid_std), 1e-4)

@@ -21,7 +21,7 @@ PROMPTS = json.dumps(
     ["a red circle", "a blue square", "a green star", "a red cross", "a white triangle", "a cyan star"]
 )
 ALL = "[clip_score,fid,kid,cmmd,fd_dinov2,fd_clip]"
-QUALITY = ("fid", "kid_mean", "cmmd", "fd_dinov2", "fd_clip")
+QUALITY = ("fid", "fid_infinity", "kid_mean", "cmmd", "fd_dinov2", "fd_clip")
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_killed_run_resumes_with_stored_features_to_the_uninterrupted_result(
     assert run_cli(args)[0] == 0
     s_resumed = json.loads((out / "summary.json").read_text())
     s_whole = json.loads((whole / "summary.json").read_text())
-    for key in ("fid", "cmmd", "fd_clip", "clip_score_mean"):
+    for key in ("fid", "fid_infinity", "cmmd", "fd_clip", "clip_score_mean"):
         assert _close(s_resumed[key], s_whole[key], 1e-4), (key, s_resumed[key], s_whole[key])
 
 

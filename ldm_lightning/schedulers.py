@@ -44,10 +44,9 @@ SchedulerName = Literal[
 
 # name -> (class, overrides on top of the checkpoint's config). The overrides follow the
 # k-diffusion / A1111 names: "DPM++ 2M Karras" is DPM-Solver++ (Lu et al. 2022), order 2, Karras
-# sigmas (Karras et al. 2022). DDIM runs on latents, which must not be clipped to [-1, 1]; SD v1.4's
-# PNDM config leaves `clip_sample` out, so it is set here rather than taken from DDIM's default.
+# sigmas (Karras et al. 2022).
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
-    "ddim": (DDIMScheduler, {"clip_sample": False}),
+    "ddim": (DDIMScheduler, {}),
     "pndm": (PNDMScheduler, {"skip_prk_steps": True}),
     "dpmpp_2m_karras": (
         DPMSolverMultistepScheduler,
@@ -65,6 +64,12 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 }
 
 
+# Keys used only where the checkpoint's config says nothing. DDIM runs on latents, which must not be
+# clipped to [-1, 1], but DDIMScheduler defaults to `clip_sample=True` and SD v1.4's PNDM config leaves
+# the key out; a config that sets it explicitly is respected.
+LATENT_DEFAULTS: dict[str, dict[str, Any]] = {"ddim": {"clip_sample": False}}
+
+
 def check_scheduler_name(name: str) -> str:
     """Return `name` if known, else raise naming the known ones."""
     if name not in SCHEDULERS:
@@ -79,7 +84,8 @@ def build_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
     Build one per batch: multistep schedulers keep state between calls (diffusers#8711).
     """
     cls, overrides = SCHEDULERS[check_scheduler_name(name)]
-    return cls.from_config(config, **overrides)
+    defaults = {k: v for k, v in LATENT_DEFAULTS.get(name, {}).items() if k not in config}
+    return cls.from_config(config, **defaults, **overrides)
 
 
 def sd14_scheduler() -> PNDMScheduler:

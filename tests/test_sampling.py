@@ -1,5 +1,7 @@
 """Our sampling path against diffusers' StableDiffusionPipeline, and the invariants of the determinism contract."""
 
+import json
+
 import pytest
 import torch
 
@@ -88,3 +90,43 @@ def test_cfg_formula_at_scale_one_gives_the_conditional_estimate(tiny_module):
     assert (guided - conditional).abs().max().item() <= 1e-5
     stronger = predict_noise(unet, latents, torch.tensor(500), cond, uncond, guidance_scale=7.5)
     assert (stronger - conditional).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("clip_sample", [None, True, False], ids=["omitted", "set-true", "set-false"])
+def test_ddim_respects_the_checkpoints_clip_sample(tiny_module, monkeypatch, clip_sample):
+    """An explicit `clip_sample` in the checkpoint's scheduler config is used; where the config omits it
+    (SD v1.4's and the embedded model's do), latents are not clipped."""
+    from diffusers import DDIMScheduler
+
+    config = {k: v for k, v in tiny_module.parts.scheduler_config.items() if k != "clip_sample"}
+    if clip_sample is not None:
+        config["clip_sample"] = clip_sample
+    monkeypatch.setattr(tiny_module.parts, "scheduler_config", config)
+    configure(tiny_module, "ddim", 4.0)
+    ours = tiny_module.sample(batch_of(PROMPTS, NEGATIVES, SEEDS)).images
+    pipe = reference_pipeline(tiny_module.parts, "ddim")
+    # The reference: diffusers' own DDIM built from the same config, False only where the config is silent.
+    pipe.scheduler = DDIMScheduler.from_config(config, **({"clip_sample": False} if clip_sample is None else {}))
+    assert pipe.scheduler.config.clip_sample is bool(clip_sample)
+    ref = pipe(
+        PROMPTS,
+        negative_prompt=NEGATIVES,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in SEEDS],
+        num_inference_steps=tiny_module.hparams.num_inference_steps,
+        guidance_scale=4.0,
+        height=tiny_module.height,
+        width=tiny_module.width,
+        output_type="pt",
+    ).images
+    assert (ours - ref).abs().max().item() <= 1e-5
+    if clip_sample:  # clipping really changes these latents, so the check above could fail
+        monkeypatch.setitem(config, "clip_sample", False)
+        unclipped = tiny_module.sample(batch_of(PROMPTS, NEGATIVES, SEEDS)).images
+        assert (ours - unclipped).abs().max().item() > 1e-3
+
+
+def test_embedded_model_config_omits_clip_sample():
+    from ldm_lightning.components import EMBEDDED
+
+    config = json.loads((EMBEDDED["tiny-shapes"] / "scheduler" / "scheduler_config.json").read_text())
+    assert "clip_sample" not in config  # so DDIM runs on it with the latent default, clip_sample=False

@@ -2,22 +2,100 @@
 
 Model keys are `model.*`, data keys `data.*`, precision/devices/strategy/logger `trainer.*`, and
 `--output_dir` says where images, manifest, results and TensorBoard logs go.
+
+Every mistake a user can make ends in one line, `error: <key or file>: <what is wrong>; <what to do>`,
+and exit code 2: `UserError`s raised anywhere (jsonargparse wraps those of constructors in its own
+errors, so the cause chain is searched), jsonargparse's parse errors, the Trainer's refusals, and the
+operating system's write errors (full disk, read-only or unwritable folder). SIGTERM ends a run after
+the images in flight are written, with exit code 143 and a line saying that the same command resumes.
 """
 
+import errno
+import re
 import sys
 from pathlib import Path
 
 from lightning import LightningDataModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ldm_lightning.clip_score import load_clip
 from ldm_lightning.console import quiet_known_noise, step_budget_bar
 from ldm_lightning.data import PromptDataModule
 from ldm_lightning.errors import UserError
 from ldm_lightning.export import ExportDiffusers
+from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
-from ldm_lightning.outputs import choose_run_dir, fingerprint
+from ldm_lightning.outputs import check_writable, choose_run_dir, fingerprint
 from ldm_lightning.writer import ImageWriter
+
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+TRAINER_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
+
+
+class OneLineParser(LightningArgumentParser):
+    """LightningCLI's parser, whose top-level parse errors become one `UserError` line (no usage dump)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # jsonargparse's inner parsers raise for their callers to handle
+            super().error(message, ex)
+        raise UserError(describe_parse_error(message)) from None
+
+
+def describe_parse_error(message: str) -> str:
+    """jsonargparse's multi-line message as `<key>: <what is wrong>; <what to do>`."""
+    text = message.strip()
+    help_hint = "`--help` lists every key and its type"
+    if m := re.search(r"does not accept option '([^']+)'", text):
+        return f"{m[1]}: unknown key; {help_hint}"
+    if m := re.match(r"unrecognized arguments: (.*)", text):
+        words = [w for w in m[1].split() if w not in ("predict", "test", "fit")] or m[1].split()
+        return f"{words[0].split('=')[0]}: unknown key or stray argument; {help_hint}"
+    if m := re.match(r"Problems parsing config:\s*(.*)", text, re.S):
+        detail = " ".join(line.strip() for line in m[1].splitlines() if line.strip())
+        detail = detail.replace('in "<unicode string>", ', "")
+        return f"--config: not valid YAML ({detail}); fix the file"
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    key = ".".join(keys) if keys else "arguments"
+    if m := re.search(r"File does not exist: (.*)", text):
+        return f"{key}: file does not exist: {m[1].strip()}; check the path"
+    expected, choices = [], []
+    pattern = r"Expected a (<class '[\w.]+'>|typing\.Literal\[[^\]]*\]|[\w.\[\], ]+?)(?:\.|$)"
+    for found in re.findall(pattern, text, re.M):
+        if literal := re.match(r"typing\.Literal\[(.*)\]", found):
+            choices += [c.strip(" '") for c in literal[1].split(",") if c.strip(" '") not in choices]
+            continue
+        name = re.sub(r"<class '([\w.]+)'>", r"\1", found)
+        if name not in ("NoneType", *expected):
+            expected.append(name)
+    if choices:
+        expected.append("one of " + ", ".join(choices))
+    values = re.findall(r"Got value: (.*)", text) or re.findall(r"Given value: (.*)", text)
+    if expected:
+        value = values[0].strip() if values else ""
+        value = nested[1] if (nested := re.match(r"NestedArg\(key='[^']*', val=(.*)\)$", value)) else value
+        got = f", got {value}" if value else ""
+        return f"{key}: expected {' or '.join(expected)}{got}; {help_hint}"
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "Parser key" not in line]
+    return f"{key}: {lines[-1] if lines else text}; {help_hint}"
+
+
+def trainer_error(err: Exception) -> UserError:
+    """A Trainer refusal (no GPU here, unknown strategy, bad devices) as a line naming the `trainer.*` key."""
+    text = str(err).strip().splitlines()[0].rstrip(".!") if str(err).strip() else type(err).__name__
+    # Lightning names the argument in backticks (`devices`); else guess from the words it uses.
+    named = [k for k in re.findall(r"`(\w+)`", text) if k in TRAINER_KEYS]
+    named += [k for k in TRAINER_KEYS if k in text.lower()]
+    if not named and re.search(r"gpu|cuda|mps|tpu", text, re.I):
+        named = ["accelerator"]
+    key = f"trainer.{named[0]}" if named else "trainer"
+    return UserError(
+        f"{key}: {text}; choose what this machine has (--trainer.accelerator cpu or auto, --trainer.devices 1, "
+        "--trainer.strategy auto or ddp)"
+    )
 
 
 class LdmCLI(LightningCLI):
@@ -28,10 +106,10 @@ class LdmCLI(LightningCLI):
     `run_dir` is the folder the run writes to.
     """
 
-    def __init__(self, *args, stage: str | None = None, **kwargs):
+    def __init__(self, *args, stage: str | None = None, parser_class=OneLineParser, **kwargs):
         self.stage = stage
         self.run_dir: Path | None = None
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, parser_class=parser_class, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"data": {"class_path": "ldm_lightning.data.PromptDataModule"}})
@@ -43,8 +121,18 @@ class LdmCLI(LightningCLI):
             "A different run never reuses a folder: it gets <output_dir>-1, -2, …; the same run resumes.",
         )
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # The writer saves every image; holding them all as well would grow memory with the run.
+            parser.set_defaults({"return_predictions": False})
+        return parser
+
     def instantiate_trainer(self, **kwargs):
-        trainer = self._trainer_with_run_folder(**kwargs)
+        try:
+            trainer = self._trainer_with_run_folder(**kwargs)
+        except (MisconfigurationException, TypeError, ImportError) as err:
+            raise trainer_error(err) from None
         start = getattr(trainer.strategy, "_start_method", "popen")
         if start != "popen" and trainer.accelerator.__class__.__name__ == "CPUAccelerator":
             raise UserError(
@@ -62,7 +150,11 @@ class LdmCLI(LightningCLI):
             precision = config.trainer.get("precision") or "32-true"
             settings = {**self.model.settings(), "precision": str(precision)}
             settings.update(self.model.extra_settings(stage))
-            run_fingerprint = fingerprint(settings, self.datamodule.load_rows())
+            rows = self.datamodule.load_rows()
+            if stage == "test":  # a CLIP that cannot load fails here, before any file is written
+                self.model.clip = load_clip(self.model.clip_name)
+            check_fits(self.model, self.datamodule.hparams.batch_size, config.trainer.get("accelerator"))
+            run_fingerprint = fingerprint(settings, rows)
             self.run_dir = run_dir = choose_run_dir(base, run_fingerprint)
             kwargs["default_root_dir"] = str(run_dir)
             if config.trainer.get("logger") in (None, True):
@@ -71,6 +163,7 @@ class LdmCLI(LightningCLI):
                     save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
                 )
             trainer = super().instantiate_trainer(**kwargs)
+            check_writable(run_dir)  # after the Trainer's own checks, so a refused run leaves no folder
             trainer.callbacks.append(ImageWriter(run_dir, settings, run_fingerprint))
             return trainer
         kwargs["default_root_dir"] = base
@@ -102,10 +195,53 @@ def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
     )
 
 
+def user_message(err: BaseException, args: list[str]) -> str | None:
+    """The one line for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    seen = 0
+    cause: BaseException | None = err
+    while cause is not None and seen < 20:
+        if isinstance(cause, UserError):
+            message = str(cause)
+            if message.startswith("--config: not valid YAML"):
+                message = name_bad_config(message, args)
+            return message
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL | NOT_WRITABLE:
+            where = cause.filename or "output_dir"
+            if cause.errno in DISK_FULL:
+                return (
+                    f"{where}: {cause.strerror} (disk full or file-size limit); free space and run the same "
+                    "command again: finished images are kept and the run resumes"
+                )
+            return f"{where}: {cause.strerror}; choose a writable --output_dir"
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return None
+
+
+def name_bad_config(message: str, args: list[str]) -> str:
+    """Put the name of the first `--config` file that is not valid YAML into `message`."""
+    import yaml
+
+    for i, arg in enumerate(args):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else args[i + 1] if arg == "--config" else None
+        if path and i + 1 <= len(args) and Path(path).is_file():
+            try:
+                yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError):
+                return message.replace("--config:", f"{path}:", 1)
+    return message
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of `python -m ldm_lightning` and `ldm-lightning`."""
+    argv = list(sys.argv[1:] if args is None else args)
     try:
         make_cli(args)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except SIGTERMException as stop:
+        print(f"stopped: {stop or 'SIGTERM received'}; run the same command again to resume", file=sys.stderr)
+        sys.exit(143)  # 128 + SIGTERM, as a shell reports a terminated process
+    except Exception as err:
+        message = user_message(err, argv)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

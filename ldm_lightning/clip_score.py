@@ -9,6 +9,7 @@ It also truncates prompts the CLIP way, keeping the end-of-text token (torchmetr
 ids instead, dropping it, and scores fall from ~26 to ~17).
 """
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -60,16 +61,23 @@ def load_clip(name_or_path: str) -> tuple[FeatureCLIP, TruncatingProcessor]:
     from transformers import AutoProcessor, CLIPModel  # only `test` scores; `predict` starts without it
 
     source = str(EMBEDDED_CLIP.get(name_or_path, name_or_path))
+    key = "model.clip_model_name_or_path"
+    local = source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).exists()
+    if local and not Path(source).expanduser().is_dir():
+        raise UserError(f"{key}: {source}: no such folder; give the path of a CLIP folder (config, weights, processor)")
+    source = str(Path(source).expanduser()) if local else source
     try:
         model = CLIPModel.from_pretrained(source).eval().requires_grad_(False)
         processor = AutoProcessor.from_pretrained(source)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # the hub, safetensors and the processors each raise their own kinds
         first = first_line(err)
-        raise UserError(
-            f"model.clip_model_name_or_path: could not load CLIP {name_or_path!r}: {first}\n"
-            "Download it on a connected machine (hf download openai/clip-vit-large-patch14 "
-            "--local-dir clip-l) and pass the folder, or set HF_HUB_OFFLINE=1 with a copied cache."
-        ) from None
+        advice = (
+            "check that the folder holds a complete CLIP (config.json, weights, tokenizer and image processor)"
+            if local
+            else "download it on a connected machine (hf download openai/clip-vit-large-patch14 --local-dir "
+            "clip-l) and pass the folder, or set HF_HUB_OFFLINE=1 with a copied cache"
+        )
+        raise UserError(f"{key}: could not load CLIP {name_or_path!r} ({first}); {advice}") from None
     return FeatureCLIP(model), TruncatingProcessor(processor, model.config.text_config.max_position_embeddings)
 
 

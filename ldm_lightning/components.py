@@ -49,6 +49,38 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.exists(name)
 
 
+PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+WEIGHT_PARTS = ("text_encoder", "unet", "vae")
+
+
+def check_model_folder(folder: Path, variant: str | None, allow_pickle: bool) -> None:
+    """Name the missing part, the missing variant or the pickle-only weights of a local model folder."""
+    key = "model.pretrained_model_name_or_path"
+    for part in PARTS:
+        if not (folder / part).is_dir():
+            raise UserError(
+                f"{key}: {folder} has no {part}/ folder; a diffusers SD v1 folder holds "
+                + ", ".join(p + "/" for p in PARTS)
+            )
+    for part in WEIGHT_PARTS:
+        files = [f.name for f in (folder / part).iterdir()]
+        weights = [f for f in files if f.endswith((".safetensors", ".bin"))]
+        if variant and not any(f".{variant}." in f for f in weights):
+            raise UserError(
+                f"model.variant: {folder / part} has no {variant!r} weights (found: {', '.join(weights) or 'none'}); "
+                "leave --model.variant out or give one that is there"
+            )
+        chosen = [f for f in weights if (f".{variant}." in f) == bool(variant)]
+        if not any(f.endswith(".safetensors") for f in chosen):
+            if any(f.endswith(".bin") for f in chosen) and not allow_pickle:
+                raise UserError(
+                    f"{key}: {folder / part} holds only .bin (pickle) weights; pass --model.allow_pickle true "
+                    "if you trust these files (unpickling runs code), or convert them to safetensors"
+                )
+            if not chosen:
+                raise UserError(f"{key}: {folder / part} has no weights (.safetensors); copy the folder again")
+
+
 def load_components(
     name_or_path: str,
     revision: str | None = None,
@@ -61,29 +93,42 @@ def load_components(
     unpickling runs code. `HF_HUB_OFFLINE=1` is honoured by huggingface_hub itself.
     """
     root = resolve(name_or_path)
-    if _looks_like_path(root) and not Path(root).expanduser().is_dir():
-        raise UserError(f"model.pretrained_model_name_or_path: no folder at {root!r}.\n" + HOW_TO_GET_WEIGHTS)
-    root = str(Path(root).expanduser()) if _looks_like_path(root) else root
+    local = _looks_like_path(root)
+    if local:
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            kind = "a file, not a folder" if folder.exists() else "no such folder"
+            raise UserError(
+                f"model.pretrained_model_name_or_path: {root}: {kind}; give the path of a diffusers "
+                "Stable Diffusion folder (with tokenizer/, text_encoder/, unet/, vae/, scheduler/)"
+            )
+        root = str(folder)
+        check_model_folder(folder, variant, allow_pickle)
     hub = {"revision": revision}
     weights = {**hub, "variant": variant, "use_safetensors": None if allow_pickle else True}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(root, subfolder="tokenizer", **hub)
-        text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **weights)
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **weights)
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **weights)
+    loaders = {
+        "tokenizer": lambda: AutoTokenizer.from_pretrained(root, subfolder="tokenizer", **hub),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **weights),
+        "unet": lambda: UNet2DConditionModel.from_pretrained(root, subfolder="unet", **weights),
+        "vae": lambda: AutoencoderKL.from_pretrained(root, subfolder="vae", **weights),
         # Any scheduler class reads any scheduler config file; PNDM is SD v1.4's own.
-        scheduler_config = dict(PNDMScheduler.load_config(root, subfolder="scheduler", **hub))
-    except (OSError, ValueError) as err:
-        pickle_hint = (
-            "\nIf the folder holds only .bin weights, pass --model.allow_pickle true (only for files you trust)."
-            if not allow_pickle
-            else ""
-        )
-        raise UserError(
-            f"could not load Stable Diffusion components from {root!r}: {first_line(err)}\n"
-            + HOW_TO_GET_WEIGHTS
-            + pickle_hint
-        ) from None
+        "scheduler": lambda: dict(PNDMScheduler.load_config(root, subfolder="scheduler", **hub)),
+    }
+    loaded = {}
+    for part, load in loaders.items():
+        try:
+            loaded[part] = load()
+        except Exception as err:  # safetensors, torch, json and the hub each raise their own kinds
+            advice = (
+                f"the files in {part}/ are unreadable or incomplete; copy the folder again"
+                if local
+                else " ".join(HOW_TO_GET_WEIGHTS.split())
+            )
+            raise UserError(
+                f"model.pretrained_model_name_or_path: could not load {part}/ of {root!r} ({first_line(err)}); {advice}"
+            ) from None
+    tokenizer, text_encoder, unet, vae = (loaded[k] for k in ("tokenizer", "text_encoder", "unet", "vae"))
+    scheduler_config = loaded["scheduler"]
     if tokenizer.model_max_length > text_encoder.config.max_position_embeddings:
         # Some tokenizer folders leave model_max_length unset (≈1e30); the text encoder's
         # position table is the real limit (77 for SD v1.4).

@@ -1,14 +1,16 @@
 """Prompt rows for `predict` and `test`: read from a list or a file, seeded, split across ranks exactly once."""
 
 import csv
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from ldm_lightning.errors import UserError
+from ldm_lightning.errors import UserError, first_line
 
 # Prompts the embedded tiny-shapes model understands; any text works with real SD weights.
 EXAMPLE_PROMPTS = [
@@ -26,6 +28,56 @@ TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json"
 ROW_KEYS = ("index", "prompt", "negative_prompt", "seed")
 
 
+def parser_error(err: BaseException) -> str:
+    """The first line of the innermost cause: datasets wraps the parser's own error, which names the line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return first_line(err)
+
+
+def check_text_file(path: Path) -> str:
+    """The text of a prompt file, which must be UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"data.prompts: {path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+def check_jsonl(path: Path) -> None:
+    """Name the first line of a JSONL file that is not a JSON object."""
+    for number, line in enumerate(check_text_file(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"data.prompts: {path}, line {number}: not valid JSON ({err.msg}); fix that line") from None
+        if not isinstance(value, dict):
+            raise UserError(f"data.prompts: {path}, line {number}: expected a JSON object with a prompt; fix that line")
+
+
+def used_seed(seed, where: str) -> int:
+    """The seed torch uses for `seed` (0 ≤ s < 2**64); refuse what `torch.Generator.manual_seed` refuses."""
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UserError(f"{where}: seed {seed!r} is not an integer; give a whole number")
+    try:
+        used = torch.Generator().manual_seed(seed).initial_seed()
+    except (RuntimeError, ValueError, OverflowError):
+        raise UserError(
+            f"{where}: seed {seed} is outside torch's 64-bit range [-2**63, 2**64 - 1]; use a smaller one"
+        ) from None
+    if used != seed:
+        rank_zero_info(f"{where}: seed {seed} is used as {used}, the same generator (torch takes seeds modulo 2**64).")
+    return used
+
+
 def _read_table(source: str, split: str):
     """A 🤗 datasets table from a data file, a saved dataset folder, or a hub dataset name."""
     import datasets
@@ -34,20 +86,42 @@ def _read_table(source: str, split: str):
     if path.suffix in TABLE_FORMATS and path.is_file():
         # A TSV (PartiPrompts) is unquoted: a prompt may begin with a quotation mark and must stay as written.
         options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}
-        return datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train", **options)
+        check_text_file(path)
+        if path.suffix == ".jsonl":
+            check_jsonl(path)
+        try:
+            return datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train", **options)
+        except Exception as err:  # datasets wraps pandas/pyarrow errors in its own kinds
+            raise UserError(
+                f"data.prompts: {source}: could not be read as {path.suffix} ({parser_error(err)}); fix the file"
+            ) from None
     saved_markers = ("dataset_info.json", "state.json", "dataset_dict.json")
     if path.is_dir() and any((path / m).exists() for m in saved_markers):
-        table = datasets.load_from_disk(str(path))
+        try:
+            table = datasets.load_from_disk(str(path))
+        except Exception as err:
+            raise UserError(
+                f"data.prompts: {source}: not a readable saved dataset ({parser_error(err)}); save it again"
+            ) from None
+        if isinstance(table, datasets.DatasetDict) and split not in table:
+            raise UserError(f"data.split: {source} has no split {split!r} (splits: {', '.join(table)}); choose one")
         return table[split] if isinstance(table, datasets.DatasetDict) else table
+    if path.is_dir() and source.startswith((".", "/", "~")):
+        raise UserError(
+            f"data.prompts: {source} is a folder but not a saved dataset (no dataset_info.json or state.json); "
+            "give a .txt/.csv/.jsonl/.parquet file or a folder written by Dataset.save_to_disk"
+        )
     if path.suffix or source.startswith((".", "/", "~")):
         raise UserError(
             f"data.prompts: no prompt file at {source!r} (expected .txt, .csv, .tsv, .jsonl, .parquet, "
-            "a saved dataset folder, or an inline list)"
+            "a saved dataset folder, or an inline list); check the path"
         )
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as err:  # datasets raises many kinds; the user needs one line
-        raise UserError(f"data.prompts: could not load dataset {source!r}: {err}") from None
+        raise UserError(
+            f"data.prompts: could not load dataset {source!r} ({parser_error(err)}); check the name"
+        ) from None
 
 
 def prompt_column_of(columns: list[str], wanted: str | None, source: str) -> str:
@@ -83,8 +157,8 @@ def read_rows(
     if isinstance(prompts, str) and Path(prompts).expanduser().suffix == ".txt":
         path = Path(prompts).expanduser()
         if not path.is_file():
-            raise UserError(f"data.prompts: no prompt file at {prompts!r}")
-        records = [{"prompt": line.strip()} for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            raise UserError(f"data.prompts: no prompt file at {prompts!r}; check the path")
+        records = [{"prompt": line.strip()} for line in check_text_file(path).splitlines() if line.strip()]
     elif isinstance(prompts, str):
         table = _read_table(prompts, split)
         column = prompt_column_of(table.column_names, prompt_column, prompts)
@@ -100,15 +174,19 @@ def read_rows(
     rows = []
     for index, r in enumerate(records):
         if not isinstance(r["prompt"], str):
-            raise UserError(f"data.prompts: row {index} has a prompt that is not text: {r['prompt']!r}")
+            raise UserError(f"data.prompts: row {index} has a prompt that is not text: {r['prompt']!r}; use text")
         row_seed = r.get("seed")
+        negative = r.get("negative_prompt") or negative_prompt
+        if not isinstance(negative, str):
+            raise UserError(f"data.prompts: row {index} has a negative_prompt that is not text: {negative!r}; use text")
+        where = "data.seed" if row_seed is None else f"data.prompts: row {index}"
         rows.append(
             {
                 **{k: v for k, v in r.items() if k not in ROW_KEYS},
                 "index": index,
                 "prompt": r["prompt"],
-                "negative_prompt": r.get("negative_prompt") or negative_prompt,
-                "seed": int(seed + index if row_seed is None else row_seed),
+                "negative_prompt": negative,
+                "seed": used_seed(seed + index if row_seed is None else row_seed, where),
             }
         )
     return rows
@@ -137,12 +215,12 @@ class _Rows(Dataset):
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rows -> one batch: lists of strings, tensors of indices and seeds."""
+    """Rows -> one batch: lists of strings and seeds, a tensor of indices."""
     return {
         "index": torch.tensor([r["index"] for r in rows]),
         "prompt": [r["prompt"] for r in rows],
         "negative_prompt": [r["negative_prompt"] for r in rows],
-        "seed": torch.tensor([r["seed"] for r in rows]),
+        "seed": [r["seed"] for r in rows],  # ints: seeds up to 2**64 - 1 do not fit an int64 tensor
     }
 
 
@@ -188,7 +266,14 @@ class PromptDataModule(LightningDataModule):
         """
         super().__init__()
         if batch_size < 1:
-            raise UserError(f"data.batch_size: must be at least 1, got {batch_size}")
+            raise UserError(f"data.batch_size: must be at least 1, got {batch_size}; try 4")
+        if limit is not None and limit < 1:
+            raise UserError(f"data.limit: must be at least 1, got {limit}; leave it out for all prompts")
+        if num_workers < 0:
+            raise UserError(
+                f"data.num_workers: must be 0 or more, got {num_workers}; 0 reads prompts in the main process"
+            )
+        used_seed(seed, "data.seed")
         self.save_hyperparameters()
         self.rows: list[dict[str, Any]] = []
         self.skip: set[int] = set()  # indices already finished in the output folder (resume)

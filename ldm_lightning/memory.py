@@ -41,3 +41,51 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory free for a run: the GPU's free memory, or the host's MemAvailable (None where unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return int(re.search(r"MemAvailable:\s+(\d+)", Path("/proc/meminfo").read_text())[1]) * 1024
+    except (OSError, TypeError):
+        return None
+
+
+def sampling_bytes_lower_bound(channels: int, decoder_channels: int, height: int, width: int, batch: int, factor: int):
+    """Bytes a batch needs at the least, counting only what cannot be avoided, at 2 bytes per value.
+
+    The CFG batch of latents (2 × channels × H/f × W/f) and two activations of the VAE decoder's last,
+    full-resolution block (decoder_channels × H × W each: its input and output) for every image. The
+    true peak is several times higher; a run refused by this bound could not have finished.
+    """
+    latents = 2 * channels * (height // factor) * (width // factor)
+    decoder = 2 * decoder_channels * height * width
+    return batch * (latents + decoder) * 2
+
+
+def check_fits(module, batch_size: int, accelerator: str | None) -> None:
+    """Refuse, before anything is allocated, an image size that cannot fit in this device's memory."""
+    from ldm_lightning.components import vae_scale_factor
+    from ldm_lightning.errors import UserError
+
+    name = str(accelerator or "auto").lower()
+    if name not in ("auto", "cpu", "gpu", "cuda"):
+        return
+    device = torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    free = available_bytes(device)
+    need = sampling_bytes_lower_bound(
+        module.unet.config.in_channels,
+        module.vae.config.block_out_channels[0],
+        module.height,
+        module.width,
+        batch_size,
+        vae_scale_factor(module.vae),
+    )
+    if free is not None and need > free:
+        raise UserError(
+            f"model.height/model.width: {module.height}×{module.width} images need at least {need / 2**30:,.1f} GiB "
+            f"for a batch of {batch_size} (latents and the VAE decoder's full-size activations), but {device.type} "
+            f"has {free / 2**30:,.1f} GiB free; use a smaller size or --data.batch_size"
+        )

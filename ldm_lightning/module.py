@@ -5,6 +5,7 @@ It orchestrates; the math lives in `sampling.py` (generation), `training.py` (th
 distribution metrics against real images).
 """
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -100,11 +101,19 @@ class LatentDiffusionModule(LightningModule):
         super().__init__()
         check_scheduler_name(scheduler)
         if num_inference_steps < 1:
-            raise UserError(f"model.num_inference_steps: must be at least 1, got {num_inference_steps}")
-        if guidance_scale < 0:
-            raise UserError(f"model.guidance_scale: must be >= 0, got {guidance_scale}")
+            raise UserError(f"model.num_inference_steps: must be at least 1, got {num_inference_steps}; try 25")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise UserError(
+                f"model.guidance_scale: must be a finite number >= 0, got {guidance_scale}; SD v1.4 uses 7.5"
+            )
         if not 0.0 <= eta <= 1.0:
-            raise UserError(f"model.eta: must be in [0, 1], got {eta}")
+            raise UserError(f"model.eta: must be in [0, 1], got {eta}; 0 is deterministic DDIM")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and value <= 0:
+                raise UserError(
+                    f"model.{name}: must be a positive number of pixels, got {value}; "
+                    "leave it out for the model's own size"
+                )
         unknown = [m for m in metrics or [] if m not in Metric.__args__]
         if unknown:
             raise UserError(f"model.metrics: unknown {unknown}; choose from {', '.join(Metric.__args__)}")
@@ -118,7 +127,13 @@ class LatentDiffusionModule(LightningModule):
         self.tokenizer = self.components.tokenizer
         factor = vae_scale_factor(self.vae)
         native = default_size(self.unet, self.vae)
-        self.height, self.width = height or native, width or native
+        train_steps = int(self.components.scheduler_config.get("num_train_timesteps", 1000))
+        if num_inference_steps > train_steps:
+            raise UserError(
+                f"model.num_inference_steps: {num_inference_steps} is more than the {train_steps} steps the model was "
+                f"trained with (its scheduler's num_train_timesteps); use at most {train_steps}"
+            )
+        self.height, self.width = native if height is None else height, native if width is None else width
         for name, value in (("height", self.height), ("width", self.width)):
             if value % factor:
                 raise UserError(
@@ -197,7 +212,7 @@ class LatentDiffusionModule(LightningModule):
             build_scheduler(hp.scheduler, self.components.scheduler_config),
             batch["prompt"],
             batch["negative_prompt"],
-            batch["seed"].tolist(),
+            list(batch["seed"]),
             num_inference_steps=hp.num_inference_steps,
             guidance_scale=hp.guidance_scale,
             eta=hp.eta,
@@ -245,7 +260,8 @@ class LatentDiffusionModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "test":
-            self.clip = load_clip(self.clip_name)
+            if getattr(self, "clip", None) is None:  # the CLI loads it before the run starts
+                self.clip = load_clip(self.clip_name)
             self.extractors = self.build_extractors()
             self.reference, self.reference_skipped = None, []
         if stage == "fit":

@@ -17,6 +17,8 @@ from typing import Any
 
 from PIL import Image
 
+from ldm_lightning.errors import UserError
+
 MANIFEST = "manifest.jsonl"
 RUN_FILE = "run.json"
 
@@ -33,12 +35,28 @@ def choose_run_dir(base: str | Path, run_fingerprint: str) -> Path:
     base = Path(base)
     for n in range(10_000):
         candidate = base if n == 0 else base.with_name(f"{base.name}-{n}")
+        if candidate.exists() and not candidate.is_dir():
+            raise UserError(f"output_dir: {candidate} is a file, not a folder; choose another --output_dir")
         if not candidate.exists() or not any(candidate.iterdir()):
             return candidate
         run = candidate / RUN_FILE
         if run.is_file() and json.loads(run.read_text()).get("fingerprint") == run_fingerprint:
             return candidate
     raise RuntimeError(f"no free output folder next to {base}")
+
+
+def check_writable(folder: Path) -> None:
+    """Create the run folder and write a test file in it: fail at start, not after the first batch."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        atomic_write(probe, b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(
+            f"output_dir: cannot write to {folder} ({err.strerror}); choose a writable --output_dir on a "
+            "filesystem with free space"
+        ) from None
 
 
 def image_name(index: int, prompt: str, max_chars: int = 48) -> str:

@@ -104,7 +104,7 @@ def test_help(capsys):
         (["--model.height=31"], "model.height: 31 is not a multiple of 2"),
         (["--data.prompts=[]"], "data.prompts: no prompts found"),
         (["--data.prompts=missing.txt"], "data.prompts: no prompt file at 'missing.txt'"),
-        (["--model.pretrained_model_name_or_path=/nowhere/sd"], "no folder at '/nowhere/sd'"),
+        (["--model.pretrained_model_name_or_path=/nowhere/sd"], "/nowhere/sd: no such folder"),
         (["--model.scheduler=magic"], "dpmpp_2m_karras"),
         (
             ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"],

@@ -98,13 +98,13 @@ def test_ddim_respects_the_checkpoints_clip_sample(tiny_module, monkeypatch, cli
     (SD v1.4's and the embedded model's do), latents are not clipped."""
     from diffusers import DDIMScheduler
 
-    config = {k: v for k, v in tiny_module.parts.scheduler_config.items() if k != "clip_sample"}
+    config = {k: v for k, v in tiny_module.components.scheduler_config.items() if k != "clip_sample"}
     if clip_sample is not None:
         config["clip_sample"] = clip_sample
-    monkeypatch.setattr(tiny_module.parts, "scheduler_config", config)
+    monkeypatch.setattr(tiny_module.components, "scheduler_config", config)
     configure(tiny_module, "ddim", 4.0)
     ours = tiny_module.sample(batch_of(PROMPTS, NEGATIVES, SEEDS)).images
-    pipe = reference_pipeline(tiny_module.parts, "ddim")
+    pipe = reference_pipeline(tiny_module.components, "ddim")
     # The reference: diffusers' own DDIM built from the same config, False only where the config is silent.
     pipe.scheduler = DDIMScheduler.from_config(config, **({"clip_sample": False} if clip_sample is None else {}))
     assert pipe.scheduler.config.clip_sample is bool(clip_sample)

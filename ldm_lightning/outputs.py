@@ -5,6 +5,7 @@ the prompt rows). Starting the same run again resumes it; a different run never 
 folder: it goes to `<dir>-1`, `<dir>-2`, … instead, so nothing is mixed or overwritten.
 """
 
+import errno
 import hashlib
 import io
 import json
@@ -75,6 +76,9 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, say: name the file the user knows, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -92,8 +96,15 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        written = os.write(fd, line)
+        if written < len(line):
+            # A full disk (or file-size limit) took part of the line: cut it off again, so the file
+            # holds only whole rows, and report the error the next write would have given.
+            os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR) - written)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         os.fsync(fd)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         os.close(fd)
 

@@ -1,6 +1,7 @@
 """A Lightning callback that saves every generated image as a PNG with one manifest row, on every rank."""
 
 import json
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,11 @@ from diffusers.utils import make_image_grid
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
 from ldm_lightning.data import ROW_KEYS
+from ldm_lightning.errors import UserError
 from ldm_lightning.outputs import (
     MANIFEST,
     RUN_FILE,
@@ -55,10 +58,16 @@ class ImageWriter(BasePredictionWriter):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if trainer.is_global_zero and not (self.run_dir / RUN_FILE).exists():
-            run = {"fingerprint": self.fingerprint, "stage": stage, "settings": self.settings}
-            atomic_write(self.run_dir / RUN_FILE, json.dumps(run, indent=2).encode())
-        trainer.strategy.barrier("ldm_lightning.writer.setup")
+        if trainer.is_global_zero:
+            if not (self.run_dir / RUN_FILE).exists():
+                run = {"fingerprint": self.fingerprint, "stage": stage, "settings": self.settings}
+                atomic_write(self.run_dir / RUN_FILE, json.dumps(run, indent=2).encode())
+            # A run stopped by a full disk or a kill may have left a torn last line, which a new row
+            # appended after it would join; keep only whole rows before anything is appended.
+            for name in (MANIFEST, RESULTS):
+                if (self.run_dir / name).is_file():
+                    rewrite_sorted(self.run_dir / name, {i: r for i, r in enumerate(read_jsonl(self.run_dir / name))})
+        check_shared_folder(trainer, self.run_dir)
         done = finished_rows(self.run_dir, read_jsonl(self.done_file(stage)))
         datamodule = trainer.datamodule
         datamodule.skip = set(done)
@@ -94,6 +103,18 @@ class ImageWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         self.write_rows(prediction)
+        drop_pixels(prediction)
+        self.stop_if_preempted(trainer)
+
+    def stop_if_preempted(self, trainer: Trainer) -> None:
+        """After a SIGTERM (how SLURM and Kubernetes preempt), stop once the batch in flight is written.
+
+        Lightning's signal connector records the signal (`trainer.received_sigterm`) and stops `fit`
+        and `test` between batches, but not `predict`; stopping here covers both, with the reason.
+        """
+        if trainer.received_sigterm:
+            done = len(finished_rows(self.run_dir, read_jsonl(self.manifest), decode=False))
+            raise SIGTERMException(f"SIGTERM received; {done} finished images are kept in {self.run_dir}")
 
     def finish(self, trainer: Trainer) -> dict[int, dict[str, Any]]:
         """After all ranks: sort the manifest, draw the grid; returns the finished rows by index."""
@@ -116,6 +137,8 @@ class ImageWriter(BasePredictionWriter):
         self.write_rows(outputs, extra_file=self.run_dir / RESULTS)
         if trainer.is_global_zero:
             log_batch(trainer, outputs, batch_idx)
+        drop_pixels(outputs)
+        self.stop_if_preempted(trainer)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Every rank's rows are on disk after the barrier: reduce once, from the file, which also
@@ -154,6 +177,38 @@ class ImageWriter(BasePredictionWriter):
             summary = json.loads((self.run_dir / SUMMARY).read_text())
             summary["groups"] = write_groups(trainer, self.run_dir, rows, group_by)
             atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
+
+
+def check_shared_folder(trainer: Trainer, run_dir: Path) -> None:
+    """Every rank must see the one output folder: rank 0 writes a token file that every rank then looks for.
+
+    Ranks on several machines each write their own images, so the folder must be on a filesystem
+    they share; on a node-local disk each machine would hold only part of the run.
+    """
+    token = trainer.strategy.broadcast(secrets.token_hex(8) if trainer.is_global_zero else None, src=0)
+    probe = run_dir / f".ranks-{token}"
+    if trainer.is_global_zero:
+        atomic_write(probe, b"")
+    trainer.strategy.barrier("ldm_lightning.writer.shared")
+    seen = probe.exists()
+    everyone = trainer.strategy.reduce_boolean_decision(seen, all=True)
+    trainer.strategy.barrier("ldm_lightning.writer.shared_checked")
+    if trainer.is_global_zero:
+        probe.unlink(missing_ok=True)
+    if not everyone:
+        raise UserError(
+            f"output_dir: not every rank sees {run_dir} (rank {trainer.global_rank} "
+            f"{'does' if seen else 'does not'}); put --output_dir on a filesystem all machines share"
+        )
+
+
+def drop_pixels(rows: list[dict[str, Any]]) -> None:
+    """Free a written batch's images (and saved features): whatever still holds its rows (Lightning's returned
+    predictions, if asked for) keeps only the small manifest fields, so memory stays flat however many images a
+    run makes."""
+    for row in rows:
+        row.pop("pixels", None)
+        row.pop("features", None)
 
 
 def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,149 @@
+"""Long runs: memory flat in the number of images; a full disk and SIGTERM stop cleanly and resume to the same end."""
+
+import functools
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from helpers import manifest, pixels, run_cli
+
+PROMPTS = json.dumps(
+    [f"a {c} {s}" for c in ("red", "blue", "green", "white") for s in ("circle", "star", "cross", "square")]
+)
+
+
+def args_for(model: str, out: Path, *extra: str, subcommand: str = "predict") -> list[str]:
+    return [
+        subcommand,
+        f"--model.pretrained_model_name_or_path={model}",
+        "--model.height=32",
+        "--model.width=32",
+        f"--data.prompts={PROMPTS}",
+        f"--output_dir={out}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+        *extra,
+    ]
+
+
+def start(args: list[str], file_size_limit: int | None = None) -> subprocess.Popen:
+    """The CLI in a child process (signals and resource limits must not touch the test process)."""
+
+    def limit() -> None:
+        if file_size_limit is not None:
+            # A write past the limit fails with EFBIG, as a full disk fails with ENOSPC (no root needed).
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = ["timeout", "-k", "10", "180", sys.executable, "-m", "ldm_lightning", *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=limit)
+
+
+def assert_whole(folder: Path, name: str = "manifest.jsonl") -> list[dict]:
+    """No temporary files; every line of the manifest (or results) is whole, and its image is on disk."""
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")] == []
+    rows = manifest(folder, name)  # json.loads of every line: a torn line fails here
+    for row in rows:
+        assert pixels(folder, row).shape == (32, 32, 3)
+    return rows
+
+
+def assert_same_images(folder: Path, reference: Path, name: str = "manifest.jsonl") -> None:
+    rows, ref = manifest(folder, name), manifest(reference, name)
+    assert [r["index"] for r in rows] == [r["index"] for r in ref] == list(range(16))  # each exactly once
+    for a, b in zip(rows, ref):
+        assert np.abs(pixels(folder, a) - pixels(reference, b)).max() == 0
+
+
+def test_predict_keeps_no_images_in_memory(tiny_model, tmp_path, monkeypatch):
+    from lightning import Trainer
+
+    returned = []  # what Trainer.predict hands back, and what its loop still holds
+    original = Trainer.predict
+
+    @functools.wraps(original)  # the CLI reads predict's signature for its arguments
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        returned.append((out, self.predict_loop._predictions))
+        return out
+
+    monkeypatch.setattr(Trainer, "predict", spy)
+    assert run_cli(args_for(tiny_model, tmp_path / "a", "--model.num_inference_steps=2", "--data.batch_size=4"))[0] == 0
+    assert returned[0] == (None, [])  # the CLI does not ask Lightning to keep every batch's rows
+    # Asked for them explicitly, the rows come back without their pixels (the writer consumed them).
+    extra = ("--model.num_inference_steps=2", "--data.batch_size=4", "--return_predictions=true")
+    assert run_cli(args_for(tiny_model, tmp_path / "b", *extra))[0] == 0
+    rows = [row for batch in returned[1][0] for row in batch]
+    assert sorted(r["index"] for r in rows) == list(range(16))
+    assert not any("pixels" in r for r in rows)
+
+
+def test_test_keeps_no_images_in_memory(tiny_model, tiny_clip, tmp_path, monkeypatch):
+    from ldm_lightning.module import LatentDiffusionModule
+
+    outputs = []  # every row test_step returned, as Lightning and the callbacks see it
+    original = LatentDiffusionModule.test_step
+    monkeypatch.setattr(
+        LatentDiffusionModule, "test_step", lambda self, *a: (rows := original(self, *a), outputs.extend(rows))[0]
+    )
+    extra = ("--model.num_inference_steps=2", f"--model.clip_model_name_or_path={tiny_clip}", "--data.batch_size=8")
+    assert run_cli(args_for(tiny_model, tmp_path / "run", *extra, subcommand="test"))[0] == 0
+    assert len(outputs) == 16 and not any("pixels" in r for r in outputs)
+
+
+def test_full_disk_stops_cleanly_and_the_same_command_resumes(tiny_model, tmp_path):
+    args = args_for(tiny_model, tmp_path / "run", "--model.num_inference_steps=2", "--data.batch_size=2")
+    full = start(args, file_size_limit=4000)  # the manifest outgrows it after about 10 rows
+    _, err = full.communicate()
+    assert full.returncode == 2, err[-2000:]
+    assert "Traceback" not in err
+    line = err[err.rindex("error: ") :].strip()
+    assert "manifest.jsonl" in line and "run the same command again" in line and "\n" not in line
+    done = assert_whole(tmp_path / "run")
+    assert 0 < len(done) < 16
+    # Space freed: the same command finishes the run, keeping what was done.
+    kept = {r["image"]: (tmp_path / "run" / r["image"]).stat().st_mtime_ns for r in done}
+    _, err = (again := start(args)).communicate()
+    assert again.returncode == 0, err[-2000:]
+    assert {name: (tmp_path / "run" / name).stat().st_mtime_ns for name in kept} == kept
+    assert_whole(tmp_path / "run")
+    assert (
+        run_cli(args_for(tiny_model, tmp_path / "whole", "--model.num_inference_steps=2", "--data.batch_size=2"))[0]
+        == 0
+    )
+    assert_same_images(tmp_path / "run", tmp_path / "whole")
+
+
+def test_sigterm_stops_after_the_batch_in_flight_and_resumes_to_the_same_scores(tiny_model, tiny_clip, tmp_path):
+    # Enough steps that the run is still going when the signal comes; 16 prompts in batches of 2.
+    extra = ("--model.num_inference_steps=20", f"--model.clip_model_name_or_path={tiny_clip}", "--data.batch_size=2")
+    args = args_for(tiny_model, tmp_path / "run", *extra, subcommand="test")
+    run = start(args)
+    results = tmp_path / "run" / "results.jsonl"
+    deadline = time.monotonic() + 150
+    while not (results.is_file() and results.read_text()) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)  # SIGTERM to the CLI process itself (timeout passes it on)
+    _, err = run.communicate()
+    assert run.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "run the same command again to resume" in err
+    done = assert_whole(tmp_path / "run", "results.jsonl")
+    assert 0 < len(done) < 16 and not (tmp_path / "run" / "summary.json").exists()
+    _, err = (again := start(args)).communicate()
+    assert again.returncode == 0, err[-2000:]
+    assert run_cli(args_for(tiny_model, tmp_path / "whole", *extra, subcommand="test"))[0] == 0
+    assert_same_images(tmp_path / "run", tmp_path / "whole", "results.jsonl")
+    scores = [r["clip_score"] for r in manifest(tmp_path / "run", "results.jsonl")]
+    reference = [r["clip_score"] for r in manifest(tmp_path / "whole", "results.jsonl")]
+    assert np.allclose(scores, reference, atol=1e-6)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    assert summary["n"] == whole["n"] == 16
+    assert abs(summary["clip_score_mean"] - whole["clip_score_mean"]) <= 1e-6

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import secrets
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -38,7 +39,8 @@ def choose_run_dir(base: str | Path, run_fingerprint: str) -> Path:
         candidate = base if n == 0 else base.with_name(f"{base.name}-{n}")
         if candidate.exists() and not candidate.is_dir():
             raise UserError(f"output_dir: {candidate} is a file, not a folder; choose another --output_dir")
-        if not candidate.exists() or not any(candidate.iterdir()):
+        # Hidden entries are other processes' probes and temporary files: such a folder is still free.
+        if not candidate.exists() or not any(not p.name.startswith(".") for p in candidate.iterdir()):
             return candidate
         run = candidate / RUN_FILE
         if run.is_file() and json.loads(run.read_text()).get("fingerprint") == run_fingerprint:
@@ -50,7 +52,7 @@ def check_writable(folder: Path) -> None:
     """Create the run folder and write a test file in it: fail at start, not after the first batch."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
+        probe = folder / f".write-test-{secrets.token_hex(4)}"  # one per process: ranks start together
         atomic_write(probe, b"ok")
         probe.unlink()
     except OSError as err:

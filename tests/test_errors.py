@@ -62,6 +62,7 @@ CASES = [
     ("prompts-folder-not-dataset", [f"--data.prompts={D}/not-a-dataset"], "not-a-dataset is a folder"),
     # model folders
     ("model-missing-local-path", ["--model.pretrained_model_name_or_path=/nowhere/sd"], "/nowhere/sd: no such folder"),
+    ("model-hub-not-cached", ["--model.pretrained_model_name_or_path=CompVis/not-cached"], "hf download"),
     ("model-path-is-a-file", [f"--model.pretrained_model_name_or_path={D}/empty.txt"], "empty.txt: a file"),
     ("model-missing-part", [f"--model.pretrained_model_name_or_path={D}/no-unet"], "no unet/"),
     ("model-truncated-weights", [f"--model.pretrained_model_name_or_path={D}/truncated"], "unet/"),
@@ -149,9 +150,20 @@ def test_mistake_gives_one_line(case, inputs, tiny_model, tmp_path, capsys):
     assert message.startswith("error: "), err[-2000:]
     assert names.replace(D, str(inputs)) in message, message
     assert ";" in message  # <what is wrong>; <what to do>
-    if name.startswith(("model-", "prompts-")) and name != "model-variant-missing":
+    if name.startswith(("model-", "prompts-")) and name not in ("model-variant-missing", "model-hub-not-cached"):
         assert not any(leak in message for leak in LEAKS), message
     if name != "model-pickle-weights":
         assert "allow_pickle" not in message, message
     if out.exists():  # nothing half-written: no image, manifest, temporary or run file
         assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_seeds_torch_accepts_are_used_as_torch_uses_them(tiny_module):
+    """Negative seeds become their 64-bit equivalent (the same generator); the largest seed samples."""
+    from ldm_lightning.data import collate, read_rows
+
+    rows = read_rows(["a red circle", "a blue star"], seed=-1)
+    assert [r["seed"] for r in rows] == [2**64 - 1, 0]  # -1 + row 1 = 0
+    # The largest seed passes through the batch (it does not fit an int64 tensor) and draws its own noise.
+    images = tiny_module.sample(collate(read_rows(["a red circle"], 2**64 - 1) + read_rows(["a red circle"], 0))).images
+    assert images.isfinite().all() and (images[0] - images[1]).abs().max() > 0.01

@@ -16,9 +16,10 @@ ASSETS = Path(__file__).parent / "assets"
 EMBEDDED = {"tiny-shapes": ASSETS / "tiny-shapes"}
 
 HOW_TO_GET_WEIGHTS = (
-    "This machine cannot download weights. On a connected machine run\n"
+    "The weights are neither in the Hugging Face cache nor downloadable from where this runs. On a connected\n"
+    "machine run\n"
     "    hf download CompVis/stable-diffusion-v1-4 --exclude '*.ckpt' --local-dir sd-v1-4\n"
-    "(accept the model licence on huggingface.co first), copy the folder here and pass\n"
+    "(accept the model licence on huggingface.co first), copy the folder over and pass\n"
     "    --model.pretrained_model_name_or_path /path/to/sd-v1-4\n"
     "or copy the Hugging Face cache (~/.cache/huggingface/hub) and set HF_HUB_OFFLINE=1."
 )

@@ -5,7 +5,9 @@ import torch
 from diffusers import AutoencoderKL
 from transformers import AutoTokenizer, CLIPModel, CLIPTextModel
 
-from ldm_lightning.shapes.clip import build_clip, export_text_encoder, save_clip, train_clip
+from ldm_lightning.shapes.clip import build_clip, clip_batches, export_text_encoder, save_clip, train_clip
+from ldm_lightning.shapes.data import matches, parse_caption
+from ldm_lightning.shapes.judge import judge
 from ldm_lightning.shapes.tokenizer import BOS, EOS, build_tokenizer
 from ldm_lightning.shapes.vae import build_vae, latent_scaling_factor, train_vae
 
@@ -38,6 +40,27 @@ def test_tokenizer_round_trip(tmp_path) -> None:
     assert direct.unk_token_id in ids[3].tolist()  # "dog" is not in the vocabulary
     long = direct(["a " * 40], **kwargs).input_ids[0]
     assert long[0] == direct.bos_token_id and long[-1] == direct.eos_token_id  # truncation keeps EOS
+
+
+def test_clip_batches_hold_position_twins() -> None:
+    prompts, pixels, shapes = next(clip_batches(batch_size=16, seed=0, p_twins=0.5))
+    assert len(prompts) == len(pixels) == len(shapes) == 16
+    for i in range(4):  # items 0-3 and their twins 12-15: the same shape elsewhere, each captioned with its place
+        a, b = shapes[i], shapes[12 + i]
+        assert a.position != b.position and (a.shape, a.colour, a.size, a.dx, a.dy) == (
+            b.shape,
+            b.colour,
+            b.size,
+            b.dx,
+            b.dy,
+        )
+        for k in (i, 12 + i):
+            assert parse_caption(prompts[k])["position"] == shapes[k].position
+        assert not matches(prompts[i], b) and not matches(prompts[12 + i], a)
+    # the pixels show the attributes: the drawn position is the listed one
+    for k in range(16):
+        image = ((pixels[k].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        assert judge(image).position == shapes[k].position
 
 
 def test_clip_trains_saves_and_exports(tmp_path) -> None:

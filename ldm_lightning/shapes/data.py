@@ -169,11 +169,12 @@ def render(shape: Shape, supersample: int = 4) -> Image.Image:
     return image.resize((SIZE_PX, SIZE_PX), Image.Resampling.BOX)
 
 
-def caption(shape: Shape, style: CaptionStyle | np.random.Generator = "full") -> str:
+def caption(shape: Shape, style: CaptionStyle | np.random.Generator = "full", with_position: bool = False) -> str:
     """Caption ``shape``: ``"full"`` template, ``"short"`` ("a red circle"), or varied from an rng.
 
     Varied captions drop, reorder and paraphrase attributes so short user prompts are in-distribution
-    (a U-Net trained on one template answers only that template).
+    (a U-Net trained on one template answers only that template); ``with_position`` keeps the position
+    phrase in a varied caption.
     """
     if style == "full":
         return f"a {shape.size} {shape.colour} {shape.shape} {POSITION_PHRASES[shape.position][0]}"
@@ -193,7 +194,7 @@ def caption(shape: Shape, style: CaptionStyle | np.random.Generator = "full") ->
     if rng.random() < 0.8:
         words.insert(0, "a")
     noun = " ".join(words)
-    if not (full or rng.random() < 0.5):
+    if not (full or with_position or rng.random() < 0.5):
         return noun
     phrases = POSITION_PHRASES[shape.position]
     phrase = phrases[rng.integers(len(phrases))]

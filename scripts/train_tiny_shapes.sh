@@ -9,8 +9,12 @@ VAE_STEPS=${VAE_STEPS:-600}
 UNET_STEPS=${UNET_STEPS:-2400}
 mkdir -p "$BUILD"
 t0=$(date +%s)
-python -m ldm_lightning.shapes.clip --out "$BUILD/clip" --steps "$CLIP_STEPS" --threads 1 --seed 0
+# CLIP and VAE are independent: one thread each, side by side.
+python -m ldm_lightning.shapes.clip --out "$BUILD/clip" --steps "$CLIP_STEPS" --threads 1 --seed 0 > "$BUILD/clip.log" 2>&1 &
+clip_pid=$!
 python -m ldm_lightning.shapes.vae --out "$BUILD/vae" --steps "$VAE_STEPS" --batch-size 16 --threads 1 --seed 0
+wait "$clip_pid" || { cat "$BUILD/clip.log"; exit 1; }
+cat "$BUILD/clip.log"
 python -m ldm_lightning.shapes.assemble --clip "$BUILD/clip" --vae "$BUILD/vae" --out "$BUILD/init" --seed 0
 python -m ldm_lightning fit --config configs/fit/tiny-shapes.yaml \
     --model.pretrained_model_name_or_path "$BUILD/init" --data.init_args.vae_from "$BUILD/init" \

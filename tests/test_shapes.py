@@ -82,3 +82,24 @@ def test_datamodule_batches() -> None:
     assert batch["pixel_values"].min() >= -1 and batch["pixel_values"].max() <= 1
     empty = sum(ShapesDataset(2000, p_empty_caption=0.1)[i]["prompt"] == "" for i in range(2000))
     assert 150 < empty < 250
+
+
+def test_evaluation_columns_score_drawn_images() -> None:
+    from ldm_lightning.clip_score import load_clip
+    from ldm_lightning.shapes.evaluate import accuracy, prompt_sets
+
+    sets = prompt_sets(per_set=10, seed=0)
+    clip = load_clip("tiny-clip")
+    for name in ("seen full", "held-out reordered", "seen short"):
+        prompts, shapes = zip(*sets[name])
+        assert sorted(s.position for s in shapes) == sorted(["center", "top", "bottom", "left", "right"] * 2)
+        drawn = torch.stack([torch.from_numpy(np.asarray(render(s))).permute(2, 0, 1) for s in shapes])
+        moved = [Shape(s.shape, s.colour, s.size, "center" if s.position != "center" else "top") for s in shapes]
+        elsewhere = torch.stack([torch.from_numpy(np.asarray(render(s))).permute(2, 0, 1) for s in moved])
+        right, wrong = (
+            accuracy(drawn, list(prompts), list(shapes), clip),
+            accuracy(elsewhere, list(prompts), list(shapes), clip),
+        )
+        assert right["judge colour"] == right["judge position"] == wrong["judge colour"] == 1.0
+        assert wrong["judge position"] == 0.0
+        assert right["judge size"] == (None if name == "seen short" else 1.0)

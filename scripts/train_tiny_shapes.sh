@@ -7,10 +7,12 @@ BUILD=${1:-build/tiny-shapes}
 CLIP_STEPS=${CLIP_STEPS:-461}
 VAE_STEPS=${VAE_STEPS:-600}
 UNET_STEPS=${UNET_STEPS:-2400}
+# 0 reproduces the shipped CLIP; CLIP_P_TWINS=0.5 trains the CLIP that encodes position (see the model card).
+CLIP_P_TWINS=${CLIP_P_TWINS:-0}
 mkdir -p "$BUILD"
 t0=$(date +%s)
 # CLIP and VAE are independent: one thread each, side by side.
-python -m ldm_lightning.shapes.clip --out "$BUILD/clip" --steps "$CLIP_STEPS" --threads 1 --seed 0 > "$BUILD/clip.log" 2>&1 &
+python -m ldm_lightning.shapes.clip --out "$BUILD/clip" --steps "$CLIP_STEPS" --p-twins "$CLIP_P_TWINS" --threads 1 --seed 0 > "$BUILD/clip.log" 2>&1 &
 clip_pid=$!
 python -m ldm_lightning.shapes.vae --out "$BUILD/vae" --steps "$VAE_STEPS" --batch-size 16 --threads 1 --seed 0
 wait "$clip_pid" || { cat "$BUILD/clip.log"; exit 1; }

@@ -7,7 +7,6 @@ As in SD v1, where the U-Net reads CLIP ViT-L/14's text tower. Run:
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,7 +18,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
-from ldm_lightning.shapes.budget import steps_for_minutes
 from ldm_lightning.shapes.data import (
     POSITIONS,
     Shape,
@@ -32,6 +30,7 @@ from ldm_lightning.shapes.data import (
     shape_at,
     to_tensor,
 )
+from ldm_lightning.shapes.loop import steps_for_minutes, train_loop
 from ldm_lightning.shapes.tokenizer import build_tokenizer
 
 # OpenAI CLIP's normalisation, so the saved CLIPImageProcessor is the stock one.
@@ -137,30 +136,16 @@ def train_clip(
 ) -> list[float]:
     """AdamW, linear warm-up then cosine decay to 1% of ``lr``; returns every step's loss."""
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))),
-    )
-    model.train()
-    losses, start = [], time.time()
-    for step, (prompts, pixels, shapes) in zip(range(steps), clip_batches(batch_size, seed, p_full, p_twins)):
+
+    def step_loss(batch) -> tuple[torch.Tensor, dict[str, float]]:
+        prompts, pixels, shapes = batch
         tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
         out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=normalize(pixels))
         loss = contrastive_loss(out.logits_per_image, prompts, shapes)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(
-                f"step {step:5d}/{steps} {time.time() - start:6.0f}s loss {loss.item():.4f} "
-                f"scale {model.logit_scale.exp().item():.1f}",
-                flush=True,
-            )
-    model.eval()
-    return losses
+        return loss, {"loss": loss.item(), "scale": model.logit_scale.exp().item()}
+
+    batches = clip_batches(batch_size, seed, p_full, p_twins)
+    return train_loop(model, batches, step_loss, steps, lr, weight_decay=0.05, warmup=warmup, log_every=log_every)
 
 
 @torch.no_grad()

@@ -7,7 +7,6 @@ Run: ``python -m ldm_lightning.shapes.vae --out DIR --minutes M --seed S``. The 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,9 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 
-from ldm_lightning.shapes.budget import steps_for_minutes
 from ldm_lightning.shapes.data import Shape, ShapesDataset, Split, eval_shapes, render, to_tensor
 from ldm_lightning.shapes.judge import judge
+from ldm_lightning.shapes.loop import steps_for_minutes, train_loop
 
 
 def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0) -> AutoencoderKL:
@@ -96,29 +95,14 @@ def train_vae(
     """AdamW with linear warm-up and cosine decay to 1% of ``lr``; returns the loss of every step."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))),
+
+    def step_loss(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        return vae_loss(vae, x, kl_weight, edge_weight, mse_weight, generator)
+
+    batches = image_batches(batch_size, seed)
+    return train_loop(
+        vae, batches, step_loss, steps, lr, weight_decay=0.0, warmup=warmup, clip_grad_norm=1.0, log_every=log_every
     )
-    vae.train()
-    losses, start = [], time.time()
-    for step, x in zip(range(steps), image_batches(batch_size, seed)):
-        loss, parts = vae_loss(vae, x, kl_weight, edge_weight, mse_weight, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(parts["loss"])
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(
-                f"step {step:5d}/{steps} {time.time() - start:6.0f}s "
-                + " ".join(f"{k} {v:.4f}" for k, v in parts.items()),
-                flush=True,
-            )
-    vae.eval()
-    return losses
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ldm_lightning.clip_score import load_clip
 from ldm_lightning.console import quiet_known_noise, step_budget_bar
 from ldm_lightning.data import PromptDataModule
-from ldm_lightning.errors import UserError
+from ldm_lightning.errors import UserError, first_line
 from ldm_lightning.export import ExportDiffusers
 from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
@@ -85,7 +85,7 @@ def describe_parse_error(message: str) -> str:
 
 def trainer_error(err: Exception) -> UserError:
     """A Trainer refusal (no GPU here, unknown strategy, bad devices) as a line naming the `trainer.*` key."""
-    text = str(err).strip().splitlines()[0].rstrip(".!") if str(err).strip() else type(err).__name__
+    text = first_line(err).rstrip(".!")
     # Lightning names the argument in backticks (`devices`); else guess from the words it uses.
     named = [k for k in re.findall(r"`(\w+)`", text) if k in TRAINER_KEYS]
     named += [k for k in TRAINER_KEYS if k in text.lower()]

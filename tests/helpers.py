@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +41,20 @@ def manifest(folder: str | Path, name: str = "manifest.jsonl") -> list[dict]:
 def pixels(folder: str | Path, row: dict) -> np.ndarray:
     """A row's image as an int16 array (so differences do not wrap)."""
     return np.asarray(Image.open(Path(folder) / row["image"]).convert("RGB")).astype(np.int16)
+
+
+def kill_after_rows(args: list[str], results: Path, rows: int = 2, timeout: float = 120) -> int:
+    """Start the CLI, SIGKILL it once `results` holds `rows` rows; how many rows it had finished."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ldm_lightning", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(_lines(results)) < rows:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(_lines(results))
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

@@ -2,15 +2,11 @@
 
 import json
 import logging
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from helpers import manifest, run_cli, run_cli_subprocess
+from helpers import kill_after_rows, manifest, run_cli, run_cli_subprocess
 from PIL import Image
 from torchmetrics.functional.multimodal import clip_score
 from transformers import AutoProcessor, CLIPModel
@@ -99,14 +95,7 @@ def test_killed_run_resumes_to_exactly_one_row_per_sample(tiny_model, tiny_clip,
     prompts = json.dumps([f"prompt number {i}" for i in range(8)])
     args = eval_args(tiny_model, tiny_clip, out, "--data.batch_size=1", "--model.num_inference_steps=20")
     args[args.index(f"--data.prompts={PROMPTS}")] = f"--data.prompts={prompts}"
-    cmd = [sys.executable, "-m", "ldm_lightning", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(_lines(out / "results.jsonl")) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(_lines(out / "results.jsonl"))
+    done_before = kill_after_rows(args, out / "results.jsonl")
     assert 2 <= done_before < 8, "the run should have been killed mid-way"
     resumed = run_cli_subprocess(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -117,10 +106,6 @@ def test_killed_run_resumes_to_exactly_one_row_per_sample(tiny_model, tiny_clip,
         Image.open(out / r["image"]).load()
     assert not list(out.glob(".*.tmp"))  # no half-written files left behind
     assert len(list(out.glob("0*.png"))) == 8
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_console_and_tensorboard_show_what_the_user_needs(tiny_model, tiny_clip, tmp_path, caplog):

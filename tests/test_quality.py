@@ -1,17 +1,12 @@
 """`test`'s distribution metrics: equal to independent computations, 1 = 2 processes, resumable, cached."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import manifest, run_cli, run_cli_subprocess
+from helpers import kill_after_rows, manifest, run_cli, run_cli_subprocess
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -191,16 +186,7 @@ def test_killed_run_resumes_with_stored_features_to_the_uninterrupted_result(
     )  # fmt: skip
     args[args.index(f"--data.prompts={PROMPTS}")] = f"--data.prompts={prompts}"
     out = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ldm_lightning", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(_lines(out / "results.jsonl")) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(_lines(out / "results.jsonl"))
+    done = kill_after_rows(args, out / "results.jsonl")
     assert 2 <= done < 8, "the run should have been killed mid-way"
     before = {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.npz")}
     resumed = run_cli_subprocess(args)
@@ -218,10 +204,6 @@ def test_killed_run_resumes_with_stored_features_to_the_uninterrupted_result(
     s_whole = json.loads((whole / "summary.json").read_text())
     for key in ("fid", "fid_infinity", "cmmd", "fd_clip", "clip_score_mean"):
         assert _close(s_resumed[key], s_whole[key], 1e-4), (key, s_resumed[key], s_whole[key])
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def test_reference_features_are_cached_and_recomputed_when_a_file_changes(extractors, tmp_path):

@@ -56,11 +56,16 @@ class TruncatingProcessor:
         return self.processor(text=text, images=images, **kwargs)
 
 
+def clip_source(name_or_path: str) -> str:
+    """Where a CLIP name points: the embedded folder for "tiny-clip", else the name itself."""
+    return str(EMBEDDED_CLIP.get(name_or_path, name_or_path))
+
+
 def load_clip(name_or_path: str) -> tuple[FeatureCLIP, TruncatingProcessor]:
     """A frozen CLIP and its processor from a hub id, a local folder, or the embedded "tiny-clip"."""
     from transformers import AutoProcessor, CLIPModel  # only `test` scores; `predict` starts without it
 
-    source = str(EMBEDDED_CLIP.get(name_or_path, name_or_path))
+    source = clip_source(name_or_path)
     key = "model.clip_model_name_or_path"
     local = source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).exists()
     if local and not Path(source).expanduser().is_dir():

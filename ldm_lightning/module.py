@@ -17,7 +17,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ldm_lightning.clip_score import DEFAULT_CLIP, EMBEDDED_CLIP, load_clip, score_images
+from ldm_lightning.clip_score import DEFAULT_CLIP, clip_source, load_clip, score_images
 from ldm_lightning.components import Components, default_size, load_components, resolve, vae_scale_factor
 from ldm_lightning.distribution import COMPARABLE_N, FEATURES_OF, distribution_metrics
 from ldm_lightning.errors import UserError
@@ -292,7 +292,7 @@ class LatentDiffusionModule(LightningModule):
         return {name: built[name]().eval().requires_grad_(False) for name in names}
 
     def _clip_folder(self) -> str:
-        return str(EMBEDDED_CLIP.get(self.clip_name, self.clip_name))
+        return clip_source(self.clip_name)
 
     def on_predict_start(self) -> None:
         self._apply_fast_mode()

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, CLIPModel
 
-from ldm_lightning.clip_score import EMBEDDED_CLIP, load_clip, score_images
+from ldm_lightning.clip_score import clip_source, load_clip, score_images
 from ldm_lightning.components import load_components
 from ldm_lightning.sampling import generate, to_uint8
 from ldm_lightning.schedulers import build_scheduler
@@ -121,7 +121,7 @@ def accuracy(images: torch.Tensor, prompts: list[str], shapes: list[Shape], clip
 
 def clip_position_accuracy(name_or_path: str) -> dict[str, float]:
     """The tiny CLIP's zero-shot position accuracy on drawn images, seen and held-out pairs."""
-    source = str(EMBEDDED_CLIP.get(name_or_path, name_or_path))
+    source = clip_source(name_or_path)
     model, tokenizer = CLIPModel.from_pretrained(source).eval(), AutoTokenizer.from_pretrained(source)
     return {split: clip_zero_shot(model, tokenizer, eval_shapes(split))["position"] for split in ("train", "held_out")}
 

@@ -24,6 +24,7 @@ EXAMPLE_PROMPTS = [
     "a small red square in the center",
 ]
 TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 # Keys of a prompt row; every other scalar column of a prompt table rides along into the manifest and results.
 ROW_KEYS = ("index", "prompt", "negative_prompt", "seed")
 
@@ -35,7 +36,7 @@ def parser_error(err: BaseException) -> str:
     return first_line(err)
 
 
-def check_text_file(path: Path) -> str:
+def check_text_file(path: Path, key: str = "data.prompts") -> str:
     """The text of a prompt file, which must be UTF-8."""
     data = path.read_bytes()
     try:
@@ -43,22 +44,21 @@ def check_text_file(path: Path) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise UserError(
-            f"data.prompts: {path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
-            "save the file as UTF-8"
+            f"{key}: {path}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save the file as UTF-8"
         ) from None
 
 
-def check_jsonl(path: Path) -> None:
+def check_jsonl(path: Path, key: str = "data.prompts") -> None:
     """Name the first line of a JSONL file that is not a JSON object."""
-    for number, line in enumerate(check_text_file(path).splitlines(), start=1):
+    for number, line in enumerate(check_text_file(path, key).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"data.prompts: {path}, line {number}: not valid JSON ({err.msg}); fix that line") from None
+            raise UserError(f"{key}: {path}, line {number}: not valid JSON ({err.msg}); fix that line") from None
         if not isinstance(value, dict):
-            raise UserError(f"data.prompts: {path}, line {number}: expected a JSON object with a prompt; fix that line")
+            raise UserError(f"{key}: {path}, line {number}: expected a JSON object with a prompt; fix that line")
 
 
 def used_seed(seed, where: str) -> int:
@@ -78,31 +78,50 @@ def used_seed(seed, where: str) -> int:
     return used
 
 
+def is_table_file(path: Path) -> bool:
+    return path.suffix in TABLE_FORMATS and path.is_file()
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in SAVED_DATASET_MARKERS)
+
+
+def read_table_file(path: Path, key: str):
+    """A .csv/.tsv/.jsonl/.parquet file as a 🤗 datasets table; a bad file is one line naming `key`."""
+    import datasets
+
+    # A TSV (PartiPrompts) is unquoted: a prompt may begin with a quotation mark and must stay as written.
+    options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}
+    check_text_file(path, key)
+    if path.suffix == ".jsonl":
+        check_jsonl(path, key)
+    try:
+        return datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train", **options)
+    except Exception as err:  # datasets wraps pandas/pyarrow errors in its own kinds
+        raise UserError(
+            f"{key}: {path}: could not be read as {path.suffix} ({parser_error(err)}); fix the file"
+        ) from None
+
+
+def read_saved_dataset(path: Path, key: str):
+    """A folder written by `save_to_disk` (a Dataset or a DatasetDict); a bad one is one line naming `key`."""
+    import datasets
+
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as err:
+        raise UserError(f"{key}: {path}: not a readable saved dataset ({parser_error(err)}); save it again") from None
+
+
 def _read_table(source: str, split: str):
     """A 🤗 datasets table from a data file, a saved dataset folder, or a hub dataset name."""
     import datasets
 
     path = Path(source).expanduser()
-    if path.suffix in TABLE_FORMATS and path.is_file():
-        # A TSV (PartiPrompts) is unquoted: a prompt may begin with a quotation mark and must stay as written.
-        options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}
-        check_text_file(path)
-        if path.suffix == ".jsonl":
-            check_jsonl(path)
-        try:
-            return datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train", **options)
-        except Exception as err:  # datasets wraps pandas/pyarrow errors in its own kinds
-            raise UserError(
-                f"data.prompts: {source}: could not be read as {path.suffix} ({parser_error(err)}); fix the file"
-            ) from None
-    saved_markers = ("dataset_info.json", "state.json", "dataset_dict.json")
-    if path.is_dir() and any((path / m).exists() for m in saved_markers):
-        try:
-            table = datasets.load_from_disk(str(path))
-        except Exception as err:
-            raise UserError(
-                f"data.prompts: {source}: not a readable saved dataset ({parser_error(err)}); save it again"
-            ) from None
+    if is_table_file(path):
+        return read_table_file(path, "data.prompts")
+    if is_saved_dataset(path):
+        table = read_saved_dataset(path, "data.prompts")
         if isinstance(table, datasets.DatasetDict) and split not in table:
             raise UserError(f"data.split: {source} has no split {split!r} (splits: {', '.join(table)}); choose one")
         return table[split] if isinstance(table, datasets.DatasetDict) else table

@@ -1,6 +1,6 @@
 """Reference (real) images for distribution metrics: find them, decode them, and cache their features.
 
-`data.reference` is a folder (searched recursively), a glob, or a table (.csv/.jsonl/.parquet or a saved
+`data.reference` is a folder (searched recursively), a glob, or a table (.csv/.tsv/.jsonl/.parquet or a saved
 dataset) whose `image` column holds paths relative to the table's folder. Features are cached next to the
 run folders (in the output folder's parent), one file per extractor, keyed by every file's path, size and
 modification time and by the extractor with its preprocessing: every run of a sweep reuses them, and a
@@ -17,22 +17,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldm_lightning.data import is_saved_dataset, is_table_file, read_saved_dataset, read_table_file
 from ldm_lightning.errors import UserError
 from ldm_lightning.features import extract
 from ldm_lightning.outputs import atomic_write
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-TABLE_FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 BATCH = 32
 
 
 def list_reference(spec: str) -> list[Path]:
     """The reference image files named by `spec`, sorted (their order fixes KID's subsets)."""
     path = Path(spec).expanduser()
-    is_saved_dataset = path.is_dir() and any((path / m).exists() for m in SAVED_DATASET_MARKERS)
-    if (path.suffix in TABLE_FORMATS and path.is_file()) or is_saved_dataset:
-        files = _table_files(path, is_saved_dataset)
+    if is_table_file(path) or is_saved_dataset(path):
+        files = _table_files(path)
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     elif glob.has_magic(spec):
@@ -45,15 +43,15 @@ def list_reference(spec: str) -> list[Path]:
     return files
 
 
-def _table_files(path: Path, is_saved_dataset: bool) -> list[Path]:
+def _table_files(path: Path) -> list[Path]:
     import datasets
 
-    if is_saved_dataset:
-        table = datasets.load_from_disk(str(path))
+    if is_saved_dataset(path):
+        table = read_saved_dataset(path, "data.reference")
         table = next(iter(table.values())) if isinstance(table, datasets.DatasetDict) else table
         folder = path
     else:
-        table = datasets.load_dataset(TABLE_FORMATS[path.suffix], data_files=str(path), split="train")
+        table = read_table_file(path, "data.reference")
         folder = path.parent
     if "image" not in table.column_names:
         raise UserError(

@@ -4,11 +4,11 @@
 # Usage: scripts/train_tiny_shapes.sh [BUILD_DIR] [--install]   (--install copies the result into the package)
 set -euo pipefail
 BUILD=${1:-build/tiny-shapes}
-CLIP_STEPS=${CLIP_STEPS:-461}
+CLIP_STEPS=${CLIP_STEPS:-900}
 VAE_STEPS=${VAE_STEPS:-600}
-UNET_STEPS=${UNET_STEPS:-2400}
-# 0 reproduces the shipped CLIP; CLIP_P_TWINS=0.5 trains the CLIP that encodes position (see the model card).
-CLIP_P_TWINS=${CLIP_P_TWINS:-0}
+UNET_STEPS=${UNET_STEPS:-3600}
+# Share of each CLIP batch in position-twin pairs; 0 trains a CLIP that ignores position (docs/tiny-shapes-position.md).
+CLIP_P_TWINS=${CLIP_P_TWINS:-0.5}
 mkdir -p "$BUILD"
 t0=$(date +%s)
 # CLIP and VAE are independent: one thread each, side by side.

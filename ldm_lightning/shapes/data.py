@@ -194,7 +194,7 @@ def caption(shape: Shape, style: CaptionStyle | np.random.Generator = "full", wi
     if rng.random() < 0.8:
         words.insert(0, "a")
     noun = " ".join(words)
-    if not (full or with_position or rng.random() < 0.5):
+    if not (full or with_position or rng.random() < 0.75):
         return noun
     phrases = POSITION_PHRASES[shape.position]
     phrase = phrases[rng.integers(len(phrases))]

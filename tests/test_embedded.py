@@ -5,9 +5,8 @@ from helpers import manifest, pixels, run_cli
 
 from ldm_lightning.clip_score import load_clip, score_images
 from ldm_lightning.components import load_components
-from ldm_lightning.sampling import generate, to_uint8
-from ldm_lightning.schedulers import build_scheduler
 from ldm_lightning.shapes.data import POSITION_PHRASES, POSITIONS
+from ldm_lightning.shapes.evaluate import sample
 from ldm_lightning.shapes.judge import judge
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star", "a purple cross", "a white circle"]
@@ -53,18 +52,7 @@ def test_position_words_move_the_shape():
             prompts.append(f"a {colour} {shape} {POSITION_PHRASES[position][0]}")
             asked.append(position)
     seeds = [7 * (i // len(POSITIONS)) for i in range(len(prompts))]  # one seed per pair
-    samples = generate(
-        components,
-        build_scheduler("ddim", components.scheduler_config),
-        prompts,
-        [""] * len(prompts),
-        seeds,
-        num_inference_steps=25,
-        guidance_scale=3.0,
-        eta=0.0,
-        height=64,
-        width=64,
-    )
-    drawn = [judge(image.permute(1, 2, 0).numpy()).position for image in to_uint8(samples.images)]
+    images, _ = sample(components, prompts, seeds, guidance=3.0)  # the evaluation's defaults: DDIM 25
+    drawn = [judge(image.permute(1, 2, 0).numpy()).position for image in images]
     hits = sum(d == a for d, a in zip(drawn, asked))
     assert hits >= POSITION_BOUND, list(zip(prompts, drawn))

@@ -83,17 +83,25 @@ def zero_shot(clip, images: torch.Tensor) -> list[tuple[str, str]]:
     return [pairs[i] for i in sims.argmax(dim=1).tolist()]
 
 
-def sample(components, prompts: list[str], seeds: list[int], guidance: float, args) -> tuple[torch.Tensor, float]:
-    """uint8 images for the prompts, and seconds per image."""
+def sample(
+    components,
+    prompts: list[str],
+    seeds: list[int],
+    guidance: float,
+    scheduler: str = "ddim",
+    steps: int = 25,
+    batch_size: int = 50,
+) -> tuple[torch.Tensor, float]:
+    """uint8 64×64 images for the prompts (no negative prompt, η 0), and seconds per image."""
     out, start = [], time.perf_counter()
-    for i in range(0, len(prompts), args.batch_size):
+    for i in range(0, len(prompts), batch_size):
         s = generate(
             components,
-            build_scheduler(args.scheduler, components.scheduler_config),
-            prompts[i : i + args.batch_size],
-            [""] * len(prompts[i : i + args.batch_size]),
-            seeds[i : i + args.batch_size],
-            num_inference_steps=args.steps,
+            build_scheduler(scheduler, components.scheduler_config),
+            prompts[i : i + batch_size],
+            [""] * len(prompts[i : i + batch_size]),
+            seeds[i : i + batch_size],
+            num_inference_steps=steps,
             guidance_scale=guidance,
             eta=0.0,
             height=64,
@@ -158,7 +166,7 @@ def main() -> None:
         prompts, shapes = [p for p, _ in items], [s for _, s in items]
         seeds = list(range(len(prompts)))
         for guidance in (1.0, args.guidance):
-            images, seconds = sample(components, prompts, seeds, guidance, args)
+            images, seconds = sample(components, prompts, seeds, guidance, args.scheduler, args.steps, args.batch_size)
             acc = accuracy(images, prompts, shapes, clip)
             report["sets"][f"{name} @ {guidance:g}"] = {**acc, "n": len(prompts), "seconds_per_image": seconds}
             lines.append(
@@ -171,7 +179,9 @@ def main() -> None:
     curve = {}
     prompts, shapes = zip(*sets["seen full"])
     for guidance in GUIDANCE_CURVE:
-        images, _ = sample(components, list(prompts), list(range(len(prompts))), guidance, args)
+        images, _ = sample(
+            components, list(prompts), list(range(len(prompts))), guidance, args.scheduler, args.steps, args.batch_size
+        )
         curve[guidance] = float(np.mean(score_images(images, list(prompts), clip)))
     report["clip_score_vs_guidance"] = curve
     lines += [

@@ -21,15 +21,15 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ldm_lightning.clip_score import load_clip
 from ldm_lightning.console import quiet_known_noise, step_budget_bar
 from ldm_lightning.data import PromptDataModule
 from ldm_lightning.errors import UserError, first_line
-from ldm_lightning.export import ExportDiffusers
+from ldm_lightning.evaluation.clip_score import load_clip
+from ldm_lightning.generation.export import ExportDiffusers
 from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
-from ldm_lightning.outputs import check_writable, choose_run_dir, fingerprint
-from ldm_lightning.writer import ImageWriter
+from ldm_lightning.run_folder.files import check_writable, choose_run_dir, fingerprint
+from ldm_lightning.run_folder.writer import ImageWriter
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}

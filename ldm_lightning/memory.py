@@ -67,8 +67,8 @@ def sampling_bytes_lower_bound(channels: int, decoder_channels: int, height: int
 
 def check_fits(module, batch_size: int, accelerator: str | None) -> None:
     """Refuse, before anything is allocated, an image size that cannot fit in this device's memory."""
-    from ldm_lightning.components import vae_scale_factor
     from ldm_lightning.errors import UserError
+    from ldm_lightning.generation.components import vae_scale_factor
 
     name = str(accelerator or "auto").lower()
     if name not in ("auto", "cpu", "gpu", "cuda"):

@@ -17,17 +17,17 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ldm_lightning.clip_score import DEFAULT_CLIP, clip_source, load_clip, score_images
-from ldm_lightning.components import Components, default_size, load_components, resolve, vae_scale_factor
-from ldm_lightning.distribution import COMPARABLE_N, FEATURES_OF, distribution_metrics
 from ldm_lightning.errors import UserError
-from ldm_lightning.fast import make_fast
-from ldm_lightning.features import DEFAULT_DINOV2, ClipImageFeatures, Dinov2Features, extract, load_inception
+from ldm_lightning.evaluation.clip_score import DEFAULT_CLIP, clip_source, load_clip, score_images
+from ldm_lightning.evaluation.distribution import COMPARABLE_N, FEATURES_OF, distribution_metrics
+from ldm_lightning.evaluation.features import DEFAULT_DINOV2, ClipImageFeatures, Dinov2Features, extract, load_inception
+from ldm_lightning.evaluation.real_images import reference_features
+from ldm_lightning.generation.components import Components, default_size, load_components, resolve, vae_scale_factor
+from ldm_lightning.generation.fast import make_fast
+from ldm_lightning.generation.sampling import Samples, generate, to_uint8
+from ldm_lightning.generation.schedulers import SchedulerName, build_scheduler, check_scheduler_name
+from ldm_lightning.generation.training import diffusion_loss, encode_images
 from ldm_lightning.memory import peak_memory_mb
-from ldm_lightning.reference import reference_features
-from ldm_lightning.sampling import Samples, generate, to_uint8
-from ldm_lightning.schedulers import SchedulerName, build_scheduler, check_scheduler_name
-from ldm_lightning.training import diffusion_loss, encode_images
 
 DEFAULT_MODEL = "tiny-shapes"
 Metric = Literal["clip_score", "fid", "kid", "cmmd", "fd_dinov2", "fd_clip"]

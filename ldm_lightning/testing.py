@@ -20,8 +20,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from ldm_lightning.export import write_model_index
-from ldm_lightning.schedulers import sd14_scheduler
+from ldm_lightning.generation.export import write_model_index
+from ldm_lightning.generation.schedulers import sd14_scheduler
 
 
 def _byte_vocab() -> dict[str, int]:
@@ -184,7 +184,7 @@ def reference_pipeline(components, scheduler: str):
     """diffusers' own StableDiffusionPipeline on the same components and a fresh scheduler: the reference."""
     from diffusers import StableDiffusionPipeline
 
-    from ldm_lightning.schedulers import build_scheduler
+    from ldm_lightning.generation.schedulers import build_scheduler
 
     pipe = StableDiffusionPipeline(
         vae=components.vae,

@@ -10,10 +10,10 @@ import pytest
 import torch
 from diffusers import PNDMScheduler
 
-from ldm_lightning.components import load_components
+from ldm_lightning.generation.components import load_components
+from ldm_lightning.generation.schedulers import SD14_SCHEDULER_CONFIG, build_scheduler
 from ldm_lightning.lab import anatomy, why_latent
 from ldm_lightning.lab.architectures import SD14_UNET, build_sd14
-from ldm_lightning.schedulers import SD14_SCHEDULER_CONFIG, build_scheduler
 
 
 @pytest.fixture(scope="module")

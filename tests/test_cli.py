@@ -39,7 +39,7 @@ def test_predict_writes_images_and_manifest_equal_to_the_pipeline(tiny_model, tm
     assert rows[4]["truncated"] and rows[4]["num_tokens"] > 32
     assert (tmp_path / "run" / "grid.png").is_file()
 
-    from ldm_lightning.components import load_components
+    from ldm_lightning.generation.components import load_components
 
     components = load_components(tiny_model)
     pipe = reference_pipeline(components, "ddim")
@@ -131,7 +131,7 @@ def test_fewer_prompts_than_ranks_does_not_hang(tiny_model, tmp_path):
 
 def test_fast_mode_draws_the_same_images(tiny_model, tmp_path, monkeypatch):
     import ldm_lightning.module
-    from ldm_lightning.fast import make_fast
+    from ldm_lightning.generation.fast import make_fast
 
     made_fast = []  # the U-Nets fast mode was applied to, to check it really compiled
     monkeypatch.setattr(ldm_lightning.module, "make_fast", lambda unet: (made_fast.append(unet), make_fast(unet))[1])

@@ -11,9 +11,9 @@ import pytest
 from helpers import manifest, run_cli
 from scipy.stats import wilcoxon
 
-from ldm_lightning.compare import main as compare_main
 from ldm_lightning.data import read_rows
-from ldm_lightning.stats import holm
+from ldm_lightning.evaluation.compare import main as compare_main
+from ldm_lightning.evaluation.stats import holm
 
 # PartiPrompts' layout (github.com/google-research/parti, PartiPrompts.tsv): tab-separated, unquoted.
 PARTI = [

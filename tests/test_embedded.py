@@ -3,8 +3,8 @@
 import torch
 from helpers import manifest, pixels, run_cli
 
-from ldm_lightning.clip_score import load_clip, score_images
-from ldm_lightning.components import load_components
+from ldm_lightning.evaluation.clip_score import load_clip, score_images
+from ldm_lightning.generation.components import load_components
 from ldm_lightning.shapes.data import POSITION_PHRASES, POSITIONS
 from ldm_lightning.shapes.evaluate import sample
 from ldm_lightning.shapes.judge import judge

@@ -63,8 +63,8 @@ def test_scores_equal_torchmetrics_on_the_saved_pngs(tiny_model, tiny_clip, tmp_
 
 
 def test_long_prompt_truncation_keeps_the_end_token(tiny_model):
-    from ldm_lightning.components import load_components
-    from ldm_lightning.sampling import tokenize
+    from ldm_lightning.generation.components import load_components
+    from ldm_lightning.generation.sampling import tokenize
 
     tokenizer = load_components(tiny_model).tokenizer
     ids, lengths, truncated = tokenize(tokenizer, ["word " * 100, "short"])

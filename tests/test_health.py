@@ -9,8 +9,8 @@ from lightning import Trainer
 from torch.utils.data import DataLoader
 
 from ldm_lightning.data import _Rows, collate, read_rows
+from ldm_lightning.evaluation.summary import bootstrap_ci, summarize, timing
 from ldm_lightning.module import LatentDiffusionModule
-from ldm_lightning.results import bootstrap_ci, summarize, timing
 
 
 def loader(n: int = 2) -> DataLoader:

@@ -207,8 +207,8 @@ def test_killed_run_resumes_with_stored_features_to_the_uninterrupted_result(
 
 
 def test_reference_features_are_cached_and_recomputed_when_a_file_changes(extractors, tmp_path):
-    from ldm_lightning.features import load_inception
-    from ldm_lightning.reference import list_reference, reference_features
+    from ldm_lightning.evaluation.features import load_inception
+    from ldm_lightning.evaluation.real_images import list_reference, reference_features
     from ldm_lightning.shapes.reference import draw_reference
 
     draw_reference(tmp_path / "real", ["a red circle", "a blue star", "a green square"])
@@ -228,7 +228,7 @@ def test_reference_features_are_cached_and_recomputed_when_a_file_changes(extrac
 
 
 def test_reference_from_a_table_and_a_glob(tmp_path):
-    from ldm_lightning.reference import list_reference
+    from ldm_lightning.evaluation.real_images import list_reference
     from ldm_lightning.shapes.reference import draw_reference
 
     files = draw_reference(tmp_path / "images", ["a red circle", "a blue star"])

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ldm_lightning.data import collate
-from ldm_lightning.sampling import predict_noise
-from ldm_lightning.schedulers import SCHEDULERS
+from ldm_lightning.generation.sampling import predict_noise
+from ldm_lightning.generation.schedulers import SCHEDULERS
 from ldm_lightning.testing import reference_pipeline
 
 PROMPTS = ["a red circle", "blue ../ square ünïcode", "a green star at the top"]
@@ -126,7 +126,7 @@ def test_ddim_respects_the_checkpoints_clip_sample(tiny_module, monkeypatch, cli
 
 
 def test_embedded_model_config_omits_clip_sample():
-    from ldm_lightning.components import EMBEDDED
+    from ldm_lightning.generation.components import EMBEDDED
 
     config = json.loads((EMBEDDED["tiny-shapes"] / "scheduler" / "scheduler_config.json").read_text())
     assert "clip_sample" not in config  # so DDIM runs on it with the latent default, clip_sample=False

@@ -85,7 +85,7 @@ def test_datamodule_batches() -> None:
 
 
 def test_evaluation_columns_score_drawn_images() -> None:
-    from ldm_lightning.clip_score import load_clip
+    from ldm_lightning.evaluation.clip_score import load_clip
     from ldm_lightning.shapes.evaluate import accuracy, prompt_sets
 
     sets = prompt_sets(per_set=10, seed=0)

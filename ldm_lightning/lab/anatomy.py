@@ -22,8 +22,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from ldm_lightning.components import default_size, resolve, vae_scale_factor
 from ldm_lightning.errors import UserError
+from ldm_lightning.generation.components import default_size, resolve, vae_scale_factor
 from ldm_lightning.lab.architectures import build_sd14
 from ldm_lightning.lab.tensorboard_log import log_table
 

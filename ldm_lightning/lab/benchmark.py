@@ -9,7 +9,7 @@ scheduler and steps; the table gives the median. Rows:
 - `pipeline`: `StableDiffusionPipeline.__call__` (the reference);
 - `ours, bare loop`: `sampling.generate` called directly;
 - `ours, Trainer.predict`: the same through Lightning (what `python -m ldm_lightning predict` runs);
-- `ours, fast, Trainer.predict`: `--model.fast true` (`ldm_lightning/fast.py`), on a copy of the U-Net;
+- `ours, fast, Trainer.predict`: `--model.fast true` (`ldm_lightning/generation/fast.py`), on a copy of the U-Net;
 - `ours, fast (bare loop)`: the bare loop on that same compiled copy.
 `it/s (whole call)` counts denoising steps over the whole call, prompt encoding and decoding included.
 Peak memory is CUDA's max allocated during the call on a GPU (weights included), else the peak
@@ -28,15 +28,15 @@ import torch
 from lightning import Trainer
 from torch.utils.data import DataLoader
 
-from ldm_lightning.components import Components, default_size, load_components, vae_scale_factor
 from ldm_lightning.data import _Rows, collate, read_rows
 from ldm_lightning.errors import first_line
-from ldm_lightning.fast import fast_settings
+from ldm_lightning.generation.components import Components, default_size, load_components, vae_scale_factor
+from ldm_lightning.generation.fast import fast_settings
+from ldm_lightning.generation.sampling import generate
+from ldm_lightning.generation.schedulers import build_scheduler
 from ldm_lightning.lab.anatomy import text_encoder_flops, unet_step_flops, vae_decode_flops
 from ldm_lightning.memory import peak_rss_delta
 from ldm_lightning.module import LatentDiffusionModule
-from ldm_lightning.sampling import generate
-from ldm_lightning.schedulers import build_scheduler
 from ldm_lightning.testing import reference_pipeline
 
 FAST, FAST_TRAINER = "ours, fast (bare loop)", "ours, fast, Trainer.predict"
@@ -47,8 +47,8 @@ def sd14_random(dtype: torch.dtype, device: str) -> Components:
     """SD v1.4's exact architecture with random weights and a byte-level tokenizer (77 tokens)."""
     import tempfile
 
+    from ldm_lightning.generation.schedulers import SD14_SCHEDULER_CONFIG
     from ldm_lightning.lab.architectures import build_sd14
-    from ldm_lightning.schedulers import SD14_SCHEDULER_CONFIG
     from ldm_lightning.testing import save_byte_tokenizer
 
     components = build_sd14(device=device, dtype=dtype)
@@ -389,7 +389,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=2, help="batches per timed call")
     parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--fast", action="store_true", help="also time the opt-in fast mode (ldm_lightning/fast.py)")
+    parser.add_argument(
+        "--fast", action="store_true", help="also time the opt-in fast mode (ldm_lightning/generation/fast.py)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--gpu", action="store_true", help="run on CUDA if present")
     parser.add_argument("--out", type=Path, default=None, help="also write benchmark.md/.png and TensorBoard here")

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ldm_lightning.components import ASSETS
 from ldm_lightning.data import EXAMPLE_PROMPTS
+from ldm_lightning.generation.components import ASSETS
 
 # The reference: what a user would write with diffusers alone for the same images.
 # It imports nothing of this package: model folder and prompts come as arguments.
@@ -25,7 +25,7 @@ PLAIN_DIFFUSERS = """
 import json, sys, torch
 from pathlib import Path
 
-from ldm_lightning.components import ASSETS
+from ldm_lightning.generation.components import ASSETS
 from ldm_lightning.data import EXAMPLE_PROMPTS
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 

@@ -6,7 +6,7 @@
 Arguments after `--` go to every `test` run. Each run is an ordinary, resumable `test` run in its own
 folder; `--reference SCHEDULER:STEPS[:PRECISION]` adds one more run and reports each run's pixel
 distance to it (e.g. `ddim:200` for a many-step reference, or `ddim:25:32-true` for precision) and
-its CLIPScore difference paired row by row (same prompt and seed; `ldm_lightning.compare`): mean,
+its CLIPScore difference paired row by row (same prompt and seed; `python -m ldm_lightning.compare`): mean,
 95% bootstrap interval, Wilcoxon p-value;
 `--modes exact fast` runs every setting also in fast mode (`model.fast`), against the exact reference.
 Writes `sweep.csv`, `sweep.md`, `clip_vs_guidance.png`, `grid.png` (rows: schedulers, columns: the
@@ -32,11 +32,11 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 
 from ldm_lightning.cli import make_cli
-from ldm_lightning.compare import compare
 from ldm_lightning.console import quiet_known_noise
+from ldm_lightning.evaluation.compare import compare
 from ldm_lightning.memory import reset_peak_rss
-from ldm_lightning.outputs import read_jsonl
-from ldm_lightning.writer import QUALITY_KEYS
+from ldm_lightning.run_folder.files import read_jsonl
+from ldm_lightning.run_folder.writer import QUALITY_KEYS
 
 # The metric the trade-off plot shows when --quality-metric is not given: the first one a run reports.
 TRADEOFF_ORDER = ("fid", "fd_dinov2", "fd_clip", "cmmd", "kid_mean")

@@ -13,8 +13,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPModel
 
-from ldm_lightning.export import write_model_index
-from ldm_lightning.schedulers import sd14_scheduler
+from ldm_lightning.generation.export import write_model_index
+from ldm_lightning.generation.schedulers import sd14_scheduler
 from ldm_lightning.shapes.clip import export_text_encoder
 
 

@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, CLIPModel
 
-from ldm_lightning.clip_score import clip_source, load_clip, score_images
-from ldm_lightning.components import load_components
-from ldm_lightning.sampling import generate, to_uint8
-from ldm_lightning.schedulers import build_scheduler
+from ldm_lightning.evaluation.clip_score import clip_source, load_clip, score_images
+from ldm_lightning.generation.components import load_components
+from ldm_lightning.generation.sampling import generate, to_uint8
+from ldm_lightning.generation.schedulers import build_scheduler
 from ldm_lightning.shapes.clip import zero_shot as clip_zero_shot
 from ldm_lightning.shapes.data import (
     COLOURS,

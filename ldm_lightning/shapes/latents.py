@@ -11,7 +11,7 @@ from lightning import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from ldm_lightning.components import resolve
+from ldm_lightning.generation.components import resolve
 from ldm_lightning.shapes.data import caption, render, shape_at, to_tensor
 
 

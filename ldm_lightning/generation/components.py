@@ -11,7 +11,7 @@ from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 from ldm_lightning.errors import UserError, first_line
 
 SD14 = "CompVis/stable-diffusion-v1-4"
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parent.parent / "assets"
 # Models that ship inside the package, usable by bare name with no download.
 EMBEDDED = {"tiny-shapes": ASSETS / "tiny-shapes"}
 

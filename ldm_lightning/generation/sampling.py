@@ -13,7 +13,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from ldm_lightning.components import Components, vae_scale_factor
+from ldm_lightning.generation.components import Components, vae_scale_factor
 
 
 @dataclass

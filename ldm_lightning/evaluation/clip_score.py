@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ldm_lightning.components import ASSETS
 from ldm_lightning.errors import UserError, first_line
+from ldm_lightning.generation.components import ASSETS
 
 if TYPE_CHECKING:
     from transformers import CLIPModel

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ldm_lightning.stats import describe
+from ldm_lightning.evaluation.stats import describe
 
 # Numbers each `test` row carries about its own sample (rows left out of the mean hold None).
 PER_SAMPLE_METRICS = ("clip_score",)

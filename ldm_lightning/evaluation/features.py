@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 from transformers import AutoImageProcessor, Dinov2Model
 
-from ldm_lightning.clip_score import FeatureCLIP, TruncatingProcessor
 from ldm_lightning.errors import UserError, first_line
+from ldm_lightning.evaluation.clip_score import FeatureCLIP, TruncatingProcessor
 
 FeatureName = Literal["inception", "clip", "dinov2"]
 DEFAULT_DINOV2 = "facebook/dinov2-large"  # ViT-L/14, the encoder Stein et al. 2023 recommend

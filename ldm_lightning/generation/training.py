@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
-from ldm_lightning.sampling import encode_text, tokenize
+from ldm_lightning.generation.sampling import encode_text, tokenize
 
 
 def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm_lightning.data import is_saved_dataset, is_table_file, read_saved_dataset, read_table_file
 from ldm_lightning.errors import UserError
-from ldm_lightning.features import extract
-from ldm_lightning.outputs import atomic_write
+from ldm_lightning.evaluation.features import extract
+from ldm_lightning.run_folder.files import atomic_write
+from ldm_lightning.tables import is_saved_dataset, is_table_file, read_saved_dataset, read_table_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 BATCH = 32

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import wilcoxon
 
-from ldm_lightning.results import bootstrap_ci
+from ldm_lightning.evaluation.summary import bootstrap_ci
 
 
 def describe(values: np.ndarray) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from PIL import Image
 
 from ldm_lightning.data import ROW_KEYS
 from ldm_lightning.errors import UserError
-from ldm_lightning.outputs import (
+from ldm_lightning.evaluation.summary import summarize
+from ldm_lightning.run_folder.files import (
     MANIFEST,
     RUN_FILE,
     append_jsonl,
@@ -29,7 +30,6 @@ from ldm_lightning.outputs import (
     rewrite_sorted,
     save_features,
 )
-from ldm_lightning.results import summarize
 
 GRID = "grid.png"
 RESULTS = "results.jsonl"
@@ -118,7 +118,7 @@ class ImageWriter(BasePredictionWriter):
 
     def finish(self, trainer: Trainer) -> dict[int, dict[str, Any]]:
         """After all ranks: sort the manifest, draw the grid; returns the finished rows by index."""
-        trainer.strategy.barrier("ldm_lightning.writer.finish")
+        trainer.strategy.barrier("ldm_lightning.run_folder.writer.finish")
         done = finished_rows(self.run_dir, read_jsonl(self.manifest), decode=False)  # decoded at setup or written whole
         if trainer.is_global_zero and done:
             rewrite_sorted(self.manifest, done)
@@ -143,7 +143,7 @@ class ImageWriter(BasePredictionWriter):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Every rank's rows are on disk after the barrier: reduce once, from the file, which also
         # holds the rows of an earlier, interrupted run of the same settings.
-        trainer.strategy.barrier("ldm_lightning.writer.summary")
+        trainer.strategy.barrier("ldm_lightning.run_folder.writer.summary")
         summary = None
         if trainer.is_global_zero:
             rows = finished_rows(self.run_dir, read_jsonl(self.run_dir / RESULTS), decode=False)
@@ -189,10 +189,10 @@ def check_shared_folder(trainer: Trainer, run_dir: Path) -> None:
     probe = run_dir / f".ranks-{token}"
     if trainer.is_global_zero:
         atomic_write(probe, b"")
-    trainer.strategy.barrier("ldm_lightning.writer.shared")
+    trainer.strategy.barrier("ldm_lightning.run_folder.writer.shared")
     seen = probe.exists()
     everyone = trainer.strategy.reduce_boolean_decision(seen, all=True)
-    trainer.strategy.barrier("ldm_lightning.writer.shared_checked")
+    trainer.strategy.barrier("ldm_lightning.run_folder.writer.shared_checked")
     if trainer.is_global_zero:
         probe.unlink(missing_ok=True)
     if not everyone:
@@ -236,7 +236,7 @@ def write_groups(trainer: Trainer, run_dir: Path, rows: list[dict[str, Any]], gr
     """Per-group results: `groups.md`, a text table and a bar chart in TensorBoard; returns them for the summary."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from ldm_lightning.groups import group_summary, groups_figure, groups_markdown
+    from ldm_lightning.evaluation.groups import group_summary, groups_figure, groups_markdown
 
     groups = group_summary(rows, group_by)
     table = groups_markdown(groups)

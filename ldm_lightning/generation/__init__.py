@@ -1,0 +1,1 @@
+"""Generation: load the SD v1 components, build samplers, sample, train and export."""

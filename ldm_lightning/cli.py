@@ -21,10 +21,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ldm_lightning.console import quiet_known_noise, step_budget_bar
+from ldm_lightning.console import quiet_known_noise, quiet_seed_message, step_budget_bar
 from ldm_lightning.data import PromptDataModule
 from ldm_lightning.errors import UserError, first_line
-from ldm_lightning.evaluation.clip_score import load_clip
 from ldm_lightning.generation.export import ExportDiffusers
 from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
@@ -142,29 +141,27 @@ class LdmCLI(LightningCLI):
         return trainer
 
     def _trainer_with_run_folder(self, **kwargs):
-        """The Trainer, logging into the run's folder, with the image writer (predict, test) or the exporter (fit)."""
+        """The Trainer, with a run folder, the image writer and TensorBoard (predict, test) or the exporter (fit)."""
         stage = self.subcommand or self.stage
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         base = config.get("output_dir") or f"outputs/{stage}"
         if stage in ("predict", "test") and isinstance(self.datamodule, PromptDataModule):
-            precision = config.trainer.get("precision") or "32-true"
-            settings = {**self.model.settings(), "precision": str(precision)}
-            settings.update(self.model.extra_settings(stage))
-            rows = self.datamodule.load_rows()
-            if stage == "test":  # a CLIP that cannot load fails here, before any file is written
-                self.model.clip = load_clip(self.model.clip_name)
+            if stage == "test":  # a CLIP or feature network that cannot load fails here, before any file is written
+                self.model.prepare_scoring()
             check_fits(self.model, self.datamodule.hparams.batch_size, config.trainer.get("accelerator"))
-            run_fingerprint = fingerprint(settings, rows)
-            self.run_dir = run_dir = choose_run_dir(base, run_fingerprint)
-            kwargs["default_root_dir"] = str(run_dir)
-            if config.trainer.get("logger") in (None, True):
-                # No automatic HParams entry: the writer logs the settings that change results, with the score.
-                kwargs["logger"] = TensorBoardLogger(
-                    save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
-                )
+            tensorboard = config.trainer.get("logger") in (None, True)
+            if tensorboard:
+                kwargs["logger"] = False  # added below, in the run folder, which depends on the Trainer's precision
             trainer = super().instantiate_trainer(**kwargs)
+            settings = self.model.run_settings(trainer.precision, stage)
+            self.run_dir = run_dir = choose_run_dir(base, fingerprint(settings, self.datamodule.load_rows()))
             check_writable(run_dir)  # after the Trainer's own checks, so a refused run leaves no folder
-            trainer.callbacks.append(ImageWriter(run_dir, settings, run_fingerprint))
+            if tensorboard:
+                # No automatic HParams entry: the module logs the settings that change results, with the score.
+                trainer.loggers = [
+                    TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
+                ]
+            trainer.callbacks.append(ImageWriter(run_dir))
             return trainer
         kwargs["default_root_dir"] = base
         if stage == "fit" and config.trainer.get("enable_progress_bar") is not False and (bar := step_budget_bar()):
@@ -181,11 +178,11 @@ def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
     """The CLI on `args`. With `stage` ("predict", "test" or "fit") it only builds model, data and
     Trainer for that stage and returns them on the CLI object, for Python callers such as sweeps."""
     quiet_known_noise()
+    quiet_seed_message()
     return LdmCLI(
         LatentDiffusionModule,
         LightningDataModule,
         subclass_mode_data=True,
-        trainer_defaults={"use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
         args=args,
         run=stage is None,

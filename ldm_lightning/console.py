@@ -30,6 +30,19 @@ def quiet_known_noise() -> None:
     transformers_logging.disable_progress_bar()
 
 
+class _DropSeedMessage(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Seed set to" not in str(record.msg)
+
+
+def quiet_seed_message() -> None:
+    """Drop Lightning's "Seed set to 0": the command line seeds every run (images take their seeds from
+    the prompt rows), and the line would precede a one-line error about the user's input (idempotent)."""
+    logger = logging.getLogger("lightning.fabric.utilities.seed")
+    if not any(isinstance(f, _DropSeedMessage) for f in logger.filters):
+        logger.addFilter(_DropSeedMessage())
+
+
 def step_budget_bar():
     """Lightning's rich progress bar, naming the step budget when `max_epochs` is unbounded; None without rich."""
     from lightning.pytorch.callbacks import RichProgressBar

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from lightning import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ldm_lightning.errors import UserError
 from ldm_lightning.tables import (
@@ -159,7 +159,9 @@ def check_group_by(rows: list[dict[str, Any]], group_by: list[str] | None) -> No
         )
 
 
-class _Rows(Dataset):
+class PromptRows(Dataset):
+    """A list of prompt rows as a map-style dataset (`collate` makes batches of them)."""
+
     def __init__(self, rows: list[dict[str, Any]]):
         self.rows = rows
 
@@ -168,6 +170,28 @@ class _Rows(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.rows[i]
+
+
+class RankSlice(DistributedSampler):
+    """Rows `rank, rank + world, …` of a dataset: every row on exactly one process, none repeated.
+
+    Lightning's own distributed sampler for `test` pads the last batch with duplicates
+    (Lightning#7929), which would score rows twice; being a `DistributedSampler`, this one is left in
+    place under Lightning's defaults. A process that would get no row at all repeats row 0 instead:
+    an idle process skips the epoch-end hooks in which the others wait for it. The repeat is the same
+    image and counts once (results are kept by row index).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)
+        self.indices = list(range(rank, n, num_replicas)) or ([0] if n else [])
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -181,11 +205,10 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class PromptDataModule(LightningDataModule):
-    """Prompts for `predict` and `test`, each row on exactly one rank.
+    """Prompts for `predict` and `test`, each row on exactly one process (`RankSlice`), with any Trainer.
 
-    Lightning's distributed test sampler pads with duplicates (Lightning#7929); here each rank
-    takes rows `rank, rank + world, …` of those not yet finished, so run the Trainer with
-    `use_distributed_sampler=False` (the CLI does).
+    `rows` holds every prompt row after `setup` (or `load_rows()`); `skip_rows` leaves out rows that a
+    run folder already holds, so a resumed run does only the rest.
     """
 
     def __init__(
@@ -246,36 +269,34 @@ class PromptDataModule(LightningDataModule):
             self.rows = rows
         return self.rows
 
+    def skip_rows(self, indices: set[int]) -> None:
+        """Leave these row indices out of the next `predict`/`test` (they are finished)."""
+        self.skip = set(indices)
+
     def setup(self, stage: str) -> None:
         self.load_rows()
         if stage == "test" and self.hparams.reference:
             from ldm_lightning.evaluation.real_images import list_reference
 
             self.reference_files = list_reference(self.hparams.reference)
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
-            uses_padding_sampler = getattr(trainer._accelerator_connector, "use_distributed_sampler", False)
-            if uses_padding_sampler:
-                raise UserError(
-                    "trainer.use_distributed_sampler: set it to false; PromptDataModule splits prompts "
-                    "across ranks itself, without Lightning's padded duplicates"
-                )
 
-    def _loader(self) -> DataLoader:
+    def _loader(self, stage: str) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         todo = [r for r in self.rows if r["index"] not in self.skip]
-        mine = todo[rank::world]
-        if not mine and todo:
-            # Fewer rows left than ranks: this rank redoes one row rather than sit idle, since an
-            # idle rank skips the epoch-end hooks in which the others wait for it. Its duplicate
-            # is the same image and is dropped when the manifest is deduplicated by index.
-            mine = todo[:1]
+        if not todo and self.rows and stage == "test":
+            # Everything is finished: one row again, so that `test` still reports the scores of all.
+            todo = self.rows[:1]
+        dataset = PromptRows(todo)
         return DataLoader(
-            _Rows(mine), batch_size=self.hparams.batch_size, collate_fn=collate, num_workers=self.hparams.num_workers
+            dataset,
+            batch_size=self.hparams.batch_size,
+            sampler=RankSlice(dataset, num_replicas=world, rank=rank),
+            collate_fn=collate,
+            num_workers=self.hparams.num_workers,
         )
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader()
+        return self._loader("predict")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader()
+        return self._loader("test")

@@ -1,8 +1,9 @@
 """The LightningModule: frozen SD v1 components; sampling in `predict_step`/`test_step`; the LDM loss in `fit`.
 
-It orchestrates; the math lives in `sampling.py` (generation), `training.py` (the loss),
-`clip_score.py` (the per-image metric) and `features.py` / `distribution.py` / `reference.py` (the
-distribution metrics against real images).
+It works in any `Trainer`: `trainer.predict` returns the image rows, `trainer.test` returns the scores
+(`test/clip_score` and the rest, see `on_test_epoch_end`), `trainer.fit` trains the U-Net. It
+orchestrates; the math lives in `generation/` (sampling, the loss) and `evaluation/` (CLIPScore, image
+features, distances to real images, summaries).
 """
 
 import math
@@ -15,13 +16,18 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from lightning import LightningModule
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
+from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.errors import UserError
 from ldm_lightning.evaluation.clip_score import DEFAULT_CLIP, clip_source, load_clip, score_images
-from ldm_lightning.evaluation.distribution import COMPARABLE_N, FEATURES_OF, distribution_metrics
+from ldm_lightning.evaluation.distribution import COMPARABLE_N, distribution_metrics
 from ldm_lightning.evaluation.features import DEFAULT_DINOV2, ClipImageFeatures, Dinov2Features, extract, load_inception
-from ldm_lightning.evaluation.real_images import reference_features
+from ldm_lightning.evaluation.groups import group_summary
+from ldm_lightning.evaluation.names import FEATURES_OF, METRICS, QUALITY_KEYS, MetricName
+from ldm_lightning.evaluation.real_images import reference_cache_dir, reference_features
+from ldm_lightning.evaluation.rows import FeatureRows, ResultRows
+from ldm_lightning.evaluation.summary import summarize
 from ldm_lightning.generation.components import Components, default_size, load_components, resolve, vae_scale_factor
 from ldm_lightning.generation.fast import make_fast
 from ldm_lightning.generation.sampling import Samples, generate, to_uint8
@@ -30,7 +36,6 @@ from ldm_lightning.generation.training import diffusion_loss, encode_images
 from ldm_lightning.memory import peak_memory_mb
 
 DEFAULT_MODEL = "tiny-shapes"
-Metric = Literal["clip_score", "fid", "kid", "cmmd", "fd_dinov2", "fd_clip"]
 
 
 class LatentDiffusionModule(LightningModule):
@@ -55,7 +60,7 @@ class LatentDiffusionModule(LightningModule):
         clip_model_name_or_path: str | None = None,
         fast: bool = False,
         step_progress: bool = False,
-        metrics: list[Metric] | None = None,
+        metrics: list[MetricName] | None = None,
         inception_weights: str | None = None,
         dinov2_model_name_or_path: str | None = None,
         _components: Components | None = None,
@@ -99,6 +104,7 @@ class LatentDiffusionModule(LightningModule):
                 facebook/dinov2-large.
         """
         super().__init__()
+        quiet_known_noise()
         check_scheduler_name(scheduler)
         if num_inference_steps < 1:
             raise UserError(f"model.num_inference_steps: must be at least 1, got {num_inference_steps}; try 25")
@@ -114,9 +120,9 @@ class LatentDiffusionModule(LightningModule):
                     f"model.{name}: must be a positive number of pixels, got {value}; "
                     "leave it out for the model's own size"
                 )
-        unknown = [m for m in metrics or [] if m not in Metric.__args__]
+        unknown = [m for m in metrics or [] if m not in METRICS]
         if unknown:
-            raise UserError(f"model.metrics: unknown {unknown}; choose from {', '.join(Metric.__args__)}")
+            raise UserError(f"model.metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
         # Loaded now, to fail before sampling with where to get it; a plain dict keeps it out of Lightning's casts.
         needs_inception = {"fid", "kid"} & set(metrics or [])
         self._inception = {"inception": load_inception(inception_weights)} if needs_inception else {}
@@ -141,6 +147,15 @@ class LatentDiffusionModule(LightningModule):
                     f"factor); try {max(factor, round(value / factor) * factor)}"
                 )
         self.strict_loading = False  # checkpoints hold only the trained U-Net
+        # `test`'s scorers, loaded in `setup` (`prepare_scoring`), and its results as metric state.
+        self.clip: tuple | None = None
+        self.extractors: dict[str, torch.nn.Module] | None = None
+        self.reference: dict[str, Any] | None = None
+        self.reference_skipped: list[str] = []
+        self.results = ResultRows()
+        self.features = FeatureRows(self.feature_names)
+        self._restored: tuple[list, dict] = ([], {})
+        self.summary: dict[str, Any] | None = None  # the last `test`'s summary (see `on_test_epoch_end`)
 
     @classmethod
     def from_components(cls, components: Components, **settings: Any) -> "LatentDiffusionModule":
@@ -150,7 +165,7 @@ class LatentDiffusionModule(LightningModule):
         """
         return cls(**settings, _components=components)
 
-    # ----- sampling (predict and test share it) -----
+    # ----- settings: what changes the results -----
 
     def settings(self) -> dict[str, Any]:
         """Everything besides the prompt row that changes the pixels (precision is the Trainer's)."""
@@ -168,6 +183,20 @@ class LatentDiffusionModule(LightningModule):
             # Same images to float rounding, not bit for bit; only when on, so earlier runs still resume.
             **({"fast": True} if hp.fast else {}),
         }
+
+    def run_settings(self, precision: str, stage: str) -> dict[str, Any]:
+        """The settings of a `predict` or `test` run under a Trainer of `precision` (e.g. "32-true").
+
+        For `test` also the scoring CLIP and, when distribution metrics are asked for, the feature
+        networks (only then, so runs without them keep their fingerprint).
+        """
+        settings = {**self.settings(), "precision": str(precision)}
+        if stage == "test":
+            settings["clip_model"] = self.clip_name
+            extractors = ", ".join(f"{n}={source}" for n, source in self.extractor_sources().items())
+            if extractors:
+                settings["feature_extractors"] = extractors
+        return settings
 
     @property
     def clip_name(self) -> str:
@@ -190,13 +219,7 @@ class LatentDiffusionModule(LightningModule):
         }
         return {name: sources[name] for name in self.feature_names}
 
-    def extra_settings(self, stage: str) -> dict[str, Any]:
-        """What changes a stage's results beyond the pixels: for `test`, the scoring CLIP and feature networks."""
-        if stage != "test":
-            return {}
-        # Only when features are stored, so runs without distribution metrics keep their fingerprint.
-        extractors = ", ".join(f"{n}={source}" for n, source in self.extractor_sources().items())
-        return {"clip_model": self.clip_name, **({"feature_extractors": extractors} if extractors else {})}
+    # ----- sampling (predict and test share it) -----
 
     def _decode_fp32(self) -> bool:
         mode = self.hparams.decode_fp32
@@ -226,7 +249,27 @@ class LatentDiffusionModule(LightningModule):
         samples = self.sample(batch)
         return rows_of(batch, samples, to_uint8(samples.images))
 
-    # ----- evaluation (test): the same samples, scored by CLIP -----
+    # ----- evaluation (test): the same samples, scored -----
+
+    def prepare_scoring(self) -> None:
+        """Load the scoring CLIP and the feature networks the metrics need (once; `setup` calls it).
+
+        Callers may call it earlier to fail before any work when a network cannot be loaded.
+        """
+        if self.clip is None:
+            self.clip = load_clip(self.clip_name)
+        if self.extractors is None:
+            self.extractors = self.build_extractors()
+
+    def build_extractors(self) -> dict[str, torch.nn.Module]:
+        """The feature networks the requested metrics need, built once, frozen, fp32 (kept out of Lightning's casts)."""
+        hp = self.hparams
+        built = {
+            "inception": lambda: self._inception["inception"],
+            "clip": lambda: ClipImageFeatures(self.clip, self.clip_name, clip_source(self.clip_name)),
+            "dinov2": lambda: Dinov2Features(hp.dinov2_model_name_or_path or DEFAULT_DINOV2),
+        }
+        return {name: built[name]().eval().requires_grad_(False) for name in self.feature_names}
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
@@ -234,65 +277,124 @@ class LatentDiffusionModule(LightningModule):
         pixels = to_uint8(samples.images)
         rows = rows_of(batch, samples, pixels)
         scores = score_images(pixels, batch["prompt"], self.clip)
-        # Stored with each row (the writer's feature shards) and reduced once at the end, from every row.
         features = {name: values.numpy() for name, values in extract(self.extractors, pixels).items()}
         seconds = (time.perf_counter() - start) / len(rows)
         memory = peak_memory_mb(self.device)
         for i, (row, score) in enumerate(zip(rows, scores)):
-            if features:
+            if features:  # for a run folder's resume; the metric state below holds them too
                 row["features"] = {name: values[i] for name, values in features.items()}
             # Broken samples are flagged and left out of the mean (counted in the summary).
             row["clip_score"] = score if row["finite"] and not row["black"] else None
             row["seconds"] = seconds  # the batch's wall time (sampling + scoring) per image
             row["first_batch"] = batch_idx == 0  # this process's first: pays warm-up and compilation
             row["peak_memory_mb"] = memory
+        self.results.update(rows)
+        self.features.update([r["index"] for r in rows], features)
         metrics = {
             "test/seconds_per_image": seconds,
             "test/steps_per_second": self.hparams.num_inference_steps / seconds,
             "test/peak_memory_mb": memory,
         }
-        # Per-rank, per-step values: no sync_dist here (it deadlocks when ranks run different
-        # numbers of steps); the exact mean is reduced once, at epoch end, from every rank's rows.
+        # Per-process, per-step values: no sync_dist here (it deadlocks when processes run different
+        # numbers of steps); the scores are gathered once, at epoch end, by the metrics above.
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rows))
         return rows
 
-    # ----- per-stage setup, and training (fit): the U-Net only; VAE and text encoder stay frozen -----
+    def restore_results(self, rows: list[dict[str, Any]], features: dict[str, Any] | None = None) -> None:
+        """Rows finished by an earlier, interrupted run of the same settings (a run folder's resume):
+        they join this run's summary. Call before `trainer.test`; rank 0 adds them, so they count once."""
+        self._restored = (rows, features or {})
+
+    def on_test_epoch_start(self) -> None:
+        self.results.reset()
+        self.features.reset()
+        rows, features = self._restored
+        if rows and self.trainer.is_global_zero:
+            self.results.update(rows)
+            if self.feature_names:
+                self.features.update([r["index"] for r in rows], features)
+        self._restored = ([], {})
+
+    def on_test_epoch_end(self) -> None:
+        """Gather every process's rows once and log the summary: `test/clip_score` (mean over healthy
+        images), `test/clip_score_std`, `test/clip_score_ci95_low` / `_high` (bootstrap), `test/n`, and
+        `test/<metric>` for each distribution metric asked for. The whole summary is `self.summary`."""
+        rows = self.results.compute()
+        summary = summarize(rows)
+        if self.feature_names:
+            features = self.features.compute()
+            quality = self.distribution_summary(features) if self.trainer.is_global_zero else None
+            summary.update(self.trainer.strategy.broadcast(quality, src=0))
+        group_by = self._data_hparam("group_by")
+        if group_by:
+            columns = {r["index"]: r for r in self.trainer.datamodule.rows}
+            summary["groups"] = group_summary([{**columns[r["index"]], **r} for r in rows], group_by)
+        self.summary = summary
+        logged = {  # float64 tensors: Lightning would store plain floats as float32 (7 digits)
+            "test/clip_score": summary["clip_score_mean"],
+            "test/clip_score_std": summary["clip_score_std"],
+            "test/clip_score_ci95_low": summary["clip_score_ci95"][0],
+            "test/clip_score_ci95_high": summary["clip_score_ci95"][1],
+            "test/n": float(summary["n"]),
+            **{f"test/{key}": summary[key] for key in QUALITY_KEYS if key in summary},
+        }
+        logged = {name: torch.tensor(value, dtype=torch.float64, device=self.device) for name, value in logged.items()}
+        # The same values on every process (gathered above); the mean reduction only keeps Lightning quiet.
+        self.log_dict(logged, sync_dist=True)
+        hp_metrics = {"hp/clip_score": summary["clip_score_mean"]}
+        hp_metrics.update({f"hp/{key}": summary[key] for key in QUALITY_KEYS if key in summary})
+        settings = {k: "none" if v is None else v for k, v in self.run_settings(self.trainer.precision, "test").items()}
+        for logger in self.loggers:  # TensorBoard's HParams tab: the settings that change results, with the scores
+            logger.log_hyperparams(settings, metrics=hp_metrics)
+        if summary["n_truncated"]:
+            rank_zero_info(f"{summary['n_truncated']} prompts were longer than the tokenizer limit and were truncated.")
+
+    def _data_hparam(self, name: str) -> Any:
+        datamodule = self.trainer.datamodule
+        return getattr(datamodule, "hparams", {}).get(name) if datamodule is not None else None
+
+    def distribution_summary(self, generated: dict[str, Any]) -> dict[str, Any]:
+        """The requested distribution metrics of the generated features against the reference, with their N."""
+        n_generated = len(generated["index"])
+        n_reference = len(next(iter(self.reference.values())))
+        if min(n_generated, n_reference) < COMPARABLE_N:
+            rank_zero_info(
+                f"note: distribution metrics from {n_generated} generated and {n_reference} reference images: "
+                f"values below {COMPARABLE_N:,} images are biased upwards and not comparable with published ones"
+            )
+        return {
+            **distribution_metrics(self.hparams.metrics, self.reference, generated),
+            "n_generated": n_generated,
+            "n_reference": n_reference,
+            "n_reference_skipped": len(self.reference_skipped),
+            "reference": self._data_hparam("reference"),
+            "extractors": self.extractor_sources(),
+            "resize": {name: net.resize for name, net in self.extractors.items()},
+        }
+
+    # ----- per-stage setup -----
 
     def setup(self, stage: str) -> None:
         if stage == "test":
-            if getattr(self, "clip", None) is None:  # the CLI loads it before the run starts
-                self.clip = load_clip(self.clip_name)
-            self.extractors = self.build_extractors()
-            self.reference, self.reference_skipped = None, []
+            self.prepare_scoring()
+            if self.feature_names:
+                self._check_reference()
         if stage == "fit":
             self.unet.requires_grad_(True).train()  # the frozen VAE and text encoder stay in eval mode
             # The forward process uses the checkpoint's own noise schedule (betas).
             self.noise_schedule = DDPMScheduler.from_config(self.components.scheduler_config)
 
-    def build_extractors(self) -> dict[str, torch.nn.Module]:
-        """The feature networks the requested metrics need, built once, frozen, fp32 (kept out of Lightning's casts)."""
-        names = self.feature_names
-        if names and self._trainer is not None:
-            datamodule = self.trainer.datamodule
-            if not getattr(datamodule, "reference_files", None):
-                raise UserError(
-                    f"data.reference: model.metrics {self.hparams.metrics} compare generated with real images; "
-                    "pass --data.reference FOLDER, GLOB or TABLE"
-                )
-            if len(datamodule.rows) < 2:
-                raise UserError(
-                    f"data.prompts: distribution metrics need at least 2 generated images, got {len(datamodule.rows)}"
-                )
-        hp = self.hparams
-        built = {
-            "inception": lambda: self._inception["inception"],
-            "clip": lambda: ClipImageFeatures(self.clip, self.clip_name, self._clip_folder()),
-            "dinov2": lambda: Dinov2Features(hp.dinov2_model_name_or_path or DEFAULT_DINOV2),
-        }
-        return {name: built[name]().eval().requires_grad_(False) for name in names}
-
-    def _clip_folder(self) -> str:
-        return clip_source(self.clip_name)
+    def _check_reference(self) -> None:
+        datamodule = self.trainer.datamodule
+        if not getattr(datamodule, "reference_files", None):
+            raise UserError(
+                f"data.reference: model.metrics {self.hparams.metrics} compare generated with real images; "
+                "pass --data.reference FOLDER, GLOB or TABLE (PromptDataModule(reference=...) in Python)"
+            )
+        if len(datamodule.rows) < 2:
+            raise UserError(
+                f"data.prompts: distribution metrics need at least 2 generated images, got {len(datamodule.rows)}"
+            )
 
     def on_predict_start(self) -> None:
         self._apply_fast_mode()
@@ -302,9 +404,8 @@ class LatentDiffusionModule(LightningModule):
         for net in self.extractors.values():
             net.to(self.device)
         if self.extractors and self.trainer.is_global_zero:
-            # Once per sweep: cached next to the run folders, keyed by the files and the extractors.
             files = self.trainer.datamodule.reference_files
-            cache_dir = Path(self.trainer.default_root_dir).resolve().parent
+            cache_dir = reference_cache_dir()
             self.reference, self.reference_skipped = reference_features(files, self.extractors, cache_dir, self.device)
             n = len(next(iter(self.reference.values())))
             if n < 2:
@@ -312,33 +413,14 @@ class LatentDiffusionModule(LightningModule):
             skipped = f", {len(self.reference_skipped)} unreadable skipped" if self.reference_skipped else ""
             rank_zero_info(f"reference: {n} images{skipped}; features cached in {cache_dir}")
 
-    def distribution_summary(self, generated: dict[str, Any]) -> dict[str, Any]:
-        """The requested distribution metrics of the generated features against the reference, with their N."""
-        if not self.extractors:
-            return {}
-        n_generated = len(next(iter(generated.values())))
-        n_reference = len(next(iter(self.reference.values())))
-        if min(n_generated, n_reference) < COMPARABLE_N:
-            rank_zero_warn(
-                f"distribution metrics from {n_generated} generated and {n_reference} reference images: "
-                f"values below {COMPARABLE_N:,} images are biased upwards and not comparable with published ones"
-            )
-        return {
-            **distribution_metrics(self.hparams.metrics, self.reference, generated),
-            "n_generated": n_generated,
-            "n_reference": n_reference,
-            "n_reference_skipped": len(self.reference_skipped),
-            "reference": self.trainer.datamodule.hparams.reference,
-            "extractors": self.extractor_sources(),
-            "resize": {name: net.resize for name, net in self.extractors.items()},
-        }
-
     def _apply_fast_mode(self) -> None:
         # Here, not in `setup`: Lightning moves the module to its device and dtype after `setup`, and
         # fast mode's choices (CUDA graphs, channels-last) depend on where the U-Net lives.
         if self.hparams.fast:
             settings = make_fast(self.unet)  # in place, once: the sampling code keeps the same module object
             rank_zero_info(f"fast mode {settings}: the first batch of each shape compiles the U-Net (about a minute)")
+
+    # ----- training (fit): the U-Net only; the VAE and text encoder stay frozen -----
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         latents = batch.get("latents")

@@ -8,13 +8,15 @@ import torch
 from lightning import Trainer
 from torch.utils.data import DataLoader
 
-from ldm_lightning.data import _Rows, collate, read_rows
+from ldm_lightning.data import PromptRows, collate, read_rows
 from ldm_lightning.evaluation.summary import bootstrap_ci, summarize, timing
 from ldm_lightning.module import LatentDiffusionModule
 
 
 def loader(n: int = 2) -> DataLoader:
-    return DataLoader(_Rows(read_rows([f"prompt {i}" for i in range(n)], seed=0)), batch_size=n, collate_fn=collate)
+    return DataLoader(
+        PromptRows(read_rows([f"prompt {i}" for i in range(n)], seed=0)), batch_size=n, collate_fn=collate
+    )
 
 
 def test_nan_latents_are_flagged(tiny_model):

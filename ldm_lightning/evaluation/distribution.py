@@ -7,22 +7,14 @@ every rank's rows). CMMD is written out here: no library of the stack implements
 """
 
 import warnings
-from typing import Literal
 
 import numpy as np
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-DistributionMetric = Literal["fid", "kid", "cmmd", "fd_dinov2", "fd_clip"]
-# The feature set each metric compares.
-FEATURES_OF: dict[str, str] = {
-    "fid": "inception",
-    "kid": "inception",
-    "cmmd": "clip",
-    "fd_clip": "clip",
-    "fd_dinov2": "dinov2",
-}
+from ldm_lightning.evaluation.names import FEATURES_OF
+
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000  # Bińkowski et al. 2018; smaller sets use all their images in every subset
 CMMD_SIGMA = 10.0  # Jayasumana et al. 2024: the Gaussian RBF kernel bandwidth on unit-norm CLIP embeddings

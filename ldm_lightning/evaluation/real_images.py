@@ -1,16 +1,17 @@
 """Reference (real) images for distribution metrics: find them, decode them, and cache their features.
 
 `data.reference` is a folder (searched recursively), a glob, or a table (.csv/.tsv/.jsonl/.parquet or a saved
-dataset) whose `image` column holds paths relative to the table's folder. Features are cached next to the
-run folders (in the output folder's parent), one file per extractor, keyed by every file's path, size and
-modification time and by the extractor with its preprocessing: every run of a sweep reuses them, and a
-changed image or extractor computes them again.
+dataset) whose `image` column holds paths relative to the table's folder. Features are cached in the user's
+cache folder (`$LDM_LIGHTNING_CACHE`, else `$XDG_CACHE_HOME/ldm_lightning` or `~/.cache/ldm_lightning`), one
+file per extractor, keyed by every file's path, size and modification time and by the extractor with its
+preprocessing: every run of a sweep reuses them, and a changed image or extractor computes them again.
 """
 
 import glob
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,13 @@ def cache_file(cache_dir: Path, files: list[Path], name: str, identity: str) -> 
     """Where one extractor's features of these files are cached."""
     key = json.dumps([[_stamp(f) for f in files], name, identity])
     return cache_dir / f"reference-{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def reference_cache_dir() -> Path:
+    """Where reference features are cached (see the module docstring)."""
+    if os.environ.get("LDM_LIGHTNING_CACHE"):
+        return Path(os.environ["LDM_LIGHTNING_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "ldm_lightning"
 
 
 def reference_features(

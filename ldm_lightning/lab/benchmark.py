@@ -28,7 +28,7 @@ import torch
 from lightning import Trainer
 from torch.utils.data import DataLoader
 
-from ldm_lightning.data import _Rows, collate, read_rows
+from ldm_lightning.data import PromptRows, collate, read_rows
 from ldm_lightning.errors import first_line
 from ldm_lightning.generation.components import Components, default_size, load_components, vae_scale_factor
 from ldm_lightning.generation.fast import fast_settings
@@ -265,7 +265,7 @@ def bench_batch(args, components, fast_parts, device, batch, height, flops, peak
         enable_model_summary=False,
         enable_checkpointing=False,
     )
-    loader = DataLoader(_Rows(rows), batch_size=batch, collate_fn=collate)
+    loader = DataLoader(PromptRows(rows), batch_size=batch, collate_fn=collate)
 
     variants = {
         "pipeline": reference,

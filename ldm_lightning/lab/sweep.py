@@ -34,9 +34,9 @@ from PIL import Image
 from ldm_lightning.cli import make_cli
 from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.evaluation.compare import compare
+from ldm_lightning.evaluation.names import QUALITY_KEYS
 from ldm_lightning.memory import reset_peak_rss
 from ldm_lightning.run_folder.files import read_jsonl
-from ldm_lightning.run_folder.writer import QUALITY_KEYS
 
 # The metric the trade-off plot shows when --quality-metric is not given: the first one a run reports.
 TRADEOFF_ORDER = ("fid", "fd_dinov2", "fd_clip", "cmmd", "kid_mean")

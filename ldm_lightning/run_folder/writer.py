@@ -1,4 +1,14 @@
-"""A Lightning callback that saves every generated image as a PNG with one manifest row, on every rank."""
+"""A Lightning callback that keeps a run folder: one PNG and one manifest row per image, on every process.
+
+    Trainer(callbacks=[ImageWriter("outputs/mine")]).test(module, datamodule=data)
+
+writes `<index>-<prompt>.png`, `manifest.jsonl`, and for `test` `results.jsonl` (each image's scores),
+`summary.json` (the module's summary), `groups.md`, and `grid.png`. The folder is tied to one run
+(`run.json`: the fingerprint of the module's settings and the prompt rows): the same run started again
+resumes it, doing only the rows it does not hold yet; a different run is refused, so nothing is mixed
+or overwritten. The writer only writes: the module scores and summarizes, the data module skips
+finished rows, the metric state gathers them across processes.
+"""
 
 import json
 import secrets
@@ -16,12 +26,12 @@ from PIL import Image
 
 from ldm_lightning.data import ROW_KEYS
 from ldm_lightning.errors import UserError
-from ldm_lightning.evaluation.summary import summarize
 from ldm_lightning.run_folder.files import (
     MANIFEST,
     RUN_FILE,
     append_jsonl,
     atomic_write,
+    fingerprint,
     finished_rows,
     image_name,
     load_features,
@@ -36,51 +46,71 @@ RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 GROUPS = "groups.md"
 MAX_GRID_IMAGES = 64
-# Distribution metrics a summary may hold (those requested with model.metrics), logged beside clip_score.
-QUALITY_KEYS = ("fid", "fid_infinity", "kid_mean", "kid_std", "cmmd", "fd_dinov2", "fd_clip")
 
 
 class ImageWriter(BasePredictionWriter):
-    """Writes `run_dir/<index>-<prompt>.png` and a `manifest.jsonl` row per image, atomically.
+    """Writes a run folder for `predict` and `test` (see the module docstring).
 
-    At start it records the run (`run.json`) and tells the data module which rows are already
-    finished, so a killed run started again only does the rest.
+    Args:
+        output_dir: the run's folder; created if missing. A folder that holds a different run is refused.
     """
 
-    def __init__(self, run_dir: str | Path, settings: dict[str, Any], run_fingerprint: str):
+    def __init__(self, output_dir: str | Path):
         super().__init__(write_interval="batch")
-        self.run_dir = Path(run_dir)
-        self.settings = settings
-        self.fingerprint = run_fingerprint
+        self.run_dir = Path(output_dir)
         self.manifest = self.run_dir / MANIFEST
+        self.settings: dict[str, Any] = {}
         self.started = 0.0
         self.columns: dict[int, dict[str, Any]] = {}  # a prompt table's other columns, by row index
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage not in ("predict", "test"):
+            return
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "skip_rows"):
+            raise UserError(
+                "ImageWriter: needs the prompt rows of a PromptDataModule; pass one with "
+                "trainer.test(module, datamodule=PromptDataModule(...))"
+            )
+        self.settings = pl_module.run_settings(str(trainer.precision), stage)
+        run_fingerprint = fingerprint(self.settings, datamodule.rows)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if trainer.is_global_zero:
-            if not (self.run_dir / RUN_FILE).exists():
-                run = {"fingerprint": self.fingerprint, "stage": stage, "settings": self.settings}
-                atomic_write(self.run_dir / RUN_FILE, json.dumps(run, indent=2).encode())
-            # A run stopped by a full disk or a kill may have left a torn last line, which a new row
-            # appended after it would join; keep only whole rows before anything is appended.
-            for name in (MANIFEST, RESULTS):
-                if (self.run_dir / name).is_file():
-                    rewrite_sorted(self.run_dir / name, {i: r for i, r in enumerate(read_jsonl(self.run_dir / name))})
+            self._claim(run_fingerprint, stage)
         check_shared_folder(trainer, self.run_dir)
         done = finished_rows(self.run_dir, read_jsonl(self.done_file(stage)))
-        datamodule = trainer.datamodule
-        datamodule.skip = set(done)
+        datamodule.skip_rows(set(done))
+        if stage == "test" and done:
+            indices = sorted(done)
+            features = load_features(self.run_dir, indices) if pl_module.feature_names else {}
+            pl_module.restore_results([done[i] for i in indices], features)
         self.columns = {r["index"]: {k: v for k, v in r.items() if k not in ROW_KEYS} for r in datamodule.rows}
         total = len(datamodule.rows)
         if done and len(done) >= total:
-            summary = self.run_dir / SUMMARY if stage == "test" else self.manifest
-            rank_zero_info(f"Nothing left to do: all {total} samples are finished in {self.run_dir} (see {summary}).")
-            if stage == "test":  # Lightning skips an empty test loop and its hooks; groups may be new
-                self.summarize_groups(trainer)
+            again = " (scoring one image again to report the scores of all)" if stage == "test" else ""
+            rank_zero_info(f"Nothing left to do: all {total} samples are finished in {self.run_dir}{again}.")
         elif done:
             rank_zero_info(f"Resuming {self.run_dir}: {len(done)} of {total} images already done.")
         self.started = time.perf_counter()
+
+    def _claim(self, run_fingerprint: str, stage: str) -> None:
+        """Record the run in `run.json`, or check that the folder holds this very run."""
+        run_file = self.run_dir / RUN_FILE
+        if run_file.is_file():
+            held = json.loads(run_file.read_text()).get("fingerprint")
+            if held != run_fingerprint:
+                raise UserError(
+                    f"output_dir: {self.run_dir} holds another run (other settings or prompts); choose another "
+                    "folder (the command line picks <folder>-1, -2, … by itself)"
+                )
+        else:
+            run = {"fingerprint": run_fingerprint, "stage": stage, "settings": self.settings}
+            atomic_write(run_file, json.dumps(run, indent=2).encode())
+        # A run stopped by a full disk or a kill may have left a torn last line, which a new row
+        # appended after it would join; keep only whole rows before anything is appended.
+        for name in (MANIFEST, RESULTS):
+            if (self.run_dir / name).is_file():
+                rewrite_sorted(self.run_dir / name, {i: r for i, r in enumerate(read_jsonl(self.run_dir / name))})
 
     def done_file(self, stage: str) -> Path:
         """The file whose rows mark a sample finished: the manifest, or the scores when testing."""
@@ -116,18 +146,20 @@ class ImageWriter(BasePredictionWriter):
             done = len(finished_rows(self.run_dir, read_jsonl(self.manifest), decode=False))
             raise SIGTERMException(f"SIGTERM received; {done} finished images are kept in {self.run_dir}")
 
-    def finish(self, trainer: Trainer) -> dict[int, dict[str, Any]]:
-        """After all ranks: sort the manifest, draw the grid; returns the finished rows by index."""
-        trainer.strategy.barrier("ldm_lightning.run_folder.writer.finish")
+    def finish(self, trainer: Trainer, results: bool = False) -> None:
+        """After all processes: sort the manifest (and results), draw the grid."""
+        trainer.strategy.barrier("ldm_lightning.writer.finish")
         done = finished_rows(self.run_dir, read_jsonl(self.manifest), decode=False)  # decoded at setup or written whole
         if trainer.is_global_zero and done:
             rewrite_sorted(self.manifest, done)
+            if results:
+                results_file = self.run_dir / RESULTS
+                rewrite_sorted(results_file, finished_rows(self.run_dir, read_jsonl(results_file), decode=False))
             grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
             log_grid(trainer, grid, [done[i]["prompt"] for i in sorted(done)][:MAX_GRID_IMAGES])
             seconds = time.perf_counter() - self.started
             images = f"{len(done)} image" + "s" * (len(done) != 1)
             rank_zero_info(f"{images} in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")
-        return done
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.finish(trainer)
@@ -140,43 +172,13 @@ class ImageWriter(BasePredictionWriter):
         drop_pixels(outputs)
         self.stop_if_preempted(trainer)
 
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Every rank's rows are on disk after the barrier: reduce once, from the file, which also
-        # holds the rows of an earlier, interrupted run of the same settings.
-        trainer.strategy.barrier("ldm_lightning.run_folder.writer.summary")
-        summary = None
-        if trainer.is_global_zero:
-            rows = finished_rows(self.run_dir, read_jsonl(self.run_dir / RESULTS), decode=False)
-            rewrite_sorted(self.run_dir / RESULTS, rows)
-            summary = summarize(list(rows.values()))
-            if getattr(pl_module, "feature_names", None):
-                summary.update(pl_module.distribution_summary(load_features(self.run_dir, sorted(rows))))
-            summary["settings"] = self.settings
-            atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
-        summary = trainer.strategy.broadcast(summary, src=0)
-        # The same value on every rank (broadcast above); the mean reduction is a no-op that keeps Lightning quiet.
-        pl_module.log("clip_score", summary["clip_score_mean"], sync_dist=True)
-        quality = {key: summary[key] for key in QUALITY_KEYS if key in summary}
-        for key, value in quality.items():
-            pl_module.log(key, value, sync_dist=True)
-        hp_metrics = {"hp/clip_score": summary["clip_score_mean"], **{f"hp/{k}": v for k, v in quality.items()}}
-        for logger in trainer.loggers:
-            logger.log_hyperparams(flat_settings(self.settings), metrics=hp_metrics)
-        if summary["n_truncated"]:
-            rank_zero_info(f"{summary['n_truncated']} prompts were longer than the tokenizer limit and were truncated.")
-
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.finish(trainer)
-        self.summarize_groups(trainer)
-
-    def summarize_groups(self, trainer: Trainer) -> None:
-        """Results per `data.group_by` value into `summary.json`, `groups.md` and TensorBoard, from `results.jsonl`."""
-        group_by = trainer.datamodule.hparams.get("group_by")
-        if group_by and trainer.is_global_zero and (self.run_dir / SUMMARY).is_file():
-            rows = read_jsonl(self.run_dir / RESULTS)
-            summary = json.loads((self.run_dir / SUMMARY).read_text())
-            summary["groups"] = write_groups(trainer, self.run_dir, rows, group_by)
-            atomic_write(self.run_dir / SUMMARY, json.dumps(summary, indent=2).encode())
+        self.finish(trainer, results=True)
+        summary = pl_module.summary
+        if trainer.is_global_zero and summary is not None:
+            atomic_write(self.run_dir / SUMMARY, json.dumps({**summary, "settings": self.settings}, indent=2).encode())
+            if summary.get("groups"):
+                write_groups(trainer, self.run_dir, summary["groups"])
 
 
 def check_shared_folder(trainer: Trainer, run_dir: Path) -> None:
@@ -211,11 +213,6 @@ def drop_pixels(rows: list[dict[str, Any]]) -> None:
         row.pop("features", None)
 
 
-def flat_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings as TensorBoard hparams accept them (no None)."""
-    return {k: ("none" if v is None else v) for k, v in settings.items()}
-
-
 def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> None:
     """One batch's images and prompts (with scores) in TensorBoard."""
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -232,20 +229,18 @@ def _rounded(score: float | None) -> str:
     return "–" if score is None else f"{score:.2f}"
 
 
-def write_groups(trainer: Trainer, run_dir: Path, rows: list[dict[str, Any]], group_by: list[str]) -> dict:
-    """Per-group results: `groups.md`, a text table and a bar chart in TensorBoard; returns them for the summary."""
+def write_groups(trainer: Trainer, run_dir: Path, groups: dict) -> None:
+    """Per-group results as `groups.md`, and a text table and a bar chart in TensorBoard."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from ldm_lightning.evaluation.groups import group_summary, groups_figure, groups_markdown
+    from ldm_lightning.evaluation.groups import groups_figure, groups_markdown
 
-    groups = group_summary(rows, group_by)
     table = groups_markdown(groups)
     atomic_write(run_dir / GROUPS, table.encode())
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text("test/groups", table)
             logger.experiment.add_figure("test/groups", groups_figure(groups))
-    return groups
 
 
 def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:

@@ -1,0 +1,100 @@
+"""Per-image results as torchmetrics state: each process adds its rows, `compute` gathers every row once.
+
+A `test` summary needs every row, not a running mean: the median time per image, the bootstrap
+interval of the mean, and the distribution metrics over all images' features. These metrics keep one
+entry per image in "cat" states, which torchmetrics gathers across processes when `compute` is called
+(once, at the end of the epoch), so processes that ran different numbers of batches still meet only
+there. A row produced twice (a process with nothing left to do repeats one, and a resumed run restores
+finished rows) counts once, by its index.
+"""
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+# The numbers each `test` row carries about its own image; a missing score (a broken image) is NaN.
+ROW_FIELDS = ("clip_score", "finite", "black", "truncated", "seconds", "first_batch", "peak_memory_mb")
+
+
+def _first_by_index(index: torch.Tensor) -> np.ndarray:
+    """Positions of the first occurrence of each index, in increasing index order."""
+    index = index.cpu().numpy().astype(np.int64)
+    _, first = np.unique(index, return_index=True)
+    return first
+
+
+class ResultRows(Metric):
+    """The `ROW_FIELDS` of every image, by row index; `compute` returns them as a list of dicts sorted by index."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("values", default=[], dist_reduce_fx="cat")  # flat: one dtype and rank for every process
+        self.set_dtype(torch.float64)
+
+    def update(self, rows: list[dict[str, Any]]) -> None:
+        """Add rows that hold `index` and the `ROW_FIELDS` (a missing or None score becomes NaN)."""
+        if not rows:
+            return
+        values = [[_number(r.get(f)) for f in ROW_FIELDS] for r in rows]
+        self.index.append(torch.tensor([r["index"] for r in rows], dtype=torch.float64, device=self.device))
+        self.values.append(torch.tensor(values, dtype=torch.float64, device=self.device).flatten())
+
+    def compute(self) -> list[dict[str, Any]]:
+        if not self.index or (isinstance(self.index, torch.Tensor) and self.index.numel() == 0):
+            return []
+        index, values = dim_zero_cat(self.index), dim_zero_cat(self.values).reshape(-1, len(ROW_FIELDS))
+        keep = _first_by_index(index)
+        rows = []
+        for i in keep:
+            row = {"index": int(index[i])}
+            for field, value in zip(ROW_FIELDS, values[i].tolist()):
+                row[field] = value
+            row["clip_score"] = None if np.isnan(row["clip_score"]) else row["clip_score"]
+            for flag in ("finite", "black", "truncated", "first_batch"):
+                row[flag] = bool(row[flag])
+            rows.append(row)
+        return rows
+
+
+class FeatureRows(Metric):
+    """Image features by row index, one cat state per feature set; `compute` returns `{name: (N, D) array}`
+    sorted by index, with the indices under `"index"`."""
+
+    full_state_update = False
+
+    def __init__(self, names: list[str], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.names = list(names)
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        for name in self.names:  # flat, as in `ResultRows`; reshaped by the number of rows
+            self.add_state(f"features_{name}", default=[], dist_reduce_fx="cat")
+        self.set_dtype(torch.float64)
+
+    def update(self, index: list[int], features: dict[str, np.ndarray | torch.Tensor]) -> None:
+        if not self.names or not len(index):
+            return
+        self.index.append(torch.tensor(list(index), dtype=torch.float64, device=self.device))
+        for name in self.names:
+            values = torch.as_tensor(np.asarray(features[name]), dtype=torch.float64, device=self.device)
+            getattr(self, f"features_{name}").append(values.flatten())
+
+    def compute(self) -> dict[str, np.ndarray]:
+        if not self.names or not self.index or (isinstance(self.index, torch.Tensor) and self.index.numel() == 0):
+            return {}
+        index = dim_zero_cat(self.index)
+        keep = _first_by_index(index)
+        out = {"index": index.cpu().numpy().astype(np.int64)[keep]}
+        for name in self.names:
+            values = dim_zero_cat(getattr(self, f"features_{name}")).reshape(len(index), -1)
+            out[name] = values.cpu().numpy()[keep]
+        return out
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)

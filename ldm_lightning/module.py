@@ -16,6 +16,7 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from lightning import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from ldm_lightning.console import quiet_known_noise
@@ -345,7 +346,10 @@ class LatentDiffusionModule(LightningModule):
         hp_metrics.update({f"hp/{key}": summary[key] for key in QUALITY_KEYS if key in summary})
         settings = {k: "none" if v is None else v for k, v in self.run_settings(self.trainer.precision, "test").items()}
         for logger in self.loggers:  # TensorBoard's HParams tab: the settings that change results, with the scores
-            logger.log_hyperparams(settings, metrics=hp_metrics)
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(settings, metrics=hp_metrics)
+            else:
+                logger.log_hyperparams(settings)
         if summary["n_truncated"]:
             rank_zero_info(f"{summary['n_truncated']} prompts were longer than the tokenizer limit and were truncated.")
 

@@ -46,7 +46,7 @@ class ResultRows(Metric):
         self.values.append(torch.tensor(values, dtype=torch.float64, device=self.device).flatten())
 
     def compute(self) -> list[dict[str, Any]]:
-        if not self.index or (isinstance(self.index, torch.Tensor) and self.index.numel() == 0):
+        if _empty(self.index):
             return []
         index, values = dim_zero_cat(self.index), dim_zero_cat(self.values).reshape(-1, len(ROW_FIELDS))
         keep = _first_by_index(index)
@@ -85,7 +85,7 @@ class FeatureRows(Metric):
             getattr(self, f"features_{name}").append(values.flatten())
 
     def compute(self) -> dict[str, np.ndarray]:
-        if not self.names or not self.index or (isinstance(self.index, torch.Tensor) and self.index.numel() == 0):
+        if not self.names or _empty(self.index):
             return {}
         index = dim_zero_cat(self.index)
         keep = _first_by_index(index)
@@ -94,6 +94,11 @@ class FeatureRows(Metric):
             values = dim_zero_cat(getattr(self, f"features_{name}")).reshape(len(index), -1)
             out[name] = values.cpu().numpy()[keep]
         return out
+
+
+def _empty(state: list | torch.Tensor) -> bool:
+    """A cat state holds nothing: a list before `update` (or a sync), a tensor after."""
+    return len(state) == 0 if isinstance(state, list) else state.numel() == 0
 
 
 def _number(value: Any) -> float:

@@ -18,7 +18,6 @@ from pathlib import Path
 from lightning import LightningDataModule
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldm_lightning.console import quiet_known_noise, quiet_seed_message, step_budget_bar
@@ -27,8 +26,7 @@ from ldm_lightning.errors import UserError, first_line
 from ldm_lightning.generation.export import ExportDiffusers
 from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
-from ldm_lightning.run_folder.files import check_writable, choose_run_dir, fingerprint
-from ldm_lightning.run_folder.writer import ImageWriter
+from ldm_lightning.run_folder.attach import attach_run_folder
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -151,17 +149,9 @@ class LdmCLI(LightningCLI):
             check_fits(self.model, self.datamodule.hparams.batch_size, config.trainer.get("accelerator"))
             tensorboard = config.trainer.get("logger") in (None, True)
             if tensorboard:
-                kwargs["logger"] = False  # added below, in the run folder, which depends on the Trainer's precision
+                kwargs["logger"] = False  # added in the run folder, which depends on the Trainer's precision
             trainer = super().instantiate_trainer(**kwargs)
-            settings = self.model.run_settings(trainer.precision, stage)
-            self.run_dir = run_dir = choose_run_dir(base, fingerprint(settings, self.datamodule.load_rows()))
-            check_writable(run_dir)  # after the Trainer's own checks, so a refused run leaves no folder
-            if tensorboard:
-                # No automatic HParams entry: the module logs the settings that change results, with the score.
-                trainer.loggers = [
-                    TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-                ]
-            trainer.callbacks.append(ImageWriter(run_dir))
+            self.run_dir = attach_run_folder(trainer, self.model, self.datamodule, stage, base, tensorboard)
             return trainer
         kwargs["default_root_dir"] = base
         if stage == "fit" and config.trainer.get("enable_progress_bar") is not False and (bar := step_budget_bar()):
@@ -190,6 +180,29 @@ def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
         auto_configure_optimizers=False,
         seed_everything_default=0,
     )
+
+
+def parse_config(args: list[str], stage: str = "test"):
+    """The configuration `args` describe (YAML files and overrides, type-checked), without building anything:
+    a jsonargparse Namespace with `model` (constructor arguments), `data` (`class_path`, `init_args`),
+    `trainer` and `output_dir`. For Python callers that build many runs from one command line (sweeps)."""
+
+    class ParseOnly(LdmCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    quiet_known_noise()
+    cli = ParseOnly(
+        LatentDiffusionModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=False,
+        stage=stage,
+        auto_configure_optimizers=False,
+        seed_everything_default=0,
+    )
+    return cli.config
 
 
 def user_message(err: BaseException, args: list[str]) -> str | None:

@@ -17,9 +17,9 @@ curve of SD v1.4's model card.
 """
 
 import argparse
-import contextvars
 import csv
 import gc
+import importlib
 import itertools
 import json
 import math
@@ -29,13 +29,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.utils import make_image_grid
+from jsonargparse import Namespace
+from lightning import Trainer
 from PIL import Image
 
-from ldm_lightning.cli import make_cli
+from ldm_lightning.cli import parse_config
 from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.evaluation.compare import compare
 from ldm_lightning.evaluation.names import QUALITY_KEYS
 from ldm_lightning.memory import reset_peak_rss
+from ldm_lightning.module import LatentDiffusionModule
+from ldm_lightning.run_folder.attach import attach_run_folder
 from ldm_lightning.run_folder.files import read_jsonl
 
 # The metric the trade-off plot shows when --quality-metric is not given: the first one a run reports.
@@ -43,33 +47,30 @@ TRADEOFF_ORDER = ("fid", "fd_dinov2", "fd_clip", "cmmd", "kid_mean")
 
 
 def run_test(
-    out: Path, scheduler: str, steps: int, guidance: float, precision: str, fast: bool, passthrough: list[str]
+    out: Path, scheduler: str, steps: int, guidance: float, precision: str, fast: bool, config: Namespace
 ) -> Path:
-    """One ordinary, resumable `test` run; returns its folder (`<out>-N` when `out` holds another run).
-
-    Model, CLIP and Trainer are released before it returns, so a long sweep holds one model at a time.
+    """One ordinary, resumable `test` run of the parsed command line `config` with these settings; returns its
+    folder (`<out>-N` when `out` holds another run). Built from the same public pieces the command line composes.
     """
-    args = [
-        *passthrough,
-        f"--model.scheduler={scheduler}",
-        f"--model.num_inference_steps={steps}",
-        f"--model.guidance_scale={guidance}",
-        f"--trainer.precision={precision}",
-        f"--model.fast={str(fast).lower()}",
-        f"--output_dir={out}",
-    ]
+    model = {
+        **config.model.as_dict(),
+        "scheduler": scheduler,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "fast": fast,
+    }
+    module = LatentDiffusionModule(**model)
+    module_name, _, class_name = config.data.class_path.rpartition(".")
+    data_class = getattr(importlib.import_module(module_name), class_name)
+    data = data_class(**config.data.init_args.as_dict())
+    trainer_args = {k: v for k, v in config.trainer.as_dict().items() if k not in ("callbacks", "logger", "plugins")}
+    trainer = Trainer(**{**trainer_args, "precision": precision, "logger": False})
+    folder = attach_run_folder(trainer, module, data, "test", out)
     reset_peak_rss()  # each in-process run reports its own CPU peak
     if fast:  # a fresh compiler: many fast runs in one process would otherwise hit torch.compile's recompile limit
         torch._dynamo.reset()
-    # jsonargparse keeps the last parser (and through it the model) in a context variable: build the
-    # CLI in a context of its own, dropped with the run.
-    context = contextvars.copy_context()
-    with warnings.catch_warnings():  # the sweep's own command line is not meant for the CLI
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        cli = context.run(make_cli, args, "test")
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
-    folder = cli.run_dir
-    del cli, context
+    trainer.test(module, datamodule=data, verbose=False)
+    del module, data, trainer
     gc.collect()
     return folder
 
@@ -189,6 +190,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args, passthrough = parser.parse_known_args(argv)
     quiet_known_noise()  # here, not inside each run's warning filters, which are dropped with the run
     passthrough = [a for a in passthrough if a != "--"]
+    with warnings.catch_warnings():  # the sweep's own command line is not meant for the CLI
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        config = parse_config(passthrough)
     args.out.mkdir(parents=True, exist_ok=True)
     references = {}  # guidance scale -> the reference run's (folder, images) at that scale
     if args.reference:
@@ -201,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 guidance,
                 precision[0] if precision else args.precisions[0],
                 False,
-                passthrough,
+                config,
             )
             references[guidance] = (folder, images_of(folder))
     rows = []
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             guidance,
             precision,
             mode == "fast",
-            passthrough,
+            config,
         )
         summary = json.loads((folder / "summary.json").read_text())
         row = {

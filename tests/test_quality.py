@@ -19,6 +19,15 @@ ALL = "[clip_score,fid,kid,cmmd,fd_dinov2,fd_clip]"
 QUALITY = ("fid", "fid_infinity", "kid_mean", "cmmd", "fd_dinov2", "fd_clip")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def feature_cache(tmp_path_factory):
+    """The reference-feature cache of this module's runs (shared by them, as by the runs of a sweep)."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("cache")
+        patch.setenv("LDM_LIGHTNING_CACHE", str(cache))
+        yield cache
+
+
 @pytest.fixture(scope="module")
 def extractors(tmp_path_factory):
     """A tiny stand-in for the FID Inception TorchScript file, and a tiny DINOv2 folder."""
@@ -107,7 +116,7 @@ class _Inception(torch.nn.Module):
         return self.net(images, return_features=True)
 
 
-def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, extractors, reference):
+def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, extractors, reference, feature_cache):
     summary = json.loads((one_process / "summary.json").read_text())
     rows = manifest(one_process, "results.jsonl")
     generated = _images([one_process / r["image"] for r in rows])
@@ -157,9 +166,10 @@ def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, e
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(one_process / "tensorboard")).Reload()
-    assert {"fid", "kid_mean", "kid_std", "cmmd", "fd_dinov2", "fd_clip", "hp/fid"} <= set(events.Tags()["scalars"])
+    logged = {f"test/{k}" for k in ("clip_score", "fid", "kid_mean", "kid_std", "cmmd", "fd_dinov2", "fd_clip")}
+    assert logged | {"hp/fid"} <= set(events.Tags()["scalars"])
     assert (one_process.parent / "run" / "features").is_dir()
-    assert len(list(one_process.parent.glob("reference-*.npz"))) == 3  # one cache per feature network
+    assert len(list(feature_cache.glob("reference-*.npz"))) == 3  # one cache per feature network
 
 
 def test_two_processes_give_the_same_metrics_as_one(
@@ -294,7 +304,8 @@ def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extrac
         assert "inception-2015-12-05.pt" in ours and "nvlabs-fi-cdn.nvidia.com" in ours
 
 
-def test_sweep_draws_the_quality_vs_clip_score_curve(tiny_model, tiny_clip, reference, tmp_path):
+def test_sweep_draws_the_quality_vs_clip_score_curve(tiny_model, tiny_clip, reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("LDM_LIGHTNING_CACHE", str(tmp_path / "cache"))
     from ldm_lightning.lab.sweep import main as sweep
 
     passthrough = [
@@ -312,4 +323,4 @@ def test_sweep_draws_the_quality_vs_clip_score_curve(tiny_model, tiny_clip, refe
     assert all(r["fd_clip"] > 0 and r["n_generated"] == 3 and r["n_reference"] == 10 for r in rows)
     assert rows[0]["fd_clip"] != rows[1]["fd_clip"]
     assert (tmp_path / "fid_vs_clip.png").stat().st_size > 0 and "fd_clip" in (tmp_path / "sweep.md").read_text()
-    assert len(list(tmp_path.glob("reference-clip-*.npz"))) == 1  # computed by the first run, reused by the second
+    assert len(list((tmp_path / "cache").glob("reference-clip-*.npz"))) == 1  # computed by the first run, reused

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from lightning import Trainer
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch.utils.data import DataLoader
 
 from ldm_lightning.data import PromptRows, collate, read_rows
@@ -60,13 +61,14 @@ def sd14_random(dtype: torch.dtype, device: str) -> Components:
     )
 
 
-class StaysPut(LatentDiffusionModule):
-    """The LightningModule, left where it is when `predict` ends."""
+class KeepOnDevice(SingleDeviceStrategy):
+    """Lightning's single-device strategy, except that the module stays on its device when a stage ends:
+    every variant shares the same components (a CLI run pays that move once, at exit)."""
 
-    def cpu(self):
-        """Stay put: Lightning moves the module to the CPU when `predict` ends, which would move the
-        components every variant shares (a CLI run pays that move once, at exit)."""
-        return self
+    def teardown(self) -> None:
+        self.precision_plugin.teardown()
+        self.accelerator.teardown()
+        self.checkpoint_io.teardown()
 
 
 @contextmanager
@@ -163,7 +165,7 @@ def load(args, device: torch.device, dtype: torch.dtype) -> tuple[Components, st
     return components, f"{args.model} (real weights)"
 
 
-def run(args) -> None:
+def run(args) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() and args.gpu else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     components, what = load(args, device, dtype)
@@ -242,8 +244,8 @@ def bench_batch(args, components, fast_parts, device, batch, height, flops, peak
             )
         return torch.cat(out)
 
-    def module_on(parts_: Components, fast: bool) -> StaysPut:
-        return StaysPut.from_components(
+    def module_on(parts_: Components, fast: bool) -> LatentDiffusionModule:
+        return LatentDiffusionModule.from_components(
             parts_,
             scheduler=args.scheduler,
             num_inference_steps=args.steps,
@@ -257,8 +259,7 @@ def bench_batch(args, components, fast_parts, device, batch, height, flops, peak
     module = module_on(components, fast=False)
     precision = {"fp32": "32-true", "bf16": "bf16-true", "fp16": "16-true"}[args.dtype]
     trainer = Trainer(
-        accelerator=device.type,
-        devices=1,
+        strategy=KeepOnDevice(device=device),
         precision=precision,
         logger=False,
         enable_progress_bar=False,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lightning import LightningDataModule
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldm_lightning.console import quiet_known_noise, quiet_seed_message, step_budget_bar
@@ -27,6 +27,7 @@ from ldm_lightning.generation.export import ExportDiffusers
 from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.run_folder.attach import attach_run_folder
+from ldm_lightning.run_folder.writer import ImageWriter
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -164,6 +165,25 @@ class LdmCLI(LightningCLI):
         return trainer
 
 
+class SaveConfigToRunFolder(SaveConfigCallback):
+    """Lightning's `config.yaml` of the command line: in the run folder for `predict` and `test` (chosen after
+    the Trainer is built, so not Lightning's log folder), in the log folder for `fit`."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.save_to_log_dir = self._writer(trainer) is None
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if (writer := self._writer(trainer)) is not None:
+            writer.run_dir.mkdir(parents=True, exist_ok=True)
+            path = str(writer.run_dir / self.config_filename)
+            self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=self.multifile)
+
+    @staticmethod
+    def _writer(trainer) -> ImageWriter | None:
+        return next((c for c in trainer.callbacks if isinstance(c, ImageWriter)), None)
+
+
 def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
     """The CLI on `args`. With `stage` ("predict", "test" or "fit") it only builds model, data and
     Trainer for that stage and returns them on the CLI object, for Python callers such as sweeps."""
@@ -173,6 +193,7 @@ def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
         LatentDiffusionModule,
         LightningDataModule,
         subclass_mode_data=True,
+        save_config_callback=SaveConfigToRunFolder,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=stage is None,

@@ -26,6 +26,8 @@ from PIL import Image
 
 from ldm_lightning.data import ROW_KEYS
 from ldm_lightning.errors import UserError
+from ldm_lightning.inspection.batch import inspection_files
+from ldm_lightning.inspection.board import log_inspection
 from ldm_lightning.run_folder.files import (
     MANIFEST,
     RUN_FILE,
@@ -46,6 +48,7 @@ RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 GROUPS = "groups.md"
 MAX_GRID_IMAGES = 64
+MAX_INSPECTED_LOGGED = 16  # the grid's first images whose attention maps and trajectories go to TensorBoard
 
 
 class ImageWriter(BasePredictionWriter):
@@ -119,13 +122,16 @@ class ImageWriter(BasePredictionWriter):
     def manifest_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """The JSON row of one image: prompt row, file name, settings and health flags."""
         name = image_name(row["index"], row["prompt"])
-        kept = {k: v for k, v in row.items() if k not in ("pixels", "features")}
+        kept = {k: v for k, v in row.items() if k not in ("pixels", "features", "inspection")}
         return {**self.columns.get(row["index"], {}), **kept, "image": name, **self.settings}
 
     def write_rows(self, rows: list[dict[str, Any]], extra_file: Path | None = None) -> None:
         """Save each row's image, then its manifest row (the image is on disk before its row)."""
         for row in rows:
             out = self.manifest_row(row)
+            # Inspection files (attention maps, trajectory) first: an image on disk has all of its files.
+            for suffix, data in inspection_files(row.get("inspection") or {}).items():
+                atomic_write(self.run_dir / out["image"].replace(".png", suffix), data)
             atomic_write(self.run_dir / out["image"], png_bytes(row["pixels"]))
             append_jsonl(self.manifest, out)
             if extra_file is not None:
@@ -157,6 +163,7 @@ class ImageWriter(BasePredictionWriter):
                 rewrite_sorted(results_file, finished_rows(self.run_dir, read_jsonl(results_file), decode=False))
             grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
             log_grid(trainer, grid, [done[i]["prompt"] for i in sorted(done)][:MAX_GRID_IMAGES])
+            log_inspection(trainer, self.run_dir, [done[i] for i in sorted(done)][:MAX_INSPECTED_LOGGED])
             seconds = time.perf_counter() - self.started
             images = f"{len(done)} image" + "s" * (len(done) != 1)
             rank_zero_info(f"{images} in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")
@@ -211,6 +218,7 @@ def drop_pixels(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         row.pop("pixels", None)
         row.pop("features", None)
+        row.pop("inspection", None)
 
 
 def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> None:

@@ -102,3 +102,15 @@ def test_settings_name_the_inspection_only_when_on(tiny_module, monkeypatch):
     monkeypatch.setitem(tiny_module.hparams, "attention_factors", [2])
     assert tiny_module.settings()["inspect"] == "attention (factors 2, timesteps all)"
     assert torch.is_tensor(tiny_module.sample(batch_of(PROMPTS[:1], NEGATIVES[:1], SEEDS[:1])).images)
+
+
+def test_written_rows_keep_no_inspection_arrays(tiny_module, monkeypatch):
+    """Once written, a row keeps only manifest fields, so memory stays flat however many images a run makes."""
+    from ldm_lightning.run_folder.writer import drop_pixels
+
+    monkeypatch.setitem(tiny_module.hparams, "inspect", BOTH)
+    rows = tiny_module.predict_step(batch_of(PROMPTS[:2], NEGATIVES[:2], SEEDS[:2]), 0)
+    assert all("inspection" in r for r in rows)
+    drop_pixels(rows)
+    assert not any("inspection" in r or "pixels" in r for r in rows)
+    assert rows[0]["attention_words"] == ["a", "red", "circle"]

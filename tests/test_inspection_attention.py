@@ -7,8 +7,9 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from ldm_lightning.generation.sampling import generate
-from ldm_lightning.generation.schedulers import build_scheduler
+from ldm_lightning.generation.schedulers import SCHEDULERS, build_scheduler
 from ldm_lightning.inspection.attention import CrossAttentionRecorder, Word, prompt_words, size_at, word_maps
+from ldm_lightning.inspection.batch import InspectOptions, generate_inspected
 
 PROMPTS = ["a red circle", "blue ../ square ünïcode", "a green star at the top"]
 NEGATIVES = ["", "green", "blurry"]
@@ -34,16 +35,29 @@ def cross_attention_layers(unet) -> list[Attention]:
     return [m for name, m in unet.named_modules() if name.endswith("attn2")]
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler_ancestral", "dpmpp_2m_sde_karras", "heun"])
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 @pytest.mark.parametrize("n", [1, 3])
-def test_images_are_unchanged_with_the_recorder_installed(tiny_module, scheduler, n):
+def test_images_are_unchanged_with_inspection(tiny_module, scheduler, n):
+    """Every sampler, batch 1 and 3: attention recorded and the trajectory kept, the images are the same."""
     components = tiny_module.components
     before = dict(components.unet.attn_processors)
     plain = sample(components, scheduler, n)
-    with CrossAttentionRecorder(components.unet, num_images=n) as recorder:
-        recorded = sample(components, scheduler, n)
-    assert torch.equal(plain, recorded)
-    assert recorder.maps  # something was recorded
+    options = InspectOptions(kinds=("attention", "trajectory"), trajectory_every=2)
+    inspected, views = generate_inspected(
+        components,
+        build_scheduler(scheduler, components.scheduler_config),
+        PROMPTS[:n],
+        NEGATIVES[:n],
+        SEEDS[:n],
+        options=options,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        eta=0.5,
+        height=32,
+        width=32,
+    )
+    assert torch.equal(plain, inspected.images)
+    assert all(view["attention"]["maps"].shape[-2:] == (32, 32) for view in views)
     after = components.unet.attn_processors
     assert all(after[name] is processor for name, processor in before.items())  # the layers' own, back
 

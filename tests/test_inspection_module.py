@@ -81,6 +81,9 @@ def test_predict_writes_maps_and_trajectories_beside_each_image(tiny_model, tmp_
         stem = row["image"].removesuffix(".png")
         assert {f"attention/{stem}", f"trajectory/{stem}"} <= tags
         assert [e.step for e in events.Images(f"trajectory/{stem}")] == [2, 4]
+    # The grid's prompt list names each row by the index its file starts with (Markdown would renumber "1.").
+    [text] = events.Tensors("samples/prompts/text_summary")
+    assert text.tensor_proto.string_val[0].decode() == "`00000` a red circle  \n`00001` blue square"
 
 
 def test_inspection_settings_are_checked(tiny_model):
@@ -114,3 +117,27 @@ def test_written_rows_keep_no_inspection_arrays(tiny_module, monkeypatch):
     drop_pixels(rows)
     assert not any("inspection" in r or "pixels" in r for r in rows)
     assert rows[0]["attention_words"] == ["a", "red", "circle"]
+
+
+def test_two_ddp_processes_with_inspection_equal_one_without(tiny_model, tmp_path):
+    from helpers import pixels, run_cli_subprocess
+    from test_cli import predict_args
+
+    assert run_cli(predict_args(tiny_model, tmp_path / "one", "--data.batch_size=2"))[0] == 0
+    two = run_cli_subprocess(
+        predict_args(
+            tiny_model,
+            tmp_path / "two",
+            "--data.batch_size=2",
+            "--model.inspect=[attention, trajectory]",
+            "--config=configs/devices/ddp-cpu-2.yaml",
+        )
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    rows_one, rows_two = manifest(tmp_path / "one"), manifest(tmp_path / "two")
+    assert [r["index"] for r in rows_two] == [0, 1, 2, 3, 4]  # each prompt once, on one of the two ranks
+    for a, b in zip(rows_one, rows_two):
+        assert np.abs(pixels(tmp_path / "one", a) - pixels(tmp_path / "two", b)).max() <= 1
+        stem = b["image"].removesuffix(".png")
+        for suffix in (".attention.npz", ".attention.png", ".trajectory.png"):
+            assert (tmp_path / "two" / f"{stem}{suffix}").is_file()

@@ -27,7 +27,7 @@ def run(components, scheduler, n: int = 3, steps: int = 4, on_step=None, guidanc
     )
 
 
-@pytest.mark.parametrize("name", ["ddim", "pndm", "dpmpp_2m_sde_karras", "euler_ancestral", "heun"])
+@pytest.mark.parametrize("name", ["ddim", "pndm", "heun"])
 @pytest.mark.parametrize("n", [1, 3])
 def test_images_are_unchanged_and_the_strip_ends_on_the_output(tiny_module, name, n):
     components = tiny_module.components

@@ -162,7 +162,7 @@ class ImageWriter(BasePredictionWriter):
                 results_file = self.run_dir / RESULTS
                 rewrite_sorted(results_file, finished_rows(self.run_dir, read_jsonl(results_file), decode=False))
             grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
-            log_grid(trainer, grid, [done[i]["prompt"] for i in sorted(done)][:MAX_GRID_IMAGES])
+            log_grid(trainer, grid, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
             log_inspection(trainer, self.run_dir, [done[i] for i in sorted(done)][:MAX_INSPECTED_LOGGED])
             seconds = time.perf_counter() - self.started
             images = f"{len(done)} image" + "s" * (len(done) != 1)
@@ -229,7 +229,7 @@ def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> N
         if isinstance(logger, TensorBoardLogger):
             images = np.stack([r["pixels"] for r in rows])
             logger.experiment.add_images("test/batch", images, global_step=batch_idx, dataformats="NHWC")
-            lines = [f"{r['index']}. {r['prompt']} (CLIPScore {_rounded(r.get('clip_score'))})" for r in rows]
+            lines = [f"{row_label(r)} {r['prompt']} (CLIPScore {_rounded(r.get('clip_score'))})" for r in rows]
             logger.experiment.add_text("test/batch_prompts", "  \n".join(lines), global_step=batch_idx)
 
 
@@ -262,13 +262,18 @@ def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:
     return grid
 
 
-def log_grid(trainer: Trainer, grid: Image.Image, prompts: list[str]) -> None:
-    """The grid and its prompts in TensorBoard, if a TensorBoard logger is attached."""
+def row_label(row: dict[str, Any]) -> str:
+    """A row's index as its image file starts (`00044`), in code style: Markdown would renumber "44." from 1."""
+    return f"`{row['index']:05d}`"
+
+
+def log_grid(trainer: Trainer, grid: Image.Image, rows: list[dict[str, Any]]) -> None:
+    """The grid and its prompts (each with its row index) in TensorBoard, if a TensorBoard logger is attached."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image("samples/grid", np.asarray(grid), dataformats="HWC")
-            text = "\n".join(f"{i}. {p}" for i, p in enumerate(prompts))
+            text = "\n".join(f"{row_label(r)} {r['prompt']}" for r in rows)
             logger.experiment.add_text("samples/prompts", text.replace("\n", "  \n"))
             logger.experiment.flush()

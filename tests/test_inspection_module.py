@@ -131,7 +131,8 @@ def test_two_ddp_processes_with_inspection_equal_one_without(tiny_model, tmp_pat
             "--data.batch_size=2",
             "--model.inspect=[attention, trajectory]",
             "--config=configs/devices/ddp-cpu-2.yaml",
-        )
+        ),
+        timeout=300,  # two processes start in seconds on idle cores, far slower on busy ones
     )
     assert two.returncode == 0, two.stderr[-2000:]
     rows_one, rows_two = manifest(tmp_path / "one"), manifest(tmp_path / "two")

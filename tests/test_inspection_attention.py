@@ -202,3 +202,31 @@ def test_word_maps_merge_tokens_upsample_and_normalise():
     # Bilinear upsampling of the mean of the word's tokens, by hand at one pixel centre: cell (3, 3)
     # covers pixels 12..15, so pixel 14 (centre 14.5 -> source 3.125) is the cell's own value.
     assert torch.isclose(maps[1, 14, 14], torch.tensor(1.0))
+
+
+def test_layer_resolutions_on_stable_diffusions_block_layout():
+    """SD v1's U-Net layout (3 cross-attention down blocks, a plain one, mid, a plain up block, 3 cross-attention
+    ones) with tiny channels: layers at 1, 2, 4 and 8 times below the latent, recorded at those sizes."""
+    from diffusers import UNet2DConditionModel
+
+    from ldm_lightning.inspection.attention import cross_attention_factors
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    factors = cross_attention_factors(unet)
+    expected = {"down_blocks.0": 1, "down_blocks.1": 2, "down_blocks.2": 4, "mid_block": 8}
+    expected |= {"up_blocks.1": 4, "up_blocks.2": 2, "up_blocks.3": 1}
+    for name, factor in factors.items():
+        assert factor == expected[name.split(".attentions")[0]], name
+    with CrossAttentionRecorder(unet, num_images=1) as recorder:
+        unet(torch.randn(2, 4, 16, 16), torch.tensor(10), encoder_hidden_states=torch.randn(2, 5, 16))
+    assert {f: tuple(m.shape[-2:]) for f, m in recorder.maps.items()} == {1: (16, 16), 2: (8, 8), 4: (4, 4), 8: (2, 2)}

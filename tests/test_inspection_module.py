@@ -1,6 +1,7 @@
 """Inspection through the module and the command line: the same images, and the files and TensorBoard entries."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,15 @@ def test_two_ddp_processes_with_inspection_equal_one_without(tiny_model, tmp_pat
         stem = b["image"].removesuffix(".png")
         for suffix in (".attention.npz", ".attention.png", ".trajectory.png"):
             assert (tmp_path / "two" / f"{stem}{suffix}").is_file()
+
+
+def test_test_stage_scores_the_same_images_and_writes_the_maps(tiny_model, tiny_clip, tmp_path):
+    from test_evaluate import eval_args
+
+    assert run_cli(eval_args(tiny_model, tiny_clip, tmp_path / "plain"))[0] == 0
+    assert run_cli(eval_args(tiny_model, tiny_clip, tmp_path / "inspected", "--model.inspect=[attention]"))[0] == 0
+    plain, inspected = manifest(tmp_path / "plain", "results.jsonl"), manifest(tmp_path / "inspected", "results.jsonl")
+    assert [r["clip_score"] for r in plain] == [r["clip_score"] for r in inspected]
+    for row in inspected:
+        stem = tmp_path / "inspected" / row["image"].removesuffix(".png")
+        assert Path(f"{stem}.attention.npz").is_file() and not Path(f"{stem}.trajectory.png").exists()

@@ -31,9 +31,11 @@ from ldm_lightning.evaluation.rows import FeatureRows, ResultRows
 from ldm_lightning.evaluation.summary import summarize
 from ldm_lightning.generation.components import Components, default_size, load_components, resolve, vae_scale_factor
 from ldm_lightning.generation.fast import make_fast
-from ldm_lightning.generation.sampling import Samples, generate, to_uint8
+from ldm_lightning.generation.sampling import Samples, to_uint8
 from ldm_lightning.generation.schedulers import SchedulerName, build_scheduler, check_scheduler_name
 from ldm_lightning.generation.training import diffusion_loss, encode_images
+from ldm_lightning.inspection.attention import cross_attention_factors
+from ldm_lightning.inspection.batch import InspectName, InspectOptions, generate_inspected
 from ldm_lightning.memory import peak_memory_mb
 
 DEFAULT_MODEL = "tiny-shapes"
@@ -64,6 +66,10 @@ class LatentDiffusionModule(LightningModule):
         metrics: list[MetricName] | None = None,
         inception_weights: str | None = None,
         dinov2_model_name_or_path: str | None = None,
+        inspect: list[InspectName] | None = None,
+        attention_factors: list[int] | None = None,
+        attention_timesteps: tuple[float, float] | None = None,
+        trajectory_every: int = 5,
         _components: Components | None = None,
     ):
         """
@@ -103,6 +109,17 @@ class LatentDiffusionModule(LightningModule):
                 inception-2015-12-05.pt (StyleGAN2-ADA / clean-fid / EDM), for fid and kid.
             dinov2_model_name_or_path: DINOv2 for fd_dinov2 (hub id or folder); default
                 facebook/dinov2-large.
+            inspect: what to record while sampling, saved beside each image and shown in TensorBoard
+                for the grid's first images; the images themselves do not change. "attention": a heat
+                map per prompt word from the U-Net's cross-attention (DAAM, Tang et al. 2023),
+                `<index>-<prompt>.attention.npz` and `.attention.png`; "trajectory": the predicted
+                clean image x̂₀ every `trajectory_every` steps, `<index>-<prompt>.trajectory.png`.
+            attention_factors: cross-attention layers to aggregate, by resolution as a downsampling
+                factor of the latent (SD v1: 1 = 64², 2 = 32², 4 = 16², 8 = 8² at 512² pixels);
+                default every layer (DAAM).
+            attention_timesteps: [lowest, highest] diffusion timestep (0-1000 for SD) of the steps to
+                aggregate, inclusive; default every step (DAAM).
+            trajectory_every: keep x̂₀ after every this many denoising steps; the output image closes the strip.
         """
         super().__init__()
         quiet_known_noise()
@@ -121,6 +138,21 @@ class LatentDiffusionModule(LightningModule):
                     f"model.{name}: must be a positive number of pixels, got {value}; "
                     "leave it out for the model's own size"
                 )
+        unknown_views = [v for v in inspect or [] if v not in InspectName.__args__]
+        if unknown_views:
+            raise UserError(f"model.inspect: unknown {unknown_views}; choose from {', '.join(InspectName.__args__)}")
+        if inspect and fast:
+            raise UserError(
+                "model.inspect: records inside the U-Net, which fast mode compiles; use one of model.inspect "
+                "and model.fast at a time"
+            )
+        if trajectory_every < 1:
+            raise UserError(f"model.trajectory_every: must be at least 1, got {trajectory_every}; try 5")
+        if attention_timesteps is not None and attention_timesteps[0] > attention_timesteps[1]:
+            raise UserError(
+                f"model.attention_timesteps: [lowest, highest] expected, got {list(attention_timesteps)}; "
+                "e.g. [0, 1000] for every step"
+            )
         unknown = [m for m in metrics or [] if m not in METRICS]
         if unknown:
             raise UserError(f"model.metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
@@ -148,6 +180,12 @@ class LatentDiffusionModule(LightningModule):
                     f"factor); try {max(factor, round(value / factor) * factor)}"
                 )
         self.strict_loading = False  # checkpoints hold only the trained U-Net
+        available = sorted(set(cross_attention_factors(self.unet).values()))
+        if attention_factors and not set(attention_factors) <= set(available):
+            raise UserError(
+                f"model.attention_factors: this U-Net has cross-attention at downsampling factors {available}, "
+                f"got {attention_factors}; choose among those or leave it out for all"
+            )
         # `test`'s scorers, loaded in `setup` (`prepare_scoring`), and its results as metric state.
         self.clip: tuple | None = None
         self.extractors: dict[str, torch.nn.Module] | None = None
@@ -183,7 +221,30 @@ class LatentDiffusionModule(LightningModule):
             "width": self.width,
             # Same images to float rounding, not bit for bit; only when on, so earlier runs still resume.
             **({"fast": True} if hp.fast else {}),
+            # Same images, more files: a run with inspection gets its own folder rather than resuming one without.
+            **({"inspect": self.inspect_options_text()} if hp.inspect else {}),
         }
+
+    @property
+    def inspect_options(self) -> InspectOptions:
+        hp = self.hparams
+        return InspectOptions(
+            kinds=tuple(hp.inspect or ()),
+            attention_factors=tuple(hp.attention_factors) if hp.attention_factors else None,
+            attention_timesteps=tuple(hp.attention_timesteps) if hp.attention_timesteps else None,
+            trajectory_every=hp.trajectory_every,
+        )
+
+    def inspect_options_text(self) -> str:
+        """The inspection settings in one line, e.g. "attention (factors all, timesteps all), trajectory (every 5)"."""
+        options, parts = self.inspect_options, []
+        if "attention" in options.kinds:
+            factors = ",".join(map(str, options.attention_factors)) if options.attention_factors else "all"
+            steps = "-".join(f"{t:g}" for t in options.attention_timesteps) if options.attention_timesteps else "all"
+            parts.append(f"attention (factors {factors}, timesteps {steps})")
+        if "trajectory" in options.kinds:
+            parts.append(f"trajectory (every {options.trajectory_every})")
+        return ", ".join(parts)
 
     def run_settings(self, precision: str, stage: str) -> dict[str, Any]:
         """The settings of a `predict` or `test` run under a Trainer of `precision` (e.g. "32-true").
@@ -230,8 +291,12 @@ class LatentDiffusionModule(LightningModule):
 
     def sample(self, batch: dict[str, Any]) -> Samples:
         """Generate the batch's images; a fresh scheduler per batch (diffusers#8711)."""
+        return self.sample_inspected(batch)[0]
+
+    def sample_inspected(self, batch: dict[str, Any]) -> tuple[Samples, list[dict[str, Any]]]:
+        """The batch's images and, per image, what `inspect` asked to record (empty dicts when nothing)."""
         hp = self.hparams
-        return generate(
+        return generate_inspected(
             self.components,
             build_scheduler(hp.scheduler, self.components.scheduler_config),
             batch["prompt"],
@@ -242,13 +307,14 @@ class LatentDiffusionModule(LightningModule):
             eta=hp.eta,
             height=self.height,
             width=self.width,
+            options=self.inspect_options,
             decode_fp32=self._decode_fp32(),
             progress=self.hparams.step_progress and (self._trainer is None or self._trainer.is_global_zero),
         )
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        samples = self.sample(batch)
-        return rows_of(batch, samples, to_uint8(samples.images))
+        samples, views = self.sample_inspected(batch)
+        return with_views(rows_of(batch, samples, to_uint8(samples.images)), views)
 
     # ----- evaluation (test): the same samples, scored -----
 
@@ -274,9 +340,9 @@ class LatentDiffusionModule(LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         start = time.perf_counter()
-        samples = self.sample(batch)
+        samples, views = self.sample_inspected(batch)
         pixels = to_uint8(samples.images)
-        rows = rows_of(batch, samples, pixels)
+        rows = with_views(rows_of(batch, samples, pixels), views)
         scores = score_images(pixels, batch["prompt"], self.clip)
         features = {name: values.numpy() for name, values in extract(self.extractors, pixels).items()}
         seconds = (time.perf_counter() - start) / len(rows)
@@ -484,3 +550,17 @@ def rows_of(batch: dict[str, Any], samples: Samples, pixels: torch.Tensor) -> li
         }
         for i in range(len(batch["prompt"]))
     ]
+
+
+def with_views(rows: list[dict[str, Any]], views: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Attach each image's inspection results (`inspection`, for the writer's files) and their small
+    descriptions for the manifest (`attention_words`, `trajectory_steps`)."""
+    for row, view in zip(rows, views):
+        if not view:
+            continue
+        row["inspection"] = view
+        if "attention" in view:
+            row["attention_words"] = view["attention"]["words"]
+        if "trajectory" in view:
+            row["trajectory_steps"] = view["trajectory"]["steps"]
+    return rows

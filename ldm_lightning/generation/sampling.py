@@ -6,6 +6,7 @@ seeds give the same images (the parity tests hold us to 1e-5).
 """
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -115,10 +116,14 @@ def generate(
     width: int,
     decode_fp32: bool = False,
     progress: bool = False,
+    on_step: Callable[..., None] | None = None,
 ) -> Samples:
     """Sample one image per prompt. `scheduler` must be a fresh instance (its state is consumed).
 
     `progress` shows a bar over the denoising steps (worth it when one batch takes minutes).
+    `on_step`, when given, is called after each step with keyword arguments `index`, `timestep`,
+    `model_input` (the scaled latents the U-Net saw), `noise` (the guided estimate) and `output` (the
+    scheduler's step output); it observes and must not modify them.
     """
     device = components.unet.device
     use_cfg = guidance_scale > 1.0
@@ -141,10 +146,13 @@ def generate(
     extra = step_kwargs(scheduler, eta, generators)
 
     # 4. Denoising loop: predict the noise, guide, step from x_t to x_{t-1}.
-    for t in tqdm(scheduler.timesteps, desc="denoising", leave=False, disable=not progress):
+    for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", leave=False, disable=not progress)):
         model_input = scheduler.scale_model_input(latents, t)  # elementwise: same as on the CFG batch
         noise = predict_noise(components.unet, model_input, t, cond, uncond, guidance_scale)
-        latents = scheduler.step(noise, t, latents, **extra, return_dict=False)[0]
+        output = scheduler.step(noise, t, latents, **extra, return_dict=True)
+        latents = output.prev_sample
+        if on_step is not None:
+            on_step(index=i, timestep=t, model_input=model_input, noise=noise, output=output)
 
     # 5. Decode the latents to pixels with the VAE.
     finite = torch.isfinite(latents).flatten(1).all(dim=1).cpu()

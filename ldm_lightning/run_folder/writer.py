@@ -26,6 +26,8 @@ from PIL import Image
 
 from ldm_lightning.data import ROW_KEYS
 from ldm_lightning.errors import UserError
+from ldm_lightning.inspection.batch import inspection_files
+from ldm_lightning.inspection.board import log_inspection
 from ldm_lightning.run_folder.files import (
     MANIFEST,
     RUN_FILE,
@@ -46,6 +48,7 @@ RESULTS = "results.jsonl"
 SUMMARY = "summary.json"
 GROUPS = "groups.md"
 MAX_GRID_IMAGES = 64
+MAX_INSPECTED_LOGGED = 16  # the grid's first images whose attention maps and trajectories go to TensorBoard
 
 
 class ImageWriter(BasePredictionWriter):
@@ -119,13 +122,16 @@ class ImageWriter(BasePredictionWriter):
     def manifest_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """The JSON row of one image: prompt row, file name, settings and health flags."""
         name = image_name(row["index"], row["prompt"])
-        kept = {k: v for k, v in row.items() if k not in ("pixels", "features")}
+        kept = {k: v for k, v in row.items() if k not in ("pixels", "features", "inspection")}
         return {**self.columns.get(row["index"], {}), **kept, "image": name, **self.settings}
 
     def write_rows(self, rows: list[dict[str, Any]], extra_file: Path | None = None) -> None:
         """Save each row's image, then its manifest row (the image is on disk before its row)."""
         for row in rows:
             out = self.manifest_row(row)
+            # Inspection files (attention maps, trajectory) first: an image on disk has all of its files.
+            for suffix, data in inspection_files(row.get("inspection") or {}).items():
+                atomic_write(self.run_dir / out["image"].replace(".png", suffix), data)
             atomic_write(self.run_dir / out["image"], png_bytes(row["pixels"]))
             append_jsonl(self.manifest, out)
             if extra_file is not None:
@@ -156,7 +162,8 @@ class ImageWriter(BasePredictionWriter):
                 results_file = self.run_dir / RESULTS
                 rewrite_sorted(results_file, finished_rows(self.run_dir, read_jsonl(results_file), decode=False))
             grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
-            log_grid(trainer, grid, [done[i]["prompt"] for i in sorted(done)][:MAX_GRID_IMAGES])
+            log_grid(trainer, grid, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
+            log_inspection(trainer, self.run_dir, [done[i] for i in sorted(done)][:MAX_INSPECTED_LOGGED])
             seconds = time.perf_counter() - self.started
             images = f"{len(done)} image" + "s" * (len(done) != 1)
             rank_zero_info(f"{images} in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")
@@ -211,6 +218,7 @@ def drop_pixels(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         row.pop("pixels", None)
         row.pop("features", None)
+        row.pop("inspection", None)
 
 
 def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> None:
@@ -221,7 +229,7 @@ def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> N
         if isinstance(logger, TensorBoardLogger):
             images = np.stack([r["pixels"] for r in rows])
             logger.experiment.add_images("test/batch", images, global_step=batch_idx, dataformats="NHWC")
-            lines = [f"{r['index']}. {r['prompt']} (CLIPScore {_rounded(r.get('clip_score'))})" for r in rows]
+            lines = [f"{row_label(r)} {r['prompt']} (CLIPScore {_rounded(r.get('clip_score'))})" for r in rows]
             logger.experiment.add_text("test/batch_prompts", "  \n".join(lines), global_step=batch_idx)
 
 
@@ -254,13 +262,18 @@ def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:
     return grid
 
 
-def log_grid(trainer: Trainer, grid: Image.Image, prompts: list[str]) -> None:
-    """The grid and its prompts in TensorBoard, if a TensorBoard logger is attached."""
+def row_label(row: dict[str, Any]) -> str:
+    """A row's index as its image file starts (`00044`), in code style: Markdown would renumber "44." from 1."""
+    return f"`{row['index']:05d}`"
+
+
+def log_grid(trainer: Trainer, grid: Image.Image, rows: list[dict[str, Any]]) -> None:
+    """The grid and its prompts (each with its row index) in TensorBoard, if a TensorBoard logger is attached."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image("samples/grid", np.asarray(grid), dataformats="HWC")
-            text = "\n".join(f"{i}. {p}" for i, p in enumerate(prompts))
+            text = "\n".join(f"{row_label(r)} {r['prompt']}" for r in rows)
             logger.experiment.add_text("samples/prompts", text.replace("\n", "  \n"))
             logger.experiment.flush()

@@ -71,16 +71,31 @@ def _to_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return array
 
 
+def _blob(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """The shape's mask, the per-pixel level and the shape's typical brightness; None on a blank image."""
+    level = rgb.max(axis=2).astype(np.float32)
+    if level.max() <= FOREGROUND_MIN:
+        return None
+    blob = _largest_component(level > FOREGROUND_MIN)
+    # Half of the blob's typical brightness marks the edge of an anti-aliased (or blurred) shape.
+    peak = float(np.percentile(level[blob], 90))
+    return _largest_component(level > max(FOREGROUND_MIN, 0.5 * peak)), level, peak
+
+
+def shape_mask(image: Image.Image | np.ndarray) -> np.ndarray:
+    """The pixels of the drawn shape as the judge finds them: bool H×W, all False on a blank image."""
+    rgb = _to_array(image)
+    found = _blob(rgb)
+    return found[0] if found is not None else np.zeros(rgb.shape[:2], dtype=bool)
+
+
 def judge(image: Image.Image | np.ndarray) -> Verdict:
     """Judge one RGB image (PIL or uint8 H×W×3, 64×64 like ``shapes.render``)."""
     rgb = _to_array(image)
-    level = rgb.max(axis=2).astype(np.float32)
-    if level.max() <= FOREGROUND_MIN:
+    found = _blob(rgb)
+    if found is None:
         return Verdict("none", "none", "none", "none")
-    blob = _largest_component(level > FOREGROUND_MIN)
-    # Half of the blob's typical brightness marks the edge of an anti-aliased (or blurred) shape.
-    peak = np.percentile(level[blob], 90)
-    blob = _largest_component(level > max(FOREGROUND_MIN, 0.5 * peak))
+    blob, level, peak = found
     core = blob & (level >= 0.75 * peak)
     mean = rgb[core].astype(np.float32).mean(axis=0)
     colour = min(PALETTE, key=lambda c: float(np.sum((np.array(PALETTE[c]) - mean) ** 2)))

@@ -10,7 +10,6 @@ operating system's write errors (full disk, read-only or unwritable folder). SIG
 the images in flight are written, with exit code 143 and a line saying that the same command resumes.
 """
 
-import errno
 import re
 import sys
 from pathlib import Path
@@ -22,15 +21,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldm_lightning.console import quiet_known_noise, quiet_seed_message, step_budget_bar
 from ldm_lightning.data import PromptDataModule
-from ldm_lightning.errors import UserError, first_line
+from ldm_lightning.errors import DISK_FULL, NOT_WRITABLE, UserError, first_line
 from ldm_lightning.generation.export import ExportDiffusers
 from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.run_folder.attach import attach_run_folder
 from ldm_lightning.run_folder.writer import ImageWriter
 
-DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 TRAINER_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
 
 

@@ -4,12 +4,17 @@ Silenced, each by its exact text so that every other warning still shows:
 - Lightning's advertising tips ("💡 Tip: … litlogger / litmodels");
 - the `LeafSpec` deprecation that Lightning 2.6 triggers inside its own pytree helper;
 - transformers' per-file "Loading weights" progress bars (the models load in well under a second);
-- `fit`'s warning that modules start in eval mode: the frozen VAE and text encoder are meant to.
+- `fit`'s warning that modules start in eval mode: the frozen VAE and text encoder are meant to;
+- the traceback of TensorBoard's event-writer thread when the disk is full or the folder unwritable:
+  the writer hands that error to the main thread, where the command line reports it in one line.
 And `fit` bounded by steps reads "Epoch 3 (max_steps 2400)" instead of Lightning's "Epoch 3/-2".
 """
 
 import logging
+import threading
 import warnings
+
+from ldm_lightning.errors import DISK_FULL, NOT_WRITABLE
 
 
 class _DropTips(logging.Filter):
@@ -28,6 +33,29 @@ def quiet_known_noise() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    if not isinstance(threading.excepthook, _QuietEventWriterErrors):
+        threading.excepthook = _QuietEventWriterErrors(threading.excepthook)
+
+
+class _QuietEventWriterErrors:
+    """A `threading.excepthook` that passes every thread's error on, except a write error that
+    TensorBoard's event-writer thread has handed over to the main thread.
+
+    `tensorboard.summary.writer.event_file_writer._AsyncWriterThread` stores the exception it dies
+    of (`thread.exception`) and re-raises it so that it is printed, and the logger's next write or
+    flush raises the stored one in the main thread (the Trainer flushes its loggers when a run ends
+    or fails). Printed from the thread as well, a full disk shows a traceback before the one line.
+    """
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, args: threading.ExceptHookArgs) -> None:
+        handed_over = args.thread is not None and getattr(args.thread, "exception", None) is args.exc_value
+        from_event_writer = type(args.thread).__module__ == "tensorboard.summary.writer.event_file_writer"
+        write_error = isinstance(args.exc_value, OSError) and args.exc_value.errno in DISK_FULL | NOT_WRITABLE
+        if not (handed_over and from_event_writer and write_error):
+            self.previous(args)
 
 
 class _DropSeedMessage(logging.Filter):

@@ -1,5 +1,11 @@
 """The one exception type users see: a short message that names the bad value and the fix."""
 
+import errno
+
+# Write errors the user fixes with space or another folder; the command line reports them in one line.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
 
 class UserError(ValueError):
     """Bad input or a missing model; the CLI prints its message alone, without a traceback."""

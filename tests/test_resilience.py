@@ -1,16 +1,20 @@
 """Long runs: memory flat in the number of images; a full disk and SIGTERM stop cleanly and resume to the same end."""
 
+import errno
 import functools
 import json
 import os
+import queue
 import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import manifest, pixels, run_cli
 
 PROMPTS = json.dumps(
@@ -145,3 +149,70 @@ def test_sigterm_stops_after_the_batch_in_flight_and_resumes_to_the_same_scores(
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert summary["n"] == whole["n"] == 16
     assert abs(summary["clip_score_mean"] - whole["clip_score_mean"]) <= 1e-6
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KiB tmpfs: a real full disk (ENOSPC), which TensorBoard's writer thread meets as well."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root with CAP_SYS_ADMIN: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_disk_under_tensorboard_prints_one_line(tiny_model, tiny_clip, small_disk):
+    prompts = json.dumps([f"a red circle number {i}" for i in range(60)])
+    args = [
+        "test",
+        f"--model.pretrained_model_name_or_path={tiny_model}",
+        f"--model.clip_model_name_or_path={tiny_clip}",
+        "--model.height=32",
+        "--model.width=32",
+        "--model.num_inference_steps=1",
+        f"--data.prompts={prompts}",
+        "--data.batch_size=4",
+        f"--output_dir={small_disk / 'run'}",
+        "--trainer.enable_progress_bar=false",
+    ]  # the default logger: TensorBoard, which writes each batch's images from its own thread
+    run = start(args)
+    _, err = run.communicate()
+    assert run.returncode == 2, err[-2000:]
+    assert "Traceback" not in err and "Exception in thread" not in err, err[-2000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.strip().endswith(errors[0]), err[-2000:]
+    assert "No space left on device" in errors[0] and "run the same command again" in errors[0]
+
+
+def test_only_write_errors_handed_over_by_the_event_writer_are_kept_off_the_console():
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    from ldm_lightning.console import _QuietEventWriterErrors
+
+    printed = []
+    hook = _QuietEventWriterErrors(printed.append)
+
+    def thread_error(thread: threading.Thread, error: BaseException) -> threading.ExceptHookArgs:
+        return threading.ExceptHookArgs((type(error), error, None, thread))
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    event_writer = _AsyncWriterThread(queue.Queue(), record_writer=None, flush_secs=120)
+    event_writer.exception = full  # what the thread does before it re-raises: the main thread raises it next
+    hook(thread_error(event_writer, full))
+    assert printed == []
+    shown = [
+        thread_error(threading.Thread(), full),  # another thread's full disk: nobody else reports it
+        thread_error(event_writer, OSError(errno.ENOSPC, "not the one handed over")),
+    ]
+    bug = ValueError("a bug")
+    event_writer.exception = bug
+    shown.append(thread_error(event_writer, bug))  # not a write error the command line explains
+    for args in shown:
+        hook(args)
+    assert printed == shown

@@ -65,6 +65,7 @@ class ImageWriter(BasePredictionWriter):
         self.settings: dict[str, Any] = {}
         self.started = 0.0
         self.columns: dict[int, dict[str, Any]] = {}  # a prompt table's other columns, by row index
+        self.finished: set[int] = set()  # rows the folder held at start: never written again
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage not in ("predict", "test"):
@@ -82,7 +83,8 @@ class ImageWriter(BasePredictionWriter):
             self._claim(run_fingerprint, stage)
         check_shared_folder(trainer, self.run_dir)
         done = finished_rows(self.run_dir, read_jsonl(self.done_file(stage)))
-        datamodule.skip_rows(set(done))
+        self.finished = set(done)
+        datamodule.skip_rows(self.finished)
         if stage == "test" and done:
             indices = sorted(done)
             features = load_features(self.run_dir, indices) if pl_module.feature_names else {}
@@ -126,8 +128,11 @@ class ImageWriter(BasePredictionWriter):
         return {**self.columns.get(row["index"], {}), **kept, "image": name, **self.settings}
 
     def write_rows(self, rows: list[dict[str, Any]], extra_file: Path | None = None) -> None:
-        """Save each row's image, then its manifest row (the image is on disk before its row)."""
+        """Save each row's image, then its manifest row (the image is on disk before its row). A row the folder
+        already held (a finished run scored again) is left as it is."""
         for row in rows:
+            if row["index"] in self.finished:
+                continue
             out = self.manifest_row(row)
             # Inspection files (attention maps, trajectory) first: an image on disk has all of its files.
             for suffix, data in inspection_files(row.get("inspection") or {}).items():
@@ -172,7 +177,8 @@ class ImageWriter(BasePredictionWriter):
         self.finish(trainer)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        save_features(self.run_dir, trainer.global_rank, outputs)  # before the rows that mark them finished
+        new = [row for row in outputs if row["index"] not in self.finished]
+        save_features(self.run_dir, trainer.global_rank, new)  # before the rows that mark them finished
         self.write_rows(outputs, extra_file=self.run_dir / RESULTS)
         if trainer.is_global_zero:
             log_batch(trainer, outputs, batch_idx)

@@ -146,7 +146,7 @@ def _is_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).exists()
 
 
-def _from_pretrained(cls, source: str, key: str, what: str, download: str, **kwargs):
+def load_or_explain(cls, source: str, key: str, what: str, download: str, **kwargs):
     local = _is_local(source)
     if local and not Path(source).expanduser().is_dir():
         raise UserError(f"{key}: {source}: no such folder; {download}")
@@ -156,7 +156,7 @@ def _from_pretrained(cls, source: str, key: str, what: str, download: str, **kwa
         raise UserError(f"{key}: could not load {what} from {source!r} ({first_line(err)}); {download}") from None
 
 
-def _hub_hint(repo: str) -> str:
+def hub_hint(repo: str) -> str:
     return (
         f"download it on a connected machine (hf download {repo} --local-dir FOLDER) and pass the folder, "
         "or set HF_HUB_OFFLINE=1 with a copied cache"
@@ -166,18 +166,18 @@ def _hub_hint(repo: str) -> str:
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
-def _processor(sources: list[str], key: str, download: str):
+def load_processor(sources: list[str], key: str, download: str):
     from transformers import AutoProcessor
 
     # A fine-tuned CLIP folder often holds only the model; the base model's processor is the same one.
     for source in sources[:-1]:
         folder = Path(source).expanduser()
         if _is_local(source) and any((folder / f).is_file() for f in PROCESSOR_FILES):
-            return _from_pretrained(AutoProcessor, source, key, "a CLIP processor", download)
-    return _from_pretrained(AutoProcessor, sources[-1], key, "a CLIP processor", download)
+            return load_or_explain(AutoProcessor, source, key, "a CLIP processor", download)
+    return load_or_explain(AutoProcessor, sources[-1], key, "a CLIP processor", download)
 
 
-def _frozen(model: torch.nn.Module) -> torch.nn.Module:
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model.float().eval().requires_grad_(False)
 
 
@@ -187,9 +187,9 @@ def load_pick_score(model: str = DEFAULT_PICK_SCORE, processor: str = VIT_H_14) 
     from transformers import CLIPModel
 
     key = "model.pick_score_model"
-    hint = _hub_hint(DEFAULT_PICK_SCORE if not _is_local(model) else model)
-    clip = _from_pretrained(CLIPModel, model, key, "PickScore", hint)
-    return PreferenceCLIP(_frozen(clip), _processor([model, processor], key, _hub_hint(VIT_H_14)))
+    hint = hub_hint(DEFAULT_PICK_SCORE if not _is_local(model) else model)
+    clip = load_or_explain(CLIPModel, model, key, "PickScore", hint)
+    return PreferenceCLIP(frozen(clip), load_processor([model, processor], key, hub_hint(VIT_H_14)))
 
 
 def _read_weights(path: str, key: str, download: str) -> dict[str, torch.Tensor]:
@@ -228,14 +228,14 @@ def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP) -> AestheticScorer:
             f"{key}: {weights} is not a LAION aesthetic predictor ({first_line(err)}); "
             f"download {AESTHETIC_FILE} with `{AESTHETIC_DOWNLOAD}`"
         ) from None
-    model = _from_pretrained(CLIPModel, clip, "model.aesthetic_clip", "CLIP", _hub_hint(AESTHETIC_CLIP))
+    model = load_or_explain(CLIPModel, clip, "model.aesthetic_clip", "CLIP", hub_hint(AESTHETIC_CLIP))
     if model.config.projection_dim != head.layers[0].in_features:
         raise UserError(
             f"model.aesthetic_clip: {clip} embeds in {model.config.projection_dim} dimensions, the predictor expects "
             f"{head.layers[0].in_features}; use {AESTHETIC_CLIP}"
         )
-    processor = _processor([clip], "model.aesthetic_clip", _hub_hint(AESTHETIC_CLIP))
-    return AestheticScorer(PreferenceCLIP(_frozen(model), processor), _frozen(head))
+    processor = load_processor([clip], "model.aesthetic_clip", hub_hint(AESTHETIC_CLIP))
+    return AestheticScorer(PreferenceCLIP(frozen(model), processor), frozen(head))
 
 
 @functools.cache
@@ -248,7 +248,7 @@ def load_hpsv2(checkpoint: str, clip: str = VIT_H_14) -> PreferenceCLIP:
 
     key = "model.hpsv2_checkpoint"
     state = _read_weights(checkpoint, key, HPSV2_DOWNLOAD)
-    config = _from_pretrained(CLIPConfig, clip, "model.hpsv2_clip", "a CLIP config", _hub_hint(VIT_H_14))
+    config = load_or_explain(CLIPConfig, clip, "model.hpsv2_clip", "a CLIP config", hub_hint(VIT_H_14))
     # OpenCLIP's ViT-H-14 uses exact GELU in both towers (not OpenAI CLIP's quick GELU).
     config.text_config.hidden_act = config.vision_config.hidden_act = "gelu"
     model = CLIPModel(config)
@@ -266,4 +266,4 @@ def load_hpsv2(checkpoint: str, clip: str = VIT_H_14) -> PreferenceCLIP:
             f"{key}: {checkpoint} lacks {len(missing)} weights (e.g. {missing[:1]}) and has {len(unexpected)} "
             f"unknown ones for OpenCLIP ViT-H-14; download {HPSV2_FILE} with `{HPSV2_DOWNLOAD}`"
         )
-    return PreferenceCLIP(_frozen(model), _processor([clip], "model.hpsv2_clip", _hub_hint(VIT_H_14)))
+    return PreferenceCLIP(frozen(model), load_processor([clip], "model.hpsv2_clip", hub_hint(VIT_H_14)))

@@ -1,5 +1,6 @@
 """Prompt rows for `predict` and `test`: read from a list or a file, seeded, split across ranks exactly once."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +111,22 @@ def read_rows(
 
     With `images_per_prompt` K > 1 each prompt becomes K rows (one per image) with consecutive indices
     and seeds: prompt p's image k is row `p·K + k`, seeded `seed + p·K + k`, or `s + k` when the prompt
-    has its own seed s; the rows also carry `prompt_index` p and `image` k.
+    has its own seed s; the rows also carry `prompt_index` p and `sample` k (`image` names the file).
 
     A table's other columns whose values are text, numbers or empty (PartiPrompts' `Category`,
     `Challenge`, `Note`; DrawBench's `Category`) are kept in the row under their own names.
     """
-    if isinstance(prompts, str) and Path(prompts).expanduser().suffix == ".txt":
+    from ldm_lightning.evaluation.geneval import is_metadata_file
+
+    if isinstance(prompts, str) and is_metadata_file(prompts):
+        # GenEval's own format: nested include/exclude clauses (which a table cannot hold) ride along
+        # as JSON text; `tag` (the task) is a column to group by.
+        from ldm_lightning.evaluation.geneval import read_metadata
+
+        records = [
+            {"prompt": m["prompt"], "tag": m["tag"], "geneval_metadata": json.dumps(m)} for m in read_metadata(prompts)
+        ]
+    elif isinstance(prompts, str) and Path(prompts).expanduser().suffix == ".txt":
         path = Path(prompts).expanduser()
         if not path.is_file():
             raise UserError(f"data.prompts: no prompt file at {prompts!r}; check the path")
@@ -152,7 +163,7 @@ def read_rows(
                 "seed": used_seed(seed + row_index if own is None else own + image, where),
             }
             if images_per_prompt > 1:  # absent otherwise, so one-image runs keep their rows (and fingerprints)
-                row.update(prompt_index=index, image=image)
+                row.update(prompt_index=index, sample=image)
             rows.append(row)
     return rows
 

@@ -13,7 +13,7 @@ def test_each_prompt_becomes_k_rows_with_consecutive_seeds():
     assert [r["index"] for r in rows] == list(range(12))
     assert [r["prompt"] for r in rows] == [p for p in PROMPTS for _ in range(4)]
     assert [r["seed"] for r in rows] == list(range(10, 22))  # prompt p, image k: 10 + 4p + k
-    assert [(r["prompt_index"], r["image"]) for r in rows[4:8]] == [(1, 0), (1, 1), (1, 2), (1, 3)]
+    assert [(r["prompt_index"], r["sample"]) for r in rows[4:8]] == [(1, 0), (1, 1), (1, 2), (1, 3)]
 
 
 def test_a_prompt_with_its_own_seed_counts_up_from_it(tmp_path):

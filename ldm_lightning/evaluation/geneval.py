@@ -89,6 +89,20 @@ def check_metadata(metadata: dict[str, Any], where: str) -> dict[str, Any]:
     return metadata
 
 
+def is_metadata_file(path: str | Path) -> bool:
+    """Whether a file looks like GenEval's metadata: .jsonl whose first record has `tag` and `include`."""
+    file = Path(path).expanduser()
+    if file.suffix != ".jsonl" or not file.is_file():
+        return False
+    with file.open() as lines:
+        first = next((line for line in lines if line.strip()), "")
+    try:
+        record = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and "tag" in record and "include" in record
+
+
 def read_metadata(path: str | Path) -> list[dict[str, Any]]:
     """The records of a GenEval `evaluation_metadata.jsonl` (one JSON object per line), checked."""
     file = Path(path).expanduser()

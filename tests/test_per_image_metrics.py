@@ -1,0 +1,100 @@
+"""`test` with the per-image metrics: PickScore, aesthetic and GenEval columns in results.jsonl, their means in
+summary.json and groups, several images per prompt, and `compare --metric pick_score` on two runs."""
+
+import json
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from helpers import manifest, run_cli
+from PIL import Image
+
+MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP (Radford et al. 2021)
+STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+METADATA = [
+    {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"},
+    {
+        "tag": "colors",
+        "include": [{"class": "square", "count": 1, "color": "red"}],
+        "prompt": "a photo of a red square",
+    },
+]
+
+
+def _args(model, clip, prompts, head, out, guidance="3.0"):
+    return [
+        "test",
+        f"--model.pretrained_model_name_or_path={model}",
+        f"--model.clip_model_name_or_path={clip}",
+        "--model.num_inference_steps=2",
+        "--model.height=32",
+        "--model.width=32",
+        f"--model.guidance_scale={guidance}",
+        "--model.metrics=[clip_score, pick_score, aesthetic, geneval]",
+        f"--model.pick_score_model={clip}",
+        f"--model.aesthetic_weights={head}",
+        f"--model.aesthetic_clip={clip}",
+        "--model.geneval_detector=shapes-judge",
+        f"--data.prompts={prompts}",
+        "--data.images_per_prompt=2",
+        "--data.group_by=[tag]",
+        "--data.batch_size=3",
+        f"--output_dir={out}",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
+def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip, tmp_path):
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from ldm_lightning.evaluation.compare import compare
+    from ldm_lightning.evaluation.geneval import judge
+    from ldm_lightning.shapes.geneval_detector import image_detections, judge_colours
+
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in METADATA))
+    torch.manual_seed(0)
+    sizes = [(32, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)]
+    head = {}
+    for index, (fan_in, fan_out) in zip((0, 2, 4, 6, 7), sizes):
+        head[f"layers.{index}.weight"] = torch.randn(fan_out, fan_in) / fan_in**0.5
+        head[f"layers.{index}.bias"] = torch.randn(fan_out)
+    torch.save(head, tmp_path / "head.pth")
+
+    assert run_cli(_args(tiny_model, tiny_clip, prompts, tmp_path / "head.pth", tmp_path / "a"))[0] == 0
+    rows = manifest(tmp_path / "a", "results.jsonl")
+    assert [(r["index"], r["prompt_index"], r["sample"], r["seed"]) for r in rows] == [
+        (0, 0, 0, 0), (1, 0, 1, 1), (2, 1, 0, 2), (3, 1, 1, 3)
+    ]  # fmt: skip
+
+    model, tokenizer = CLIPModel.from_pretrained(tiny_clip).eval(), CLIPTokenizer.from_pretrained(tiny_clip)
+    for r in rows:
+        image = np.asarray(Image.open(tmp_path / "a" / r["image"]).convert("RGB"))
+        pixels = (torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255 - MEAN) / STD  # 32²: no resize
+        with torch.no_grad():
+            img = F.normalize(model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+            ids = torch.tensor([tokenizer(r["prompt"])["input_ids"]])
+            txt = F.normalize(model.text_projection(model.text_model(input_ids=ids).pooler_output), dim=-1)
+            pick = float(model.logit_scale.exp() * (img * txt).sum())
+            x = img
+            for index in (0, 2, 4, 6, 7):
+                x = x @ head[f"layers.{index}.weight"].T + head[f"layers.{index}.bias"]
+        assert abs(r["pick_score"] - pick) <= 1e-4 and abs(r["aesthetic"] - float(x)) <= 1e-4
+        verdict = judge(image, image_detections(image), json.loads(r["geneval_metadata"]), judge_colours)
+        assert r["geneval"] == float(verdict.correct) and r["geneval_reason"] == verdict.reason
+
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert abs(summary["pick_score_mean"] - np.mean([r["pick_score"] for r in rows])) <= 1e-9
+    assert summary["aesthetic_n"] == 4 and summary["geneval_n"] == 4
+    tasks = summary["geneval_tasks"]
+    assert tasks["single_object"]["accuracy"] == np.mean([r["geneval"] for r in rows[:2]])
+    assert summary["geneval_overall"] == np.mean([tasks["single_object"]["accuracy"], tasks["colors"]["accuracy"]])
+    assert set(summary["groups"]["tag"]) == {"single_object", "colors"}
+    assert "pick_score" in summary["groups"]["tag"]["colors"]
+
+    assert run_cli(_args(tiny_model, tiny_clip, prompts, tmp_path / "head.pth", tmp_path / "b", "1.0"))[0] == 0
+    report, _ = compare([tmp_path / "a", tmp_path / "b"], "pick_score")
+    other = manifest(tmp_path / "b", "results.jsonl")
+    (pairing,) = report["pairs"]
+    expected = np.mean([b["pick_score"] - a["pick_score"] for a, b in zip(rows, other)])
+    assert pairing["n"] == 4 and abs(pairing["mean_diff"] - expected) <= 1e-9

@@ -98,3 +98,45 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
     (pairing,) = report["pairs"]
     expected = np.mean([b["pick_score"] - a["pick_score"] for a, b in zip(rows, other)])
     assert pairing["n"] == 4 and abs(pairing["mean_diff"] - expected) <= 1e-9
+
+
+def test_two_processes_and_a_killed_run_give_the_rows_of_one(tiny_model, tiny_clip, tmp_path):
+    from helpers import kill_after_rows, run_cli_subprocess
+
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in METADATA))
+    args = [
+        "test",
+        f"--model.pretrained_model_name_or_path={tiny_model}",
+        f"--model.clip_model_name_or_path={tiny_clip}",
+        "--model.num_inference_steps=2",
+        "--model.height=32",
+        "--model.width=32",
+        "--model.metrics=[clip_score, pick_score, geneval]",
+        f"--model.pick_score_model={tiny_clip}",
+        "--model.geneval_detector=shapes-judge",
+        f"--data.prompts={prompts}",
+        "--data.images_per_prompt=4",
+        "--data.batch_size=1",
+        "--trainer.enable_progress_bar=false",
+    ]
+    one = run_cli_subprocess([*args, f"--output_dir={tmp_path / 'one'}"], timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run_cli_subprocess(
+        [*args, f"--output_dir={tmp_path / 'two'}", "--config=configs/devices/ddp-cpu-2.yaml"], timeout=300
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    killed = [*args, f"--output_dir={tmp_path / 'killed'}"]
+    assert 1 <= kill_after_rows(killed, tmp_path / "killed" / "results.jsonl", rows=3, timeout=300) < 8
+    assert run_cli_subprocess(killed, timeout=300).returncode == 0
+    a = manifest(tmp_path / "one", "results.jsonl")
+    assert [(r["index"], r["seed"]) for r in a] == [(i, i) for i in range(8)]
+    for other in ("two", "killed"):
+        b = manifest(tmp_path / other, "results.jsonl")
+        assert [(r["index"], r["seed"]) for r in b] == [(r["index"], r["seed"]) for r in a]
+        for x, y in zip(a, b):
+            assert abs(x["pick_score"] - y["pick_score"]) <= 1e-4 and x["geneval"] == y["geneval"]
+        s1, s2 = (json.loads((tmp_path / f / "summary.json").read_text()) for f in ("one", other))
+        assert s1["pick_score_n"] == s2["pick_score_n"] == 8
+        assert abs(s1["pick_score_mean"] - s2["pick_score_mean"]) <= 1e-4
+        assert s1["geneval_tasks"] == s2["geneval_tasks"]

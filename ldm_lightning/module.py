@@ -508,6 +508,9 @@ class LatentDiffusionModule(LightningModule):
             self.prepare_scoring()
             if self.feature_names:
                 self._check_reference()
+            if "geneval" in self.per_image_metrics and self._trainer is not None and self.trainer.datamodule:
+                for row in self.trainer.datamodule.rows:  # every prompt's metadata, before any sampling
+                    row_metadata(row)
         if stage == "fit":
             self.unet.requires_grad_(True).train()  # the frozen VAE and text encoder stay in eval mode
             # The forward process uses the checkpoint's own noise schedule (betas).

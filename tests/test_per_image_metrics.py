@@ -140,3 +140,18 @@ def test_two_processes_and_a_killed_run_give_the_rows_of_one(tiny_model, tiny_cl
         assert s1["pick_score_n"] == s2["pick_score_n"] == 8
         assert abs(s1["pick_score_mean"] - s2["pick_score_mean"]) <= 1e-4
         assert s1["geneval_tasks"] == s2["geneval_tasks"]
+
+
+def test_geneval_needs_geneval_prompts_and_named_weight_files(tiny_model, tiny_clip, tmp_path, capsys):
+    args = [
+        "test",
+        f"--model.pretrained_model_name_or_path={tiny_model}",
+        f"--model.clip_model_name_or_path={tiny_clip}",
+    ]
+    code, err = run_cli(
+        [*args, "--model.metrics=[geneval]", "--model.geneval_detector=shapes-judge", f"--output_dir={tmp_path / 'a'}"],
+        capsys,
+    )
+    assert code != 0 and "data.prompts: model.metrics geneval needs GenEval metadata per prompt" in err
+    code, err = run_cli([*args, "--model.metrics=[hpsv2]", f"--output_dir={tmp_path / 'b'}"], capsys)
+    assert code != 0 and "model.hpsv2_checkpoint: model.metrics has hpsv2 but no checkpoint file" in err

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from helpers import manifest, run_cli
 from PIL import Image
+from test_preference import _openclip_image, _openclip_text, hps_files  # noqa: F401 (a fixture)
 
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)  # OpenAI CLIP (Radford et al. 2021)
 STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -21,7 +22,7 @@ METADATA = [
 ]
 
 
-def _args(model, clip, prompts, head, out, guidance="3.0"):
+def _args(model, clip, prompts, head, out, guidance="3.0", hps=None):
     return [
         "test",
         f"--model.pretrained_model_name_or_path={model}",
@@ -30,7 +31,9 @@ def _args(model, clip, prompts, head, out, guidance="3.0"):
         "--model.height=32",
         "--model.width=32",
         f"--model.guidance_scale={guidance}",
-        "--model.metrics=[clip_score, pick_score, aesthetic, geneval]",
+        "--model.metrics=[clip_score, pick_score, hpsv2, aesthetic, geneval]",
+        f"--model.hpsv2_checkpoint={hps[0]}",
+        f"--model.hpsv2_clip={hps[1]}",
         f"--model.pick_score_model={clip}",
         f"--model.aesthetic_weights={head}",
         f"--model.aesthetic_clip={clip}",
@@ -44,7 +47,7 @@ def _args(model, clip, prompts, head, out, guidance="3.0"):
     ]
 
 
-def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip, tmp_path):
+def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip, hps_files, tmp_path):  # noqa: F811
     from transformers import CLIPModel, CLIPTokenizer
 
     from ldm_lightning.evaluation.compare import compare
@@ -61,7 +64,7 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
         head[f"layers.{index}.bias"] = torch.randn(fan_out)
     torch.save(head, tmp_path / "head.pth")
 
-    assert run_cli(_args(tiny_model, tiny_clip, prompts, tmp_path / "head.pth", tmp_path / "a"))[0] == 0
+    assert run_cli(_args(tiny_model, tiny_clip, prompts, tmp_path / "head.pth", tmp_path / "a", hps=hps_files))[0] == 0
     rows = manifest(tmp_path / "a", "results.jsonl")
     assert [(r["index"], r["prompt_index"], r["sample"], r["seed"]) for r in rows] == [
         (0, 0, 0, 0), (1, 0, 1, 1), (2, 1, 0, 2), (3, 1, 1, 3)
@@ -76,10 +79,14 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
             ids = torch.tensor([tokenizer(r["prompt"])["input_ids"]])
             txt = F.normalize(model.text_projection(model.text_model(input_ids=ids).pooler_output), dim=-1)
             pick = float(model.logit_scale.exp() * (img * txt).sum())
+            state = hps_files[2]
+            hps_img = F.normalize(_openclip_image(state, pixels), dim=-1)
+            hps = float(100 * (hps_img * F.normalize(_openclip_text(state, ids), dim=-1)).sum())
             x = img
             for index in (0, 2, 4, 6, 7):
                 x = x @ head[f"layers.{index}.weight"].T + head[f"layers.{index}.bias"]
         assert abs(r["pick_score"] - pick) <= 1e-4 and abs(r["aesthetic"] - float(x)) <= 1e-4
+        assert abs(r["hpsv2"] - hps) <= 1e-4
         verdict = judge(image, image_detections(image), json.loads(r["geneval_metadata"]), judge_colours)
         assert r["geneval"] == float(verdict.correct) and r["geneval_reason"] == verdict.reason
 
@@ -92,7 +99,9 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
     assert set(summary["groups"]["tag"]) == {"single_object", "colors"}
     assert "pick_score" in summary["groups"]["tag"]["colors"]
 
-    assert run_cli(_args(tiny_model, tiny_clip, prompts, tmp_path / "head.pth", tmp_path / "b", "1.0"))[0] == 0
+    assert (
+        run_cli(_args(tiny_model, tiny_clip, prompts, tmp_path / "head.pth", tmp_path / "b", "1.0", hps_files))[0] == 0
+    )
     report, _ = compare([tmp_path / "a", tmp_path / "b"], "pick_score")
     other = manifest(tmp_path / "b", "results.jsonl")
     (pairing,) = report["pairs"]

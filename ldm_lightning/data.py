@@ -1,5 +1,6 @@
 """Prompt rows for `predict` and `test`: read from a list or a file, seeded, split across ranks exactly once."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,28 @@ def read_rows(
     negative_prompt: str = "",
     prompt_column: str | None = None,
     split: str = "train",
+    images_per_prompt: int = 1,
 ) -> list[dict[str, Any]]:
     """Prompt rows `{index, prompt, negative_prompt, seed, …}`; a row without a seed gets `seed + index`.
+
+    With `images_per_prompt` K > 1 each prompt becomes K rows (one per image) with consecutive indices
+    and seeds: prompt p's image k is row `p·K + k`, seeded `seed + p·K + k`, or `s + k` when the prompt
+    has its own seed s; the rows also carry `prompt_index` p and `sample` k (`image` names the file).
 
     A table's other columns whose values are text, numbers or empty (PartiPrompts' `Category`,
     `Challenge`, `Note`; DrawBench's `Category`) are kept in the row under their own names.
     """
-    if isinstance(prompts, str) and Path(prompts).expanduser().suffix == ".txt":
+    from ldm_lightning.evaluation.geneval import is_metadata_file
+
+    if isinstance(prompts, str) and is_metadata_file(prompts):
+        # GenEval's own format: nested include/exclude clauses (which a table cannot hold) ride along
+        # as JSON text; `tag` (the task) is a column to group by.
+        from ldm_lightning.evaluation.geneval import read_metadata
+
+        records = [
+            {"prompt": m["prompt"], "tag": m["tag"], "geneval_metadata": json.dumps(m)} for m in read_metadata(prompts)
+        ]
+    elif isinstance(prompts, str) and Path(prompts).expanduser().suffix == ".txt":
         path = Path(prompts).expanduser()
         if not path.is_file():
             raise UserError(f"data.prompts: no prompt file at {prompts!r}; check the path")
@@ -136,15 +152,19 @@ def read_rows(
         if not isinstance(negative, str):
             raise UserError(f"data.prompts: row {index} has a negative_prompt that is not text: {negative!r}; use text")
         where = "data.seed" if row_seed is None else f"data.prompts: row {index}"
-        rows.append(
-            {
+        own = None if row_seed is None else used_seed(row_seed, where)
+        for image in range(images_per_prompt):
+            row_index = index * images_per_prompt + image
+            row = {
                 **{k: v for k, v in r.items() if k not in ROW_KEYS},
-                "index": index,
+                "index": row_index,
                 "prompt": r["prompt"],
                 "negative_prompt": negative,
-                "seed": used_seed(seed + index if row_seed is None else row_seed, where),
+                "seed": used_seed(seed + row_index if own is None else own + image, where),
             }
-        )
+            if images_per_prompt > 1:  # absent otherwise, so one-image runs keep their rows (and fingerprints)
+                row.update(prompt_index=index, sample=image)
+            rows.append(row)
     return rows
 
 
@@ -223,6 +243,7 @@ class PromptDataModule(LightningDataModule):
         num_workers: int = 0,
         group_by: list[str] | None = None,
         reference: str | None = None,
+        images_per_prompt: int = 1,
     ):
         """
         Args:
@@ -242,6 +263,8 @@ class PromptDataModule(LightningDataModule):
                 fd_dinov2, fd_clip): a folder (searched recursively for .png/.jpg/.webp), a glob, or a
                 table (.csv/.jsonl/.parquet, saved dataset) whose `image` column holds paths relative
                 to the table's folder.
+            images_per_prompt: images per prompt (GenEval uses 4): each prompt becomes this many rows,
+                seeded `seed, seed + 1, …` from the prompt's first seed; `limit` still counts prompts.
         """
         super().__init__()
         if batch_size < 1:
@@ -252,6 +275,8 @@ class PromptDataModule(LightningDataModule):
             raise UserError(
                 f"data.num_workers: must be 0 or more, got {num_workers}; 0 reads prompts in the main process"
             )
+        if images_per_prompt < 1:
+            raise UserError(f"data.images_per_prompt: must be at least 1, got {images_per_prompt}; GenEval uses 4")
         used_seed(seed, "data.seed")
         self.save_hyperparameters()
         self.rows: list[dict[str, Any]] = []
@@ -263,8 +288,9 @@ class PromptDataModule(LightningDataModule):
         if not self.rows:
             hp = self.hparams
             source = EXAMPLE_PROMPTS if hp.prompts is None else hp.prompts
-            rows = read_rows(source, hp.seed, hp.negative_prompt, hp.prompt_column, hp.split)
-            rows = rows[: hp.limit] if hp.limit else rows
+            k = hp.images_per_prompt
+            rows = read_rows(source, hp.seed, hp.negative_prompt, hp.prompt_column, hp.split, images_per_prompt=k)
+            rows = rows[: hp.limit * k] if hp.limit else rows
             check_group_by(rows, hp.group_by)
             self.rows = rows
         return self.rows

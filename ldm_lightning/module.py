@@ -24,11 +24,13 @@ from ldm_lightning.errors import UserError
 from ldm_lightning.evaluation.clip_score import DEFAULT_CLIP, clip_source, load_clip, score_images
 from ldm_lightning.evaluation.distribution import COMPARABLE_N, distribution_metrics
 from ldm_lightning.evaluation.features import DEFAULT_DINOV2, ClipImageFeatures, Dinov2Features, extract, load_inception
+from ldm_lightning.evaluation.geneval import summarize_geneval
 from ldm_lightning.evaluation.groups import group_summary
-from ldm_lightning.evaluation.names import FEATURES_OF, METRICS, QUALITY_KEYS, MetricName
+from ldm_lightning.evaluation.names import FEATURES_OF, METRICS, PER_IMAGE_METRICS, QUALITY_KEYS, MetricName
+from ldm_lightning.evaluation.per_image import PerImageScorers, ScorerSettings, check_settings, row_metadata
 from ldm_lightning.evaluation.real_images import reference_cache_dir, reference_features
 from ldm_lightning.evaluation.rows import FeatureRows, ResultRows
-from ldm_lightning.evaluation.summary import summarize
+from ldm_lightning.evaluation.summary import summarize, summarize_scores
 from ldm_lightning.generation.components import Components, default_size, load_components, resolve, vae_scale_factor
 from ldm_lightning.generation.fast import make_fast
 from ldm_lightning.generation.sampling import Samples, to_uint8
@@ -70,6 +72,13 @@ class LatentDiffusionModule(LightningModule):
         attention_factors: list[int] | None = None,
         attention_timesteps: tuple[float, float] | None = None,
         trajectory_every: int = 5,
+        pick_score_model: str | None = None,
+        hpsv2_checkpoint: str | None = None,
+        hpsv2_clip: str | None = None,
+        aesthetic_weights: str | None = None,
+        aesthetic_clip: str | None = None,
+        geneval_detector: str | None = None,
+        geneval_clip: str | None = None,
         _components: Components | None = None,
     ):
         """
@@ -104,7 +113,10 @@ class LatentDiffusionModule(LightningModule):
                 computed; the others compare the generated images with `data.reference`'s real ones:
                 fid and kid (FID Inception, needs model.inception_weights), cmmd (CLIP embeddings,
                 Gaussian-kernel MMD), fd_dinov2 (Fréchet distance on DINOv2 features), fd_clip
-                (Fréchet distance on the scoring CLIP's image features). Default: [clip_score].
+                (Fréchet distance on the scoring CLIP's image features). Per image, besides CLIPScore:
+                pick_score (PickScore), hpsv2 (HPS v2 / v2.1), aesthetic (LAION aesthetic predictor),
+                geneval (GenEval's rules; the prompts must be a GenEval evaluation_metadata.jsonl).
+                Default: [clip_score].
             inception_weights: local TorchScript file of the FID Inception network,
                 inception-2015-12-05.pt (StyleGAN2-ADA / clean-fid / EDM), for fid and kid.
             dinov2_model_name_or_path: DINOv2 for fd_dinov2 (hub id or folder); default
@@ -120,6 +132,17 @@ class LatentDiffusionModule(LightningModule):
             attention_timesteps: [lowest, highest] diffusion timestep (0-1000 for SD) of the steps to
                 aggregate, inclusive; default every step (DAAM).
             trajectory_every: keep x̂₀ after every this many denoising steps; the output image closes the strip.
+            pick_score_model: PickScore's CLIP for pick_score (hub id or folder); default
+                yuvalkirstain/PickScore_v1, processor from laion/CLIP-ViT-H-14-laion2B-s32B-b79K.
+            hpsv2_checkpoint: HPS v2 / v2.1 checkpoint file (OpenCLIP format, e.g. HPS_v2.1_compressed.pt) for hpsv2.
+            hpsv2_clip: transformers CLIP ViT-H-14 config and processor for hpsv2 (hub id or folder); default
+                laion/CLIP-ViT-H-14-laion2B-s32B-b79K (its weights are not used).
+            aesthetic_weights: the LAION aesthetic predictor file (sac+logos+ava1-l14-linearMSE.pth) for aesthetic.
+            aesthetic_clip: CLIP ViT-L/14 for aesthetic; default openai/clip-vit-large-patch14.
+            geneval_detector: GenEval's detector: a transformers Mask2Former (hub id or folder; default
+                facebook/mask2former-swin-small-coco-instance), or "shapes-judge" for the embedded model.
+            geneval_clip: GenEval's colour classifier CLIP (default openai/clip-vit-large-patch14;
+                "shapes-judge" colours with the pixel judge, the default with that detector).
         """
         super().__init__()
         quiet_known_noise()
@@ -157,6 +180,7 @@ class LatentDiffusionModule(LightningModule):
         if unknown:
             raise UserError(f"model.metrics: unknown {unknown}; choose from {', '.join(METRICS)}")
         # Loaded now, to fail before sampling with where to get it; a plain dict keeps it out of Lightning's casts.
+        check_settings(list(metrics or []), self._scorer_settings(locals()))
         needs_inception = {"fid", "kid"} & set(metrics or [])
         self._inception = {"inception": load_inception(inception_weights)} if needs_inception else {}
         self.save_hyperparameters(ignore=["_components"])
@@ -191,7 +215,8 @@ class LatentDiffusionModule(LightningModule):
         self.extractors: dict[str, torch.nn.Module] | None = None
         self.reference: dict[str, Any] | None = None
         self.reference_skipped: list[str] = []
-        self.results = ResultRows()
+        self.scorers: PerImageScorers | None = None
+        self.results = ResultRows(self.per_image_metrics)
         self.features = FeatureRows(self.feature_names)
         self._restored: tuple[list, dict] = ([], {})
         self.summary: dict[str, Any] | None = None  # the last `test`'s summary (see `on_test_epoch_end`)
@@ -258,6 +283,10 @@ class LatentDiffusionModule(LightningModule):
             extractors = ", ".join(f"{n}={source}" for n, source in self.extractor_sources().items())
             if extractors:
                 settings["feature_extractors"] = extractors
+            scorers = {k: v for k, v in vars(self._scorer_settings(dict(self.hparams))).items() if v is not None}
+            if len(self.per_image_metrics) > 1:  # only then, so runs of CLIPScore alone keep their fingerprint
+                settings["per_image_metrics"] = ", ".join(self.per_image_metrics)
+                settings.update({f"scorer_{k}": v for k, v in scorers.items()})
         return settings
 
     @property
@@ -266,6 +295,16 @@ class LatentDiffusionModule(LightningModule):
         if self.hparams.clip_model_name_or_path:
             return self.hparams.clip_model_name_or_path
         return "tiny-clip" if self.hparams.pretrained_model_name_or_path == DEFAULT_MODEL else DEFAULT_CLIP
+
+    @staticmethod
+    def _scorer_settings(values: dict[str, Any]) -> ScorerSettings:
+        return ScorerSettings(**{f: values.get(f) for f in ScorerSettings.__dataclass_fields__})
+
+    @property
+    def per_image_metrics(self) -> tuple[str, ...]:
+        """CLIPScore and the other per-image metrics asked for, in `PER_IMAGE_METRICS` order."""
+        asked = set(self.hparams.metrics or []) | {"clip_score"}
+        return tuple(m for m in PER_IMAGE_METRICS if m in asked)
 
     @property
     def feature_names(self) -> list[str]:
@@ -327,6 +366,8 @@ class LatentDiffusionModule(LightningModule):
             self.clip = load_clip(self.clip_name)
         if self.extractors is None:
             self.extractors = self.build_extractors()
+        if self.scorers is None:
+            self.scorers = PerImageScorers(list(self.hparams.metrics or []), self._scorer_settings(dict(self.hparams)))
 
     def build_extractors(self) -> dict[str, torch.nn.Module]:
         """The feature networks the requested metrics need, built once, frozen, fp32 (kept out of Lightning's casts)."""
@@ -344,6 +385,8 @@ class LatentDiffusionModule(LightningModule):
         pixels = to_uint8(samples.images)
         rows = with_views(rows_of(batch, samples, pixels), views)
         scores = score_images(pixels, batch["prompt"], self.clip)
+        metadata = self._geneval_metadata(batch) if "geneval" in self.scorers.names else [None] * len(rows)
+        others = self.scorers(pixels, batch["prompt"], metadata)
         features = {name: values.numpy() for name, values in extract(self.extractors, pixels).items()}
         seconds = (time.perf_counter() - start) / len(rows)
         memory = peak_memory_mb(self.device)
@@ -351,7 +394,10 @@ class LatentDiffusionModule(LightningModule):
             if features:  # for a run folder's resume; the metric state below holds them too
                 row["features"] = {name: values[i] for name, values in features.items()}
             # Broken samples are flagged and left out of the mean (counted in the summary).
-            row["clip_score"] = score if row["finite"] and not row["black"] else None
+            healthy = row["finite"] and not row["black"]
+            row["clip_score"] = score if healthy else None
+            for name, values in others.items():
+                row[name] = values[i] if healthy or name.endswith("_reason") else None
             row["seconds"] = seconds  # the batch's wall time (sampling + scoring) per image
             row["first_batch"] = batch_idx == 0  # this process's first: pays warm-up and compilation
             row["peak_memory_mb"] = memory
@@ -366,6 +412,10 @@ class LatentDiffusionModule(LightningModule):
         # numbers of steps); the scores are gathered once, at epoch end, by the metrics above.
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rows))
         return rows
+
+    def _geneval_metadata(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = {r["index"]: r for r in self.trainer.datamodule.rows}
+        return [row_metadata(rows[int(i)]) for i in batch["index"]]
 
     def restore_results(self, rows: list[dict[str, Any]], features: dict[str, Any] | None = None) -> None:
         """Rows finished by an earlier, interrupted run of the same settings (a run folder's resume):
@@ -388,6 +438,11 @@ class LatentDiffusionModule(LightningModule):
         `test/<metric>` for each distribution metric asked for. The whole summary is `self.summary`."""
         rows = self.results.compute()
         summary = summarize(rows)
+        for metric in self.per_image_metrics[1:]:
+            summary.update(summarize_scores(rows, metric))
+        prompt_rows = {r["index"]: r for r in self.trainer.datamodule.rows} if self.trainer.datamodule else {}
+        if "geneval" in self.per_image_metrics:
+            summary.update(summarize_geneval([{**prompt_rows.get(r["index"], {}), **r} for r in rows]))
         if self.feature_names:
             features = self.features.compute()
             quality = self.distribution_summary(features) if self.trainer.is_global_zero else None
@@ -395,7 +450,8 @@ class LatentDiffusionModule(LightningModule):
         group_by = self._data_hparam("group_by")
         if group_by:
             columns = {r["index"]: r for r in self.trainer.datamodule.rows}
-            summary["groups"] = group_summary([{**columns[r["index"]], **r} for r in rows], group_by)
+            joined = [{**columns[r["index"]], **r} for r in rows]
+            summary["groups"] = group_summary(joined, group_by, self.per_image_metrics)
         self.summary = summary
         logged = {  # float64 tensors: Lightning would store plain floats as float32 (7 digits)
             "test/clip_score": summary["clip_score_mean"],
@@ -404,12 +460,15 @@ class LatentDiffusionModule(LightningModule):
             "test/clip_score_ci95_high": summary["clip_score_ci95"][1],
             "test/n": float(summary["n"]),
             **{f"test/{key}": summary[key] for key in QUALITY_KEYS if key in summary},
+            **{f"test/{m}": summary[f"{m}_mean"] for m in self.per_image_metrics[1:]},
+            **({"test/geneval_overall": summary["geneval_overall"]} if "geneval_overall" in summary else {}),
         }
         logged = {name: torch.tensor(value, dtype=torch.float64, device=self.device) for name, value in logged.items()}
         # The same values on every process (gathered above); the mean reduction only keeps Lightning quiet.
         self.log_dict(logged, sync_dist=True)
         hp_metrics = {"hp/clip_score": summary["clip_score_mean"]}
         hp_metrics.update({f"hp/{key}": summary[key] for key in QUALITY_KEYS if key in summary})
+        hp_metrics.update({f"hp/{m}": summary[f"{m}_mean"] for m in self.per_image_metrics[1:]})
         settings = {k: "none" if v is None else v for k, v in self.run_settings(self.trainer.precision, "test").items()}
         for logger in self.loggers:  # TensorBoard's HParams tab: the settings that change results, with the scores
             if isinstance(logger, TensorBoardLogger):
@@ -449,6 +508,9 @@ class LatentDiffusionModule(LightningModule):
             self.prepare_scoring()
             if self.feature_names:
                 self._check_reference()
+            if "geneval" in self.per_image_metrics and self._trainer is not None and self.trainer.datamodule:
+                for row in self.trainer.datamodule.rows:  # every prompt's metadata, before any sampling
+                    row_metadata(row)
         if stage == "fit":
             self.unet.requires_grad_(True).train()  # the frozen VAE and text encoder stay in eval mode
             # The forward process uses the checkpoint's own noise schedule (betas).
@@ -471,6 +533,7 @@ class LatentDiffusionModule(LightningModule):
 
     def on_test_start(self) -> None:
         self._apply_fast_mode()
+        self.scorers.to(self.device)
         for net in self.extractors.values():
             net.to(self.device)
         if self.extractors and self.trainer.is_global_zero:

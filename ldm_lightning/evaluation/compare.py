@@ -11,6 +11,7 @@ Only the run folders are read: no model is loaded.
 
 import argparse
 import hashlib
+import io
 import json
 import sys
 from dataclasses import dataclass
@@ -257,18 +258,31 @@ def extreme_keys(p: Pairing, metric: str) -> list[tuple]:
     return [p.keys[i] for i in chosen]
 
 
-def side_by_side(p: Pairing, keys: list[tuple]):
-    """A two-column grid: run A's image (left) and run B's (right) of each key, at least 128 pixels wide."""
-    from diffusers.utils import make_image_grid
+def side_by_side(p: Pairing, keys: list[tuple], metric: str):
+    """Run A's image (left) beside run B's (right) for each key, each titled with its run and its value of
+    `metric`, each pair labelled with its prompt, seed and difference, so the picture reads on its own."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from PIL import Image
 
-    pictures = []
-    for key in keys:
-        left, right = (Image.open(run.folder / run.rows[key]["image"]).convert("RGB") for run in (p.a, p.b))
-        width = max(128, left.width)
-        size = (width, round(left.height * width / left.width))
-        pictures += [left.resize(size, Image.NEAREST), right.resize(size, Image.NEAREST)]
-    return make_image_grid(pictures, rows=len(keys), cols=2)
+    fig, axes = plt.subplots(len(keys), 2, figsize=(5.2, 2.9 * len(keys)), squeeze=False)
+    for row, key in enumerate(keys):
+        values = [run.rows[key][metric] for run in (p.a, p.b)]
+        for col, run in enumerate((p.a, p.b)):
+            ax = axes[row][col]
+            ax.imshow(Image.open(run.folder / run.rows[key]["image"]).convert("RGB"), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{textwrap.shorten(run.name, 28)}\n{metric} {values[col]:.3f}", fontsize=7)
+        prompt = textwrap.fill(textwrap.shorten(str(key[0]), 90), 30)
+        axes[row][0].set_ylabel(f"{prompt}\nseed {key[2]}, B − A {values[1] - values[0]:+.3f}", fontsize=7)
+    fig.suptitle(f"{metric}: {p.b.name} − {p.a.name}, largest first", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def histogram(p: Pairing, metric: str, stats: dict[str, Any]):
@@ -307,8 +321,6 @@ def write(report: dict[str, Any], pairings: list[Pairing], out: str | Path, forc
     """Write compare.json, compare.md, `extremes-N.png`, `differences-N.png` and TensorBoard logs to a new folder."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from ldm_lightning.run_folder.files import png_bytes
-
     run_fingerprint = inputs_fingerprint(report, force)
     folder = choose_run_dir(out, run_fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
@@ -321,9 +333,11 @@ def write(report: dict[str, Any], pairings: list[Pairing], out: str | Path, forc
             keys = extreme_keys(p, metric)
             a, b = (np.array([run.rows[k][metric] for k in keys]) for run in (p.a, p.b))
             extremes.append([(float(d), k[0], k[2]) for d, k in zip(b - a, keys)])
-            grid = side_by_side(p, keys)
-            atomic_write(folder / f"extremes-{i}.png", png_bytes(np.asarray(grid)))
-            tb.add_image(f"compare/extremes-{i}", np.asarray(grid), dataformats="HWC")
+            pairs = side_by_side(p, keys, metric)
+            buffer = io.BytesIO()
+            pairs.savefig(buffer, format="png", dpi=120)
+            atomic_write(folder / f"extremes-{i}.png", buffer.getvalue())
+            tb.add_figure(f"compare/extremes-{i}", pairs)
             fig = histogram(p, metric, stats)
             fig.savefig(folder / f"differences-{i}.png", dpi=120)
             tb.add_figure(f"compare/differences-{i}", fig)

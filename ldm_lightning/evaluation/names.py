@@ -2,8 +2,13 @@
 
 from typing import Literal, get_args
 
-MetricName = Literal["clip_score", "fid", "kid", "cmmd", "fd_dinov2", "fd_clip"]
+MetricName = Literal[
+    "clip_score", "pick_score", "hpsv2", "aesthetic", "geneval", "fid", "kid", "cmmd", "fd_dinov2", "fd_clip"
+]
 METRICS: tuple[str, ...] = get_args(MetricName)
+# Per-image metrics: each is a column of results.jsonl (None for an image left out) and a mean in the summary.
+# `geneval` is 1.0 when the image satisfies its prompt's GenEval metadata, else 0.0.
+PER_IMAGE_METRICS: tuple[str, ...] = ("clip_score", "pick_score", "hpsv2", "aesthetic", "geneval")
 # Distribution metrics (generated against real images) and the feature set each compares.
 FEATURES_OF: dict[str, str] = {
     "fid": "inception",

@@ -15,8 +15,9 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-# The numbers each `test` row carries about its own image; a missing score (a broken image) is NaN.
-ROW_FIELDS = ("clip_score", "finite", "black", "truncated", "seconds", "first_batch", "peak_memory_mb")
+# The numbers each `test` row carries about its own image besides its scores; a missing score (a broken
+# image) is NaN in the state and None in the rows.
+FLAG_FIELDS = ("finite", "black", "truncated", "seconds", "first_batch", "peak_memory_mb")
 
 
 def _first_by_index(index: torch.Tensor) -> np.ndarray:
@@ -27,35 +28,42 @@ def _first_by_index(index: torch.Tensor) -> np.ndarray:
 
 
 class ResultRows(Metric):
-    """The `ROW_FIELDS` of every image, by row index; `compute` returns them as a list of dicts sorted by index."""
+    """Each image's scores and `FLAG_FIELDS`, by row index; `compute` returns them as dicts sorted by index."""
 
     full_state_update = False
 
-    def __init__(self, **kwargs: Any):
+    def __init__(self, scores: tuple[str, ...] = ("clip_score",), **kwargs: Any):
+        """
+        Args:
+            scores: the per-image scores the rows carry (`names.PER_IMAGE_METRICS` asked for).
+        """
         super().__init__(**kwargs)
+        self.scores = tuple(scores)
+        self.fields = (*self.scores, *FLAG_FIELDS)
         self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("values", default=[], dist_reduce_fx="cat")  # flat: one dtype and rank for every process
         self.set_dtype(torch.float64)
 
     def update(self, rows: list[dict[str, Any]]) -> None:
-        """Add rows that hold `index` and the `ROW_FIELDS` (a missing or None score becomes NaN)."""
+        """Add rows that hold `index`, the scores and the `FLAG_FIELDS` (a missing or None score becomes NaN)."""
         if not rows:
             return
-        values = [[_number(r.get(f)) for f in ROW_FIELDS] for r in rows]
+        values = [[_number(r.get(f)) for f in self.fields] for r in rows]
         self.index.append(torch.tensor([r["index"] for r in rows], dtype=torch.float64, device=self.device))
         self.values.append(torch.tensor(values, dtype=torch.float64, device=self.device).flatten())
 
     def compute(self) -> list[dict[str, Any]]:
         if _empty(self.index):
             return []
-        index, values = dim_zero_cat(self.index), dim_zero_cat(self.values).reshape(-1, len(ROW_FIELDS))
+        index, values = dim_zero_cat(self.index), dim_zero_cat(self.values).reshape(-1, len(self.fields))
         keep = _first_by_index(index)
         rows = []
         for i in keep:
             row = {"index": int(index[i])}
-            for field, value in zip(ROW_FIELDS, values[i].tolist()):
+            for field, value in zip(self.fields, values[i].tolist()):
                 row[field] = value
-            row["clip_score"] = None if np.isnan(row["clip_score"]) else row["clip_score"]
+            for score in self.scores:
+                row[score] = None if np.isnan(row[score]) else row[score]
             for flag in ("finite", "black", "truncated", "first_batch"):
                 row[flag] = bool(row[flag])
             rows.append(row)

@@ -35,6 +35,18 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def summarize_scores(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Mean, std, bootstrap interval and N of one per-image metric over the rows that have it."""
+    scores = np.array([r[metric] for r in rows if r.get(metric) is not None], dtype=np.float64)
+    low, high = bootstrap_ci(scores)
+    return {
+        f"{metric}_mean": float(scores.mean()) if len(scores) else float("nan"),
+        f"{metric}_std": float(scores.std(ddof=1)) if len(scores) > 1 else float("nan"),
+        f"{metric}_ci95": [low, high],
+        f"{metric}_n": int(len(scores)),
+    }
+
+
 def timing(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Seconds per image in steady state and in each process's first batch (warm-up, fast mode's compilation).
 

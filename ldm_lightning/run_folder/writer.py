@@ -163,10 +163,12 @@ class ImageWriter(BasePredictionWriter):
         done = finished_rows(self.run_dir, read_jsonl(self.manifest), decode=False)  # decoded at setup or written whole
         if trainer.is_global_zero and done:
             rewrite_sorted(self.manifest, done)
+            shown = done
             if results:
                 results_file = self.run_dir / RESULTS
-                rewrite_sorted(results_file, finished_rows(self.run_dir, read_jsonl(results_file), decode=False))
-            grid = save_grid(self.run_dir, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
+                shown = finished_rows(self.run_dir, read_jsonl(results_file), decode=False)
+                rewrite_sorted(results_file, shown)
+            grid = save_grid(self.run_dir, [shown[i] for i in sorted(shown)][:MAX_GRID_IMAGES])
             log_grid(trainer, grid, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
             log_inspection(trainer, self.run_dir, [done[i] for i in sorted(done)][:MAX_INSPECTED_LOGGED])
             seconds = time.perf_counter() - self.started
@@ -257,12 +259,48 @@ def write_groups(trainer: Trainer, run_dir: Path, groups: dict) -> None:
             logger.experiment.add_figure("test/groups", groups_figure(groups))
 
 
+CAPTION_SCORES = {
+    "clip_score": "CLIP",
+    "pick_score": "Pick",
+    "hpsv2": "HPS",
+    "aesthetic": "aesth",
+    "geneval": "GenEval",
+}
+
+
+def caption_lines(row: dict[str, Any], chars: int) -> list[str]:
+    """An image's caption: index and prompt (wrapped, at most three lines), seed, and its scores when it has them."""
+    import textwrap
+
+    prompt = textwrap.wrap(f"{row['index']}. {row['prompt']}", chars, max_lines=3, placeholder=" …")
+    scores = [f"{short} {row[k]:.2f}" for k, short in CAPTION_SCORES.items() if isinstance(row.get(k), (int, float))]
+    return [*prompt, f"seed {row['seed']}", *textwrap.wrap(" · ".join(scores), chars)]
+
+
+def captioned(image: Image.Image, lines: list[str], width: int, height: int) -> Image.Image:
+    """The image scaled to `width` (nearest neighbour: small images stay sharp) above a white caption strip."""
+    from PIL import ImageDraw
+
+    scaled = image.resize((width, round(image.height * width / image.width)), Image.NEAREST)
+    cell = Image.new("RGB", (width, scaled.height + height), "white")
+    cell.paste(scaled)
+    draw = ImageDraw.Draw(cell)
+    for n, line in enumerate(lines):
+        draw.text((3, scaled.height + 2 + 11 * n), line, fill="black")  # PIL's default bitmap font: 11 px a line
+    return cell
+
+
 def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:
-    """All images (up to 64) in one near-square grid, saved as `grid.png`."""
-    images = [Image.open(run_dir / r["image"]).convert("RGB") for r in rows]
+    """All images (up to 64) in one near-square grid, each captioned with its prompt, seed and scores, as `grid.png`."""
+    width = max(160, Image.open(run_dir / rows[0]["image"]).width)
+    captions = [caption_lines(r, chars=width // 7) for r in rows]
+    height = 4 + 11 * max(len(c) for c in captions)
+    images = [
+        captioned(Image.open(run_dir / r["image"]).convert("RGB"), c, width, height) for r, c in zip(rows, captions)
+    ]
     cols = min(8, len(images))
     rows_n = -(-len(images) // cols)
-    images += [Image.new("RGB", images[0].size)] * (rows_n * cols - len(images))
+    images += [Image.new("RGB", images[0].size, "white")] * (rows_n * cols - len(images))
     grid = make_image_grid(images, rows=rows_n, cols=cols)
     atomic_write(run_dir / GRID, png_bytes(np.asarray(grid)))
     return grid

@@ -1,0 +1,269 @@
+"""Human-preference scores per image: PickScore, HPS v2 / v2.1 and the LAION aesthetic predictor.
+
+Each score is a pure function of uint8 images (B, 3, H, W) in 0..255 (and, where it depends on the
+text, their prompts) and a scorer loaded once per process. Scorers stay in fp32 and run outside
+autocast: they are small beside the generator, and their published numbers were taken at full
+precision or under fp16 autocast on GPUs, never bf16.
+
+- PickScore (Kirstain et al. 2023): a CLIP ViT-H/14 fine-tuned on Pick-a-Pic; the authors' score is
+  `logit_scale.exp() · cos(image, text)` (about 20-23 for SD-class images).
+- HPS v2 / v2.1 (Wu et al. 2023): an OpenCLIP ViT-H-14 fine-tuned on HPD v2; its benchmark reports
+  `100 · cos(image, text)` (SD v1.4 ≈ 27). Loaded into transformers' `CLIPModel` through
+  `openclip_keys.py`, without `open_clip_torch`.
+- LAION aesthetic predictor v2 (Schuhmann 2022, "improved-aesthetic-predictor"): a purely linear
+  MLP (no activations; dropout only in training) on L2-normalised CLIP ViT-L/14 image embeddings,
+  trained on SAC + LAION-Logos + AVA ratings (1-10).
+"""
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ldm_lightning.errors import UserError, first_line
+from ldm_lightning.evaluation.openclip_keys import openclip_to_transformers, strip_prefix
+
+DEFAULT_PICK_SCORE = "yuvalkirstain/PickScore_v1"
+VIT_H_14 = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PickScore's processor; HPS v2's architecture and processor
+AESTHETIC_CLIP = "openai/clip-vit-large-patch14"  # the ViT-L/14 the predictor was trained on
+AESTHETIC_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+AESTHETIC_DOWNLOAD = (
+    f"wget https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/{AESTHETIC_FILE}"
+)
+HPSV2_FILE = "HPS_v2.1_compressed.pt"
+HPSV2_DOWNLOAD = f"hf download xswu/HPSv2 {HPSV2_FILE} --local-dir ."
+
+
+@dataclass(frozen=True)
+class PreferenceCLIP:
+    """A frozen fp32 transformers `CLIPModel` and the processor that prepares its images and text."""
+
+    model: Any  # transformers.CLIPModel, imported lazily
+    processor: Any  # transformers.CLIPProcessor
+
+
+def _pooled(out) -> torch.Tensor:
+    # transformers 5 returns output objects from the feature methods, 4.x returned tensors.
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _check_uint8(images: torch.Tensor) -> None:
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise TypeError(f"expected uint8 images (B, 3, H, W) in 0..255, got {images.dtype} {tuple(images.shape)}")
+
+
+def image_embeddings(clip: PreferenceCLIP, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised fp32 image embeddings of uint8 (B, 3, H, W) images, preprocessed by the CLIP's own processor."""
+    _check_uint8(images)
+    device = _device(clip.model)
+    pixels = clip.processor(images=[i.cpu() for i in images], return_tensors="pt")["pixel_values"]
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        features = _pooled(clip.model.get_image_features(pixel_values=pixels.to(device, torch.float32))).float()
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
+def text_embeddings(clip: PreferenceCLIP, prompts: list[str]) -> torch.Tensor:
+    """L2-normalised fp32 text embeddings, prompts truncated to the model's context (end-of-text token kept)."""
+    device = _device(clip.model)
+    max_length = clip.model.config.text_config.max_position_embeddings
+    tokens = clip.processor(
+        text=list(prompts), padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        out = clip.model.get_text_features(
+            input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+        )
+    return torch.nn.functional.normalize(_pooled(out).float(), dim=-1)
+
+
+def _cosines(clip: PreferenceCLIP, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    return (image_embeddings(clip, images) * text_embeddings(clip, prompts)).sum(dim=-1)
+
+
+def pick_score(images: torch.Tensor, prompts: list[str], clip: PreferenceCLIP) -> list[float]:
+    """PickScore of each image against its prompt: `logit_scale.exp() · cos` (Kirstain et al. 2023, their README)."""
+    scale = clip.model.logit_scale.detach().float().exp().cpu()
+    return (scale * _cosines(clip, images, prompts).cpu()).tolist()
+
+
+def hpsv2(images: torch.Tensor, prompts: list[str], clip: PreferenceCLIP) -> list[float]:
+    """HPS v2 of each image against its prompt on its benchmark's scale: `100 · cos` (hpsv2/evaluation.py)."""
+    return (100 * _cosines(clip, images, prompts).cpu()).tolist()
+
+
+class AestheticMLP(torch.nn.Module):
+    """The LAION aesthetic predictor's head; module indices match its published state dict (layers.0 … layers.7)."""
+
+    def __init__(self, input_size: int = 768):
+        """
+        Args:
+            input_size: CLIP embedding width (768 for ViT-L/14).
+        """
+        super().__init__()
+        # No activations between the layers: the published model is linear (its ReLUs are commented out).
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(input_size, 1024),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(1024, 128),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(128, 64),
+            torch.nn.Dropout(0.1),
+            torch.nn.Linear(64, 16),
+            torch.nn.Linear(16, 1),
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.layers(embeddings)
+
+
+@dataclass(frozen=True)
+class AestheticScorer:
+    """CLIP ViT-L/14 and the aesthetic head on its normalised image embeddings."""
+
+    clip: PreferenceCLIP
+    head: AestheticMLP
+
+
+def aesthetic(images: torch.Tensor, scorer: AestheticScorer) -> list[float]:
+    """LAION aesthetic score (about 1-10) of each image: the head on its L2-normalised CLIP embedding."""
+    embeddings = image_embeddings(scorer.clip, images)
+    with torch.no_grad(), torch.autocast(embeddings.device.type, enabled=False):
+        return scorer.head(embeddings.to(_device(scorer.head))).squeeze(-1).cpu().tolist()
+
+
+# ----- loading: once per process, with a one-line error naming the key, the file and the download -----
+
+
+def _is_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).exists()
+
+
+def load_or_explain(cls, source: str, key: str, what: str, download: str, **kwargs):
+    local = _is_local(source)
+    if local and not Path(source).expanduser().is_dir():
+        raise UserError(f"{key}: {source}: no such folder; {download}")
+    try:
+        return cls.from_pretrained(str(Path(source).expanduser()) if local else source, **kwargs)
+    except Exception as err:  # the hub, safetensors and the processors each raise their own kinds
+        raise UserError(f"{key}: could not load {what} from {source!r} ({first_line(err)}); {download}") from None
+
+
+def hub_hint(repo: str) -> str:
+    return (
+        f"download it on a connected machine (hf download {repo} --local-dir FOLDER) and pass the folder, "
+        "or set HF_HUB_OFFLINE=1 with a copied cache"
+    )
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+
+
+def load_processor(sources: list[str], key: str, download: str):
+    from transformers import AutoProcessor
+
+    # A fine-tuned CLIP folder often holds only the model; the base model's processor is the same one.
+    for source in sources[:-1]:
+        folder = Path(source).expanduser()
+        if _is_local(source) and any((folder / f).is_file() for f in PROCESSOR_FILES):
+            return load_or_explain(AutoProcessor, source, key, "a CLIP processor", download)
+    return load_or_explain(AutoProcessor, sources[-1], key, "a CLIP processor", download)
+
+
+def frozen(model: torch.nn.Module) -> torch.nn.Module:
+    return model.float().eval().requires_grad_(False)
+
+
+@functools.cache
+def load_pick_score(model: str = DEFAULT_PICK_SCORE, processor: str = VIT_H_14) -> PreferenceCLIP:
+    """PickScore's CLIP (hub id or folder) and its processor (the model's folder if it has one, else `processor`)."""
+    from transformers import CLIPModel
+
+    key = "model.pick_score_model"
+    hint = hub_hint(DEFAULT_PICK_SCORE if not _is_local(model) else model)
+    clip = load_or_explain(CLIPModel, model, key, "PickScore", hint)
+    return PreferenceCLIP(frozen(clip), load_processor([model, processor], key, hub_hint(VIT_H_14)))
+
+
+def _read_weights(path: str, key: str, download: str) -> dict[str, torch.Tensor]:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"{key}: {path}: no such file; download it with `{download}` and pass its path")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load and safetensors raise many kinds on a bad file
+        problem = first_line(err)
+        raise UserError(f"{key}: could not read {path} ({problem}); download it again with `{download}`") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # training checkpoints wrap the weights
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{key}: {path} holds no state dict of tensors; download it again with `{download}`")
+    return strip_prefix(state)
+
+
+@functools.cache
+def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP) -> AestheticScorer:
+    """The aesthetic head from `weights` (the published .pth) on the CLIP `clip` (hub id or folder)."""
+    from transformers import CLIPModel
+
+    key = "model.aesthetic_weights"
+    state = _read_weights(weights, key, AESTHETIC_DOWNLOAD)
+    head = AestheticMLP(input_size=state["layers.0.weight"].shape[1] if "layers.0.weight" in state else 768)
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(
+            f"{key}: {weights} is not a LAION aesthetic predictor ({first_line(err)}); "
+            f"download {AESTHETIC_FILE} with `{AESTHETIC_DOWNLOAD}`"
+        ) from None
+    model = load_or_explain(CLIPModel, clip, "model.aesthetic_clip", "CLIP", hub_hint(AESTHETIC_CLIP))
+    if model.config.projection_dim != head.layers[0].in_features:
+        raise UserError(
+            f"model.aesthetic_clip: {clip} embeds in {model.config.projection_dim} dimensions, the predictor expects "
+            f"{head.layers[0].in_features}; use {AESTHETIC_CLIP}"
+        )
+    processor = load_processor([clip], "model.aesthetic_clip", hub_hint(AESTHETIC_CLIP))
+    return AestheticScorer(PreferenceCLIP(frozen(model), processor), frozen(head))
+
+
+@functools.cache
+def load_hpsv2(checkpoint: str, clip: str = VIT_H_14) -> PreferenceCLIP:
+    """HPS v2 / v2.1 from its OpenCLIP checkpoint file, in a `CLIPModel` built from `clip`'s config (hub id or folder).
+
+    Only the configuration and processor of `clip` are used; every weight comes from the checkpoint.
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    key = "model.hpsv2_checkpoint"
+    state = _read_weights(checkpoint, key, HPSV2_DOWNLOAD)
+    config = load_or_explain(CLIPConfig, clip, "model.hpsv2_clip", "a CLIP config", hub_hint(VIT_H_14))
+    # OpenCLIP's ViT-H-14 uses exact GELU in both towers (not OpenAI CLIP's quick GELU).
+    config.text_config.hidden_act = config.vision_config.hidden_act = "gelu"
+    model = CLIPModel(config)
+    try:
+        renamed = openclip_to_transformers(state)
+        missing, unexpected = model.load_state_dict(renamed, strict=False)
+    except (KeyError, RuntimeError) as err:
+        raise UserError(
+            f"{key}: {checkpoint} does not fit OpenCLIP ViT-H-14 as configured by {clip} ({first_line(err)}); "
+            f"download {HPSV2_FILE} with `{HPSV2_DOWNLOAD}`"
+        ) from None
+    missing = [k for k in missing if not k.endswith("position_ids")]  # buffers transformers rebuilds itself
+    if missing or unexpected:
+        raise UserError(
+            f"{key}: {checkpoint} lacks {len(missing)} weights (e.g. {missing[:1]}) and has {len(unexpected)} "
+            f"unknown ones for OpenCLIP ViT-H-14; download {HPSV2_FILE} with `{HPSV2_DOWNLOAD}`"
+        )
+    return PreferenceCLIP(frozen(model), load_processor([clip], "model.hpsv2_clip", hub_hint(VIT_H_14)))

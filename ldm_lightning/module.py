@@ -6,6 +6,7 @@ orchestrates; the math lives in `generation/` (sampling, the loss) and `evaluati
 features, distances to real images, summaries).
 """
 
+import json
 import math
 import shutil
 import time
@@ -14,8 +15,8 @@ from typing import Any, Literal
 
 import torch
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_cosine_schedule_with_warmup
-from lightning import LightningModule
+from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+from lightning import LightningDataModule, LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -31,6 +32,8 @@ from ldm_lightning.evaluation.per_image import PerImageScorers, ScorerSettings, 
 from ldm_lightning.evaluation.real_images import reference_cache_dir, reference_features
 from ldm_lightning.evaluation.rows import FeatureRows, ResultRows
 from ldm_lightning.evaluation.summary import summarize, summarize_scores
+from ldm_lightning.finetune.checkpoint import fill_frozen, keep_trained, trained_names
+from ldm_lightning.finetune.lora import add_lora, load_lora
 from ldm_lightning.generation.components import Components, default_size, load_components, resolve, vae_scale_factor
 from ldm_lightning.generation.fast import make_fast
 from ldm_lightning.generation.sampling import Samples, to_uint8
@@ -61,7 +64,16 @@ class LatentDiffusionModule(LightningModule):
         decode_fp32: Literal["auto", "always", "never"] = "auto",
         learning_rate: float = 1e-3,
         warmup_steps: int = 100,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
         snr_gamma: float | None = 5.0,
+        noise_offset: float = 0.0,
+        prediction_type: Literal["epsilon", "v_prediction"] | None = None,
+        gradient_checkpointing: bool = False,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        lora_target_modules: list[str] | None = None,
+        lora: str | None = None,
+        lora_scale: float = 1.0,
         clip_model_name_or_path: str | None = None,
         fast: bool = False,
         step_progress: bool = False,
@@ -100,8 +112,25 @@ class LatentDiffusionModule(LightningModule):
                 (16-mixed, 16-true), where SD v1's VAE overflows into black images; bf16 has fp32's
                 exponent range and decodes in bf16.
             learning_rate: peak AdamW learning rate for `fit` (U-Net only).
-            warmup_steps: linear warm-up steps before cosine decay, for `fit`.
+            warmup_steps: linear warm-up steps at the start of `fit`.
+            lr_schedule: after warm-up, "cosine" decay to 0 at the last step, or "constant" (the default
+                of diffusers' training scripts).
             snr_gamma: min-SNR loss weighting gamma (Hang et al. 2023) for `fit`; null for plain MSE.
+            noise_offset: offset noise for `fit` (Guttenberg 2023; diffusers' scripts use about 0.05),
+                so the model can learn darker and brighter images; 0 is the plain objective.
+            prediction_type: train (and sample) the U-Net to predict "epsilon" or "v_prediction"
+                instead of what the checkpoint's scheduler config says; the exported model records it.
+            gradient_checkpointing: recompute the U-Net's activations in the backward pass instead of
+                storing them (`fit`): much less memory for about a third more time per step.
+            lora_rank: train LoRA adapters of this rank on the U-Net (Hu et al. 2021) instead of the
+                whole U-Net, which stays frozen; needs `pip install 'ldm_lightning[lora]'`. `fit` writes
+                them as <log_dir>/lora/pytorch_lora_weights.safetensors, diffusers' LoRA format.
+            lora_alpha: LoRA scale numerator: updates are scaled by alpha / rank. Default: the rank.
+            lora_target_modules: U-Net layers that get adapters. Default: the attention projections
+                to_q, to_k, to_v, to_out.0 (diffusers' train_text_to_image_lora.py).
+            lora: a U-Net LoRA in diffusers' format (a file, or a folder holding
+                pytorch_lora_weights.safetensors) to apply for predict, test and fit.
+            lora_scale: strength of `lora` (1 = as trained, 0 = the base model).
             clip_model_name_or_path: CLIP that scores images in `test` (hub id or folder). Default:
                 the embedded "tiny-clip" for the embedded model, else openai/clip-vit-large-patch14.
             fast: opt-in fast mode for predict/test (`fast.py`): on a GPU channels-last + `torch.compile`
@@ -188,6 +217,14 @@ class LatentDiffusionModule(LightningModule):
         # Registered as submodules so that Lightning moves and casts them.
         self.unet, self.vae, self.text_encoder = self.components.unet, self.components.vae, self.components.text_encoder
         self.tokenizer = self.components.tokenizer
+        if prediction_type is not None:  # sampling reads the same config, so it follows the new target
+            self.components.scheduler_config = {**self.components.scheduler_config, "prediction_type": prediction_type}
+        if lora and lora_rank is not None:
+            raise UserError("model.lora: give either a LoRA to apply (model.lora) or one to train (model.lora_rank)")
+        if lora:
+            load_lora(self.unet, lora, lora_scale)
+        if lora_rank is not None:
+            add_lora(self.unet, lora_rank, lora_alpha, lora_target_modules)
         factor = vae_scale_factor(self.vae)
         native = default_size(self.unet, self.vae)
         train_steps = int(self.components.scheduler_config.get("num_train_timesteps", 1000))
@@ -203,7 +240,7 @@ class LatentDiffusionModule(LightningModule):
                     f"model.{name}: {value} is not a multiple of {factor} (the VAE's downsampling "
                     f"factor); try {max(factor, round(value / factor) * factor)}"
                 )
-        self.strict_loading = False  # checkpoints hold only the trained U-Net
+        self.strict_loading = False  # checkpoints hold only what trains (the U-Net, or its LoRA adapters)
         available = sorted(set(cross_attention_factors(self.unet).values()))
         if attention_factors and not set(attention_factors) <= set(available):
             raise UserError(
@@ -220,6 +257,8 @@ class LatentDiffusionModule(LightningModule):
         self.features = FeatureRows(self.feature_names)
         self._restored: tuple[list, dict] = ([], {})
         self.summary: dict[str, Any] | None = None  # the last `test`'s summary (see `on_test_epoch_end`)
+        self.val_results = ResultRows()  # validation's scores, gathered as `test`'s are
+        self._val_pixels: list[torch.Tensor] = []
 
     @classmethod
     def from_components(cls, components: Components, **settings: Any) -> "LatentDiffusionModule":
@@ -248,6 +287,9 @@ class LatentDiffusionModule(LightningModule):
             **({"fast": True} if hp.fast else {}),
             # Same images, more files: a run with inspection gets its own folder rather than resuming one without.
             **({"inspect": self.inspect_options_text()} if hp.inspect else {}),
+            # Only when set, so runs without them keep their fingerprint.
+            **({"prediction_type": hp.prediction_type} if hp.prediction_type else {}),
+            **({"lora": str(hp.lora), "lora_scale": hp.lora_scale} if hp.lora else {}),
         }
 
     @property
@@ -417,6 +459,36 @@ class LatentDiffusionModule(LightningModule):
         rows = {r["index"]: r for r in self.trainer.datamodule.rows}
         return [row_metadata(rows[int(i)]) for i in batch["index"]]
 
+    # ----- validation during fit: fixed prompts and seeds, sampled and scored with `test`'s CLIPScore -----
+
+    def on_validation_epoch_start(self) -> None:
+        if self.clip is None:  # `setup` loads it; not a submodule, so never trained, averaged or saved
+            self.clip = load_clip(self.clip_name)
+        self.val_results.reset()
+        self._val_pixels = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        samples = self.sample(batch)
+        pixels = to_uint8(samples.images)
+        rows = rows_of(batch, samples, pixels)
+        for row, score in zip(rows, score_images(pixels, batch["prompt"], self.clip)):
+            row["clip_score"] = score if row["finite"] and not row["black"] else None  # as `test_step` counts
+        self.val_results.update(rows)
+        self._val_pixels.append(pixels.cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        """Log `val/clip_score`, the mean CLIPScore over every validation image of every process (each
+        counted once, as `test` gathers them), and on rank 0 a grid of its images to TensorBoard (`val/images`)."""
+        summary = summarize(self.val_results.compute())
+        score = torch.tensor(summary["clip_score_mean"], dtype=torch.float64, device=self.device)
+        self.log("val/clip_score", score, sync_dist=True)  # equal on every process; the reduction keeps Lightning quiet
+        if self.trainer.is_global_zero and self._val_pixels and not self.trainer.sanity_checking:
+            grid = image_grid(torch.cat(self._val_pixels))
+            for logger in self.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image("val/images", grid, self.global_step, dataformats="CHW")
+        self._val_pixels = []
+
     def restore_results(self, rows: list[dict[str, Any]], features: dict[str, Any] | None = None) -> None:
         """Rows finished by an earlier, interrupted run of the same settings (a run folder's resume):
         they join this run's summary. Call before `trainer.test`; rank 0 adds them, so they count once."""
@@ -512,9 +584,26 @@ class LatentDiffusionModule(LightningModule):
                 for row in self.trainer.datamodule.rows:  # every prompt's metadata, before any sampling
                     row_metadata(row)
         if stage == "fit":
-            self.unet.requires_grad_(True).train()  # the frozen VAE and text encoder stay in eval mode
+            if self.hparams.lora_rank is None:
+                self.unet.requires_grad_(True)  # else only the adapters train (`add_lora` froze the rest)
+            self.unet.train()  # the frozen VAE and text encoder stay in eval mode
+            if self.hparams.gradient_checkpointing:
+                self.unet.enable_gradient_checkpointing()
             # The forward process uses the checkpoint's own noise schedule (betas).
             self.noise_schedule = DDPMScheduler.from_config(self.components.scheduler_config)
+        if stage in ("fit", "validate") and self._validates() and self.clip is None:
+            # Now, so that a CLIP that cannot load fails before training rather than at the first validation.
+            self.clip = load_clip(self.clip_name)
+
+    def _validates(self) -> bool:
+        """Whether this run has validation batches to sample and score."""
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if self._trainer is None:  # `setup` called by hand, outside a Trainer
+            return False
+        datamodule = self.trainer.datamodule
+        has_data = datamodule is not None and is_overridden("val_dataloader", datamodule, LightningDataModule)
+        return has_data and self.trainer.limit_val_batches != 0
 
     def _check_reference(self) -> None:
         datamodule = self.trainer.datamodule
@@ -568,22 +657,30 @@ class LatentDiffusionModule(LightningModule):
             latents,
             batch["prompt"],
             self.hparams.snr_gamma,
+            self.hparams.noise_offset,
         )
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=hp.learning_rate, weight_decay=1e-2)
+        trained = [p for p in self.unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=hp.learning_rate, weight_decay=1e-2)
         total = max(self.trainer.estimated_stepping_batches, hp.warmup_steps + 1)
-        scheduler = get_cosine_schedule_with_warmup(optimizer, hp.warmup_steps, total)
+        if hp.lr_schedule == "constant":
+            scheduler = get_constant_schedule_with_warmup(optimizer, hp.warmup_steps)
+        else:
+            scheduler = get_cosine_schedule_with_warmup(optimizer, hp.warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Only the trained U-Net: the frozen components come from the pretrained model again.
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if not k.startswith("unet.")]:
-            del state[key]
+        # Only what trains (with EMA, its average too): the frozen parts come from the pretrained model again.
+        names = trained_names(self) or {k for k in checkpoint["state_dict"] if k.startswith("unet.")}
+        keep_trained(checkpoint, names)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The frozen parts left out on save, from this module as loaded: resuming with EMA loads strictly.
+        fill_frozen(checkpoint, self.state_dict())
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """The model as a diffusers folder: the (trained) U-Net with the other components copied."""
@@ -592,6 +689,11 @@ class LatentDiffusionModule(LightningModule):
         if source.is_dir():
             shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
         self.unet.save_pretrained(folder / "unet")
+        if self.hparams.prediction_type:  # what the U-Net now predicts, so that samplers read it
+            config_file = folder / "scheduler" / "scheduler_config.json"
+            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+            config_file.parent.mkdir(parents=True, exist_ok=True)
+            config_file.write_text(json.dumps({**config, "prediction_type": self.hparams.prediction_type}, indent=2))
         return folder
 
 
@@ -627,3 +729,20 @@ def with_views(rows: list[dict[str, Any]], views: list[dict[str, Any]]) -> list[
         if "trajectory" in view:
             row["trajectory_steps"] = view["trajectory"]["steps"]
     return rows
+
+
+def image_grid(pixels: torch.Tensor, columns: int = 8) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) side by side, `columns` to a row: one (3, rows·H, columns·W) picture.
+
+    Written out because torchvision's `make_grid` is not a dependency and diffusers' `make_image_grid`
+    takes PIL images and needs a full last row.
+    """
+    n, channels, height, width = pixels.shape
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    padded = torch.cat([pixels, pixels.new_zeros(rows * columns - n, channels, height, width)])
+    return (
+        padded.view(rows, columns, channels, height, width)
+        .permute(2, 0, 3, 1, 4)
+        .reshape(channels, rows * height, columns * width)
+    )

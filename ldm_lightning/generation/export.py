@@ -8,11 +8,25 @@ from lightning.pytorch.utilities import rank_zero_info
 
 
 class ExportDiffusers(Callback):
-    """Write `<log_dir>/model/` (trained U-Net + the frozen parts it was trained with) when fit ends."""
+    """When fit ends, write `<log_dir>/model/` (the trained U-Net + the frozen parts it was trained with), or,
+    for a LoRA fine-tune, `<log_dir>/lora/pytorch_lora_weights.safetensors`.
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.is_global_zero:
-            folder = pl_module.save_pretrained(Path(trainer.log_dir or trainer.default_root_dir) / "model")
+    It runs at `on_fit_end`, after every callback's `on_train_end`, so that with an EMA callback
+    (Lightning's `EMAWeightAveraging`) the averaged weights are the ones written, whatever the
+    order of the callbacks.
+    """
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        root = Path(trainer.log_dir or trainer.default_root_dir)
+        if getattr(pl_module.hparams, "lora_rank", None):
+            from ldm_lightning.finetune.lora import save_lora
+
+            path = save_lora(pl_module.unet, root / "lora")
+            rank_zero_info(f"trained LoRA saved in diffusers' format: {path} (load it with --model.lora)")
+        else:
+            folder = pl_module.save_pretrained(root / "model")
             rank_zero_info(f"trained model saved as a diffusers folder: {folder}")
 
 

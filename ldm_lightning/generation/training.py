@@ -28,11 +28,19 @@ def diffusion_loss(
     latents: torch.Tensor,
     prompts: list[str],
     snr_gamma: float | None = None,
+    noise_offset: float = 0.0,
 ) -> torch.Tensor:
-    """MSE between the U-Net's estimate and the true noise (or velocity) at uniformly drawn timesteps."""
+    """MSE between the U-Net's estimate and the true noise (or velocity) at uniformly drawn timesteps.
+
+    `noise_offset` adds a per-image, per-channel constant to the noise (Guttenberg 2023, "Diffusion
+    with Offset Noise"; diffusers' train_text_to_image.py `--noise_offset`), so the model can learn to
+    change an image's mean brightness; 0 is the plain objective.
+    """
     with torch.no_grad():
         cond = encode_text(text_encoder, tokenize(tokenizer, prompts)[0])
     noise = torch.randn_like(latents)
+    if noise_offset:
+        noise = noise + noise_offset * torch.randn(latents.shape[:2] + (1, 1), device=latents.device, dtype=noise.dtype)
     steps = noise_schedule.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
     noisy = noise_schedule.add_noise(latents, noise, timesteps)

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ldm_lightning.errors import UserError
+from ldm_lightning.locations import written_as_path
 from ldm_lightning.tables import (
     check_text_file,
     is_saved_dataset,
@@ -63,12 +64,12 @@ def _read_table(source: str, split: str):
         if isinstance(table, datasets.DatasetDict) and split not in table:
             raise UserError(f"data.split: {source} has no split {split!r} (splits: {', '.join(table)}); choose one")
         return table[split] if isinstance(table, datasets.DatasetDict) else table
-    if path.is_dir() and source.startswith((".", "/", "~")):
+    if path.is_dir() and written_as_path(source):
         raise UserError(
             f"data.prompts: {source} is a folder but not a saved dataset (no dataset_info.json or state.json); "
             "give a .txt/.csv/.jsonl/.parquet file or a folder written by Dataset.save_to_disk"
         )
-    if path.suffix or source.startswith((".", "/", "~")):
+    if path.suffix or written_as_path(source):
         raise UserError(
             f"data.prompts: no prompt file at {source!r} (expected .txt, .csv, .tsv, .jsonl, .parquet, "
             "a saved dataset folder, or an inline list); check the path"

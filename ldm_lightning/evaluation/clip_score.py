@@ -16,6 +16,7 @@ import torch
 
 from ldm_lightning.errors import UserError, first_line
 from ldm_lightning.generation.components import ASSETS
+from ldm_lightning.locations import is_local
 
 if TYPE_CHECKING:
     from transformers import CLIPModel
@@ -67,7 +68,7 @@ def load_clip(name_or_path: str) -> tuple[FeatureCLIP, TruncatingProcessor]:
 
     source = clip_source(name_or_path)
     key = "model.clip_model_name_or_path"
-    local = source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).exists()
+    local = is_local(source)
     if local and not Path(source).expanduser().is_dir():
         raise UserError(f"{key}: {source}: no such folder; give the path of a CLIP folder (config, weights, processor)")
     source = str(Path(source).expanduser()) if local else source

@@ -15,6 +15,7 @@ from transformers import AutoImageProcessor, Dinov2Model
 
 from ldm_lightning.errors import UserError, first_line
 from ldm_lightning.evaluation.clip_score import FeatureCLIP, TruncatingProcessor
+from ldm_lightning.locations import file_stamp
 
 FeatureName = Literal["inception", "clip", "dinov2"]
 DEFAULT_DINOV2 = "facebook/dinov2-large"  # ViT-L/14, the encoder Stein et al. 2023 recommend
@@ -23,14 +24,6 @@ INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrain
 INCEPTION_PICKLE_URL = (
     "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files/metrics/inception-2015-12-05.pkl"
 )
-
-
-def file_stamp(path: str | Path) -> list:
-    """(name, size, mtime) of a local file, or of every file under a local folder; [] for a hub id."""
-    path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
-    name = lambda p: str(p.relative_to(path)) if path.is_dir() else p.name  # noqa: E731
-    return [[name(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def _digest(value) -> str:

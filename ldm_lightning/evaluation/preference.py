@@ -24,6 +24,7 @@ import torch
 
 from ldm_lightning.errors import UserError, first_line
 from ldm_lightning.evaluation.openclip_keys import openclip_to_transformers, strip_prefix
+from ldm_lightning.locations import is_local
 
 DEFAULT_PICK_SCORE = "yuvalkirstain/PickScore_v1"
 VIT_H_14 = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PickScore's processor; HPS v2's architecture and processor
@@ -142,12 +143,8 @@ def aesthetic(images: torch.Tensor, scorer: AestheticScorer) -> list[float]:
 # ----- loading: once per process, with a one-line error naming the key, the file and the download -----
 
 
-def _is_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).exists()
-
-
 def load_or_explain(cls, source: str, key: str, what: str, download: str, **kwargs):
-    local = _is_local(source)
+    local = is_local(source)
     if local and not Path(source).expanduser().is_dir():
         raise UserError(f"{key}: {source}: no such folder; {download}")
     try:
@@ -172,7 +169,7 @@ def load_processor(sources: list[str], key: str, download: str):
     # A fine-tuned CLIP folder often holds only the model; the base model's processor is the same one.
     for source in sources[:-1]:
         folder = Path(source).expanduser()
-        if _is_local(source) and any((folder / f).is_file() for f in PROCESSOR_FILES):
+        if is_local(source) and any((folder / f).is_file() for f in PROCESSOR_FILES):
             return load_or_explain(AutoProcessor, source, key, "a CLIP processor", download)
     return load_or_explain(AutoProcessor, sources[-1], key, "a CLIP processor", download)
 
@@ -187,7 +184,7 @@ def load_pick_score(model: str = DEFAULT_PICK_SCORE, processor: str = VIT_H_14) 
     from transformers import CLIPModel
 
     key = "model.pick_score_model"
-    hint = hub_hint(DEFAULT_PICK_SCORE if not _is_local(model) else model)
+    hint = hub_hint(DEFAULT_PICK_SCORE if not is_local(model) else model)
     clip = load_or_explain(CLIPModel, model, key, "PickScore", hint)
     return PreferenceCLIP(frozen(clip), load_processor([model, processor], key, hub_hint(VIT_H_14)))
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ldm_lightning.errors import UserError
 from ldm_lightning.evaluation.features import extract
+from ldm_lightning.locations import file_stamp
 from ldm_lightning.run_folder.files import atomic_write
 from ldm_lightning.tables import is_saved_dataset, is_table_file, read_saved_dataset, read_table_file
 
@@ -74,17 +75,9 @@ def load_image(path: Path) -> torch.Tensor | None:
         return None
 
 
-def _stamp(path: Path) -> list:
-    try:
-        stat = path.stat()
-        return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-    except OSError:
-        return [str(path), None, None]
-
-
 def cache_file(cache_dir: Path, files: list[Path], name: str, identity: str) -> Path:
     """Where one extractor's features of these files are cached."""
-    key = json.dumps([[_stamp(f) for f in files], name, identity])
+    key = json.dumps([[[str(f.resolve()), file_stamp(f)] for f in files], name, identity])
     return cache_dir / f"reference-{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from ldm_lightning.errors import UserError
+from ldm_lightning.locations import written_as_path
 from ldm_lightning.tables import is_saved_dataset, parser_error, read_saved_dataset
 
 Crop = Literal["center", "random"]
@@ -44,7 +45,7 @@ def read_image_table(path: str, split: str):
                     "column (the image's path inside the folder) and a caption column such as `text`"
                 )
             table = datasets.load_dataset("imagefolder", data_dir=str(folder))
-        elif path.startswith((".", "/", "~")) or folder.suffix:
+        elif written_as_path(path) or folder.suffix:
             raise UserError(f"data.path: no folder at {path!r}; give an image folder, a saved dataset or a hub id")
         else:
             table = datasets.load_dataset(path)

@@ -9,6 +9,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
 from ldm_lightning.errors import UserError, first_line
+from ldm_lightning.locations import is_local
 
 SD14 = "CompVis/stable-diffusion-v1-4"
 ASSETS = Path(__file__).parent.parent / "assets"
@@ -44,10 +45,6 @@ def resolve(name_or_path: str) -> str:
             raise UserError(f"the embedded model {name_or_path!r} is missing from {folder}; reinstall")
         return str(folder)
     return name_or_path
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.exists(name)
 
 
 PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
@@ -94,7 +91,7 @@ def load_components(
     unpickling runs code. `HF_HUB_OFFLINE=1` is honoured by huggingface_hub itself.
     """
     root = resolve(name_or_path)
-    local = _looks_like_path(root)
+    local = is_local(root)
     if local:
         folder = Path(root).expanduser()
         if not folder.is_dir():

@@ -12,6 +12,38 @@ import numpy as np
 from PIL import Image
 
 
+def cli_args(
+    subcommand: str | None,
+    *extra: str,
+    model: str | Path | None = None,
+    clip: str | Path | None = None,
+    steps: int | None = None,
+    size: int | None = 32,
+    prompts: str | Path | None = None,
+    batch_size: int | None = None,
+    out: str | Path | None = None,
+    logger: bool = True,
+) -> list[str]:
+    """Arguments of `python -m ldm_lightning SUBCOMMAND …` (None: none, as a sweep's passthrough): the settings
+    given, `size`×`size` pixels, no progress bar, then `extra` (later arguments override earlier ones)."""
+    settings = {
+        "--model.pretrained_model_name_or_path": model,
+        "--model.clip_model_name_or_path": clip,
+        "--model.num_inference_steps": steps,
+        "--model.height": size,
+        "--model.width": size,
+        "--data.prompts": prompts,
+        "--data.batch_size": batch_size,
+        "--output_dir": out,
+    }
+    args = [] if subcommand is None else [subcommand]
+    args += [f"{key}={value}" for key, value in settings.items() if value is not None]
+    args.append("--trainer.enable_progress_bar=false")
+    if not logger:
+        args.append("--trainer.logger=false")
+    return [*args, *extra]
+
+
 def run_cli(args: list[str], capsys=None) -> tuple[int, str]:
     """Run `python -m ldm_lightning ARGS` in this process; return (exit code, stderr)."""
     from ldm_lightning.cli import main

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import exact_wilcoxon_p, manifest
+from helpers import cli_args, exact_wilcoxon_p, manifest
 
 from ldm_lightning.lab.benchmark_report import parse_tables
 from ldm_lightning.lab.sweep import main as sweep
@@ -20,15 +20,7 @@ ROOT = Path(__file__).parents[1]
 
 def sweep_passthrough(model: str, clip: str, prompts: str) -> list[str]:
     """What a sweep passes (after `--`) to every `test` run on the tiny model."""
-    return [
-        "--",
-        f"--model.pretrained_model_name_or_path={model}",
-        f"--model.clip_model_name_or_path={clip}",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={prompts}",
-        "--trainer.enable_progress_bar=false",
-    ]
+    return ["--", *cli_args(None, model=model, clip=clip, prompts=prompts)]
 
 
 def live_modules() -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import manifest, pixels, run_cli, run_cli_subprocess
+from helpers import cli_args, manifest, pixels, run_cli, run_cli_subprocess
 
 from ldm_lightning.testing import reference_pipeline
 
@@ -15,17 +15,7 @@ PROMPTS = '["a red circle", "../../etc/passwd", "ünïcode 猫 / slash", "a gree
 
 
 def predict_args(model: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "predict",
-        f"--model.pretrained_model_name_or_path={model}",
-        "--model.num_inference_steps=3",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={PROMPTS}",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        *extra,
-    ]
+    return cli_args("predict", *extra, model=model, steps=3, prompts=PROMPTS, out=out)
 
 
 def test_predict_writes_images_and_manifest_equal_to_the_pipeline(tiny_model, tmp_path):

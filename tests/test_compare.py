@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from helpers import exact_wilcoxon_p, manifest, run_cli
+from helpers import cli_args, exact_wilcoxon_p, manifest, run_cli
 
 from ldm_lightning.data import read_rows
 from ldm_lightning.evaluation.compare import main as compare_main
@@ -54,20 +54,16 @@ def runs(tiny_model, tiny_clip, tmp_path_factory) -> dict[str, Path]:
     suite = write_parti(root / "suite.tsv")
     folders = {}
     for steps in (2, 5):
-        code, err = run_cli(
-            [
-                "test",
-                f"--model.pretrained_model_name_or_path={tiny_model}",
-                f"--model.clip_model_name_or_path={tiny_clip}",
-                f"--model.num_inference_steps={steps}",
-                "--model.height=32",
-                "--model.width=32",
-                f"--data.prompts={suite}",
-                "--data.group_by=[Category]",
-                f"--output_dir={root / f'steps{steps}'}",
-                "--trainer.enable_progress_bar=false",
-            ]
+        args = cli_args(
+            "test",
+            "--data.group_by=[Category]",
+            model=tiny_model,
+            clip=tiny_clip,
+            steps=steps,
+            prompts=suite,
+            out=root / f"steps{steps}",
         )
+        code, err = run_cli(args)
         assert code == 0, err
         folders[f"steps{steps}"] = root / f"steps{steps}"
     return folders

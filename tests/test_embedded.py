@@ -2,7 +2,7 @@
 
 import scipy.stats
 import torch
-from helpers import manifest, pixels, run_cli
+from helpers import cli_args, manifest, pixels, run_cli
 
 from ldm_lightning.evaluation.clip_score import load_clip, score_images
 from ldm_lightning.generation.components import load_components
@@ -14,7 +14,7 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star",
 
 
 def test_default_predict_draws_the_prompted_colours(tmp_path):
-    args = ["predict", f"--data.prompts={PROMPTS}", f"--output_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    args = cli_args("predict", size=None, prompts=PROMPTS, out=tmp_path)
     assert run_cli(args)[0] == 0
     rows = manifest(tmp_path)
     assert rows[0]["model"] == "tiny-shapes" and len(rows) == len(PROMPTS)
@@ -24,7 +24,7 @@ def test_default_predict_draws_the_prompted_colours(tmp_path):
 
 
 def test_default_test_scores_with_the_embedded_clip(tmp_path):
-    args = ["test", f"--data.prompts={PROMPTS[:3]}", f"--output_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    args = cli_args("test", size=None, prompts=PROMPTS[:3], out=tmp_path)
     assert run_cli(args)[0] == 0
     rows = manifest(tmp_path, "results.jsonl")
     assert rows[0]["clip_model"] == "tiny-clip"

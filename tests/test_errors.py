@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import cli_args, run_cli
 
 D = "{d}"  # the folder of the mistaken inputs built below
 BIG = 8 * 100_000  # pixels per side: a 100,000² latent, more memory than any machine has
@@ -156,17 +156,7 @@ def test_mistake_gives_one_line(case, inputs, tiny_model, tmp_path, capsys):
     extra = [a.replace(D, str(inputs)) for a in extra]
     subcommand = extra.pop(0) if extra and extra[0] == "test" else "predict"
     out = tmp_path / "run"
-    args = [
-        subcommand,
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        "--model.num_inference_steps=2",
-        "--model.height=32",
-        "--model.width=32",
-        '--data.prompts=["a red circle", "a blue square"]',
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        *extra,
-    ]
+    args = cli_args(subcommand, *extra, model=tiny_model, steps=2, prompts='["a red circle", "a blue square"]', out=out)
     code, err = run_cli(args, capsys)
     assert code == 2, err[-2000:]
     assert "Traceback" not in err

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import kill_after_rows, manifest, run_cli, run_cli_subprocess
+from helpers import cli_args, kill_after_rows, manifest, run_cli, run_cli_subprocess
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -53,23 +53,13 @@ def reference(tmp_path_factory) -> Path:
 
 def quality_args(model, clip, extractors, reference, out: Path, *extra: str, metrics: str = ALL) -> list[str]:
     inception, dinov2 = extractors
-    return [
-        "test",
-        f"--model.pretrained_model_name_or_path={model}",
-        f"--model.clip_model_name_or_path={clip}",
+    quality = [
         f"--model.metrics={metrics}",
         f"--model.inception_weights={inception}",
         f"--model.dinov2_model_name_or_path={dinov2}",
-        "--model.num_inference_steps=3",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={PROMPTS}",
         f"--data.reference={reference}",
-        "--data.batch_size=4",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        *extra,
     ]
+    return cli_args("test", *quality, *extra, model=model, clip=clip, steps=3, prompts=PROMPTS, batch_size=4, out=out)
 
 
 @pytest.fixture(scope="module")
@@ -322,16 +312,14 @@ def test_sweep_draws_the_quality_vs_clip_score_curve(tiny_model, tiny_clip, refe
     monkeypatch.setenv("LDM_LIGHTNING_CACHE", str(tmp_path / "cache"))
     from ldm_lightning.lab.sweep import main as sweep
 
-    passthrough = [
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        f"--model.clip_model_name_or_path={tiny_clip}",
-        "--model.height=32",
-        "--model.width=32",
-        '--data.prompts=["a red circle", "a blue star", "a cross"]',
+    passthrough = cli_args(
+        None,
         f"--data.reference={reference}",
         "--model.metrics=[clip_score,fd_clip]",
-        "--trainer.enable_progress_bar=false",
-    ]
+        model=tiny_model,
+        clip=tiny_clip,
+        prompts='["a red circle", "a blue star", "a cross"]',
+    )
     rows = sweep(["--guidance", "1", "4", "--steps", "3", "--out", str(tmp_path), "--", *passthrough])
     assert [r["guidance_scale"] for r in rows] == [1, 4]
     assert all(r["fd_clip"] > 0 and r["n_generated"] == 3 and r["n_reference"] == 10 for r in rows)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import manifest, pixels, run_cli
+from helpers import cli_args, manifest, pixels, run_cli
 
 PROMPTS = json.dumps(
     [f"a {c} {s}" for c in ("red", "blue", "green", "white") for s in ("circle", "star", "cross", "square")]
@@ -23,17 +23,7 @@ PROMPTS = json.dumps(
 
 
 def args_for(model: str, out: Path, *extra: str, subcommand: str = "predict") -> list[str]:
-    return [
-        subcommand,
-        f"--model.pretrained_model_name_or_path={model}",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={PROMPTS}",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.logger=false",
-        *extra,
-    ]
+    return cli_args(subcommand, *extra, model=model, prompts=PROMPTS, out=out, logger=False)
 
 
 def start(args: list[str], file_size_limit: int | None = None) -> subprocess.Popen:

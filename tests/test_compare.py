@@ -109,19 +109,11 @@ def test_test_run_carries_the_suite_columns_and_summarises_each_group(runs):
 def test_a_finished_run_started_again_gains_new_groups(runs, tiny_model, tiny_clip, tmp_path):
     folder = shutil.copytree(runs["steps2"], tmp_path / "run")
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("0*.png")}
-    code, err = run_cli(
-        [
-            "test",
-            f"--model.pretrained_model_name_or_path={tiny_model}",
-            f"--model.clip_model_name_or_path={tiny_clip}",
-            "--model.num_inference_steps=2",
-            "--model.height=32",
-            "--model.width=32",
-            f"--data.prompts={runs['steps2'].parent / 'suite.tsv'}",
-            "--data.group_by=[Challenge]",
-            f"--output_dir={folder}",
-        ]
+    suite = runs["steps2"].parent / "suite.tsv"
+    args = cli_args(
+        "test", "--data.group_by=[Challenge]", model=tiny_model, clip=tiny_clip, steps=2, prompts=suite, out=folder
     )
+    code, err = run_cli(args)
     assert code == 0, err
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("0*.png")} == before  # nothing generated again
     groups = json.loads((folder / "summary.json").read_text())["groups"]
@@ -133,11 +125,10 @@ def test_a_finished_run_started_again_gains_new_groups(runs, tiny_model, tiny_cl
 
 def test_missing_group_column_names_data_group_by_and_the_columns(tiny_model, tmp_path, capsys):
     suite = write_parti(tmp_path / "suite.tsv")
-    code, err = run_cli(
-        ["predict", f"--model.pretrained_model_name_or_path={tiny_model}", f"--data.prompts={suite}"]
-        + ["--data.group_by=[category_typo]", f"--output_dir={tmp_path / 'out'}"],
-        capsys,
+    args = cli_args(
+        "predict", "--data.group_by=[category_typo]", model=tiny_model, size=None, prompts=suite, out=tmp_path / "out"
     )
+    code, err = run_cli(args, capsys)
     assert code == 2 and "Traceback" not in err
     [line] = [x for x in err.splitlines() if x.startswith("error:")]  # after Lightning's own "Seed set" line
     assert line.startswith("error: data.group_by:") and "'category_typo'" in line and "Category" in line

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lightning import LightningDataModule
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldm_lightning.console import quiet_known_noise, quiet_seed_message, step_budget_bar
@@ -25,57 +25,11 @@ from ldm_lightning.errors import DISK_FULL, NOT_WRITABLE, UserError, first_line
 from ldm_lightning.generation.export import ExportDiffusers
 from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
+from ldm_lightning.parse_errors import OneLineParser
 from ldm_lightning.run_folder.attach import attach_run_folder
 from ldm_lightning.run_folder.writer import ImageWriter
 
 TRAINER_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
-
-
-class OneLineParser(LightningArgumentParser):
-    """LightningCLI's parser, whose top-level parse errors become one `UserError` line (no usage dump)."""
-
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:  # jsonargparse's inner parsers raise for their callers to handle
-            super().error(message, ex)
-        raise UserError(describe_parse_error(message)) from None
-
-
-def describe_parse_error(message: str) -> str:
-    """jsonargparse's multi-line message as `<key>: <what is wrong>; <what to do>`."""
-    text = message.strip()
-    help_hint = "`--help` lists every key and its type"
-    if m := re.search(r"does not accept option '([^']+)'", text):
-        return f"{m[1]}: unknown key; {help_hint}"
-    if m := re.match(r"unrecognized arguments: (.*)", text):
-        words = [w for w in m[1].split() if w not in ("predict", "test", "fit")] or m[1].split()
-        return f"{words[0].split('=')[0]}: unknown key or stray argument; {help_hint}"
-    if m := re.match(r"Problems parsing config:\s*(.*)", text, re.S):
-        detail = " ".join(line.strip() for line in m[1].splitlines() if line.strip())
-        detail = detail.replace('in "<unicode string>", ', "")
-        return f"--config: not valid YAML ({detail}); fix the file"
-    keys = re.findall(r'Parser key "([^"]+)"', text)
-    key = ".".join(keys) if keys else "arguments"
-    if m := re.search(r"File does not exist: (.*)", text):
-        return f"{key}: file does not exist: {m[1].strip()}; check the path"
-    expected, choices = [], []
-    pattern = r"Expected a (<class '[\w.]+'>|typing\.Literal\[[^\]]*\]|[\w.\[\], ]+?)(?:\.|$)"
-    for found in re.findall(pattern, text, re.M):
-        if literal := re.match(r"typing\.Literal\[(.*)\]", found):
-            choices += [c.strip(" '") for c in literal[1].split(",") if c.strip(" '") not in choices]
-            continue
-        name = re.sub(r"<class '([\w.]+)'>", r"\1", found)
-        if name not in ("NoneType", *expected):
-            expected.append(name)
-    if choices:
-        expected.append("one of " + ", ".join(choices))
-    values = re.findall(r"Got value: (.*)", text) or re.findall(r"Given value: (.*)", text)
-    if expected:
-        value = values[0].strip() if values else ""
-        value = nested[1] if (nested := re.match(r"NestedArg\(key='[^']*', val=(.*)\)$", value)) else value
-        got = f", got {value}" if value else ""
-        return f"{key}: expected {' or '.join(expected)}{got}; {help_hint}"
-    lines = [line.strip() for line in text.splitlines() if line.strip() and "Parser key" not in line]
-    return f"{key}: {lines[-1] if lines else text}; {help_hint}"
 
 
 def trainer_error(err: Exception) -> UserError:

@@ -1,5 +1,6 @@
 """Shared fixtures: offline, one thread, and a tiny seeded SD-v1-shaped model saved as a diffusers folder."""
 
+import copy
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -23,11 +24,17 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_module(tiny_model):
-    """A LatentDiffusionModule on the tiny model, 32×32 pixels, 4 DDIM steps."""
+def tiny_module_built_once(tiny_model):
+    """A LatentDiffusionModule on the tiny model, 32×32 pixels, 4 DDIM steps; never handed to a test itself."""
     from ldm_lightning.module import LatentDiffusionModule
 
     return LatentDiffusionModule(tiny_model, num_inference_steps=4, height=32, width=32)
+
+
+@pytest.fixture
+def tiny_module(tiny_module_built_once):
+    """A fresh copy of the tiny module for each test, so that settings one test changes never reach another."""
+    return copy.deepcopy(tiny_module_built_once)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,38 @@ import numpy as np
 from PIL import Image
 
 
+def cli_args(
+    subcommand: str | None,
+    *extra: str,
+    model: str | Path | None = None,
+    clip: str | Path | None = None,
+    steps: int | None = None,
+    size: int | None = 32,
+    prompts: str | Path | None = None,
+    batch_size: int | None = None,
+    out: str | Path | None = None,
+    logger: bool = True,
+) -> list[str]:
+    """Arguments of `python -m ldm_lightning SUBCOMMAND …` (None: none, as a sweep's passthrough): the settings
+    given, `size`×`size` pixels, no progress bar, then `extra` (later arguments override earlier ones)."""
+    settings = {
+        "--model.pretrained_model_name_or_path": model,
+        "--model.clip_model_name_or_path": clip,
+        "--model.num_inference_steps": steps,
+        "--model.height": size,
+        "--model.width": size,
+        "--data.prompts": prompts,
+        "--data.batch_size": batch_size,
+        "--output_dir": out,
+    }
+    args = [] if subcommand is None else [subcommand]
+    args += [f"{key}={value}" for key, value in settings.items() if value is not None]
+    args.append("--trainer.enable_progress_bar=false")
+    if not logger:
+        args.append("--trainer.logger=false")
+    return [*args, *extra]
+
+
 def run_cli(args: list[str], capsys=None) -> tuple[int, str]:
     """Run `python -m ldm_lightning ARGS` in this process; return (exit code, stderr)."""
     from ldm_lightning.cli import main
@@ -58,3 +90,27 @@ def kill_after_rows(args: list[str], results: Path, rows: int = 2, timeout: floa
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def exact_wilcoxon_p(diff) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test from its exact null distribution (Wilcoxon 1945).
+
+    Zero differences are dropped (Wilcoxon's own rule) and tied sizes share their mean rank. Under the null
+    hypothesis each remaining rank carries a + or a − sign with probability 1/2, independently: all 2^n
+    sign patterns are equally likely, and the p-value is twice the smaller tail of W+ (the sum of the
+    positive differences' ranks) at its observed value, at most 1.
+    """
+    d = np.asarray(diff, dtype=np.float64)
+    d = d[d != 0]
+    n = len(d)
+    if n == 0:
+        return 1.0
+    assert n <= 20, "2^n sign patterns are enumerated"
+    sizes = np.abs(d)
+    ranks = np.array([(sizes < x).sum() + ((sizes == x).sum() + 1) / 2 for x in sizes])  # mean ranks of ties
+    observed = ranks[d > 0].sum()
+    signs = (np.arange(2**n)[:, None] >> np.arange(n)) & 1  # every pattern of + (1) and − (0)
+    w_plus = signs @ ranks
+    tolerance = 1e-9 * ranks.sum()
+    lower, upper = np.mean(w_plus <= observed + tolerance), np.mean(w_plus >= observed - tolerance)
+    return float(min(1.0, 2 * min(lower, upper)))

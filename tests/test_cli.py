@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import manifest, pixels, run_cli, run_cli_subprocess
+import yaml
+from helpers import cli_args, manifest, pixels, run_cli, run_cli_subprocess
 
 from ldm_lightning.testing import reference_pipeline
 
@@ -14,17 +15,7 @@ PROMPTS = '["a red circle", "../../etc/passwd", "ünïcode 猫 / slash", "a gree
 
 
 def predict_args(model: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "predict",
-        f"--model.pretrained_model_name_or_path={model}",
-        "--model.num_inference_steps=3",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={PROMPTS}",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        *extra,
-    ]
+    return cli_args("predict", *extra, model=model, steps=3, prompts=PROMPTS, out=out)
 
 
 def test_predict_writes_images_and_manifest_equal_to_the_pipeline(tiny_model, tmp_path):
@@ -85,11 +76,32 @@ def test_two_ddp_processes_equal_one(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(p.parents[1])))
-def test_every_config_parses(config, capsys):
+def test_every_config_parses_to_its_own_values(config, capsys):
     subcommand = "fit" if config.parent.name == "fit" else "predict"
     code, _ = run_cli([subcommand, f"--config={config}", "--print_config"])
     assert code == 0
-    assert "pretrained_model_name_or_path" in capsys.readouterr().out
+    printed = yaml.safe_load(capsys.readouterr().out)
+    given = yaml.safe_load(config.read_text())
+    assert_holds(printed, given, "")  # every value the file sets reaches the parsed config unchanged
+
+
+def assert_holds(printed, given, where: str) -> None:
+    """Each value of `given` (a YAML file's) is in `printed` (the parsed config) at the same key.
+
+    A class given by `class_path` may print its arguments under `init_args`.
+    """
+    if isinstance(given, dict):
+        assert isinstance(printed, dict), where
+        for key, value in given.items():
+            inside = printed if key in printed else printed.get("init_args", {})
+            assert key in inside, f"{where}.{key} is missing from the parsed config"
+            assert_holds(inside[key], value, f"{where}.{key}")
+    elif isinstance(given, list):
+        assert isinstance(printed, list) and len(printed) == len(given), where
+        for i, (p, g) in enumerate(zip(printed, given)):
+            assert_holds(p, g, f"{where}[{i}]")
+    else:
+        assert printed == given, f"{where}: {printed!r} != {given!r}"
 
 
 def test_help(capsys):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import manifest, run_cli
-from scipy.stats import wilcoxon
+import scipy.stats
+from helpers import cli_args, exact_wilcoxon_p, manifest, run_cli
 
 from ldm_lightning.data import read_rows
 from ldm_lightning.evaluation.compare import main as compare_main
@@ -54,20 +54,16 @@ def runs(tiny_model, tiny_clip, tmp_path_factory) -> dict[str, Path]:
     suite = write_parti(root / "suite.tsv")
     folders = {}
     for steps in (2, 5):
-        code, err = run_cli(
-            [
-                "test",
-                f"--model.pretrained_model_name_or_path={tiny_model}",
-                f"--model.clip_model_name_or_path={tiny_clip}",
-                f"--model.num_inference_steps={steps}",
-                "--model.height=32",
-                "--model.width=32",
-                f"--data.prompts={suite}",
-                "--data.group_by=[Category]",
-                f"--output_dir={root / f'steps{steps}'}",
-                "--trainer.enable_progress_bar=false",
-            ]
+        args = cli_args(
+            "test",
+            "--data.group_by=[Category]",
+            model=tiny_model,
+            clip=tiny_clip,
+            steps=steps,
+            prompts=suite,
+            out=root / f"steps{steps}",
         )
+        code, err = run_cli(args)
         assert code == 0, err
         folders[f"steps{steps}"] = root / f"steps{steps}"
     return folders
@@ -113,19 +109,11 @@ def test_test_run_carries_the_suite_columns_and_summarises_each_group(runs):
 def test_a_finished_run_started_again_gains_new_groups(runs, tiny_model, tiny_clip, tmp_path):
     folder = shutil.copytree(runs["steps2"], tmp_path / "run")
     before = {p.name: p.stat().st_mtime_ns for p in folder.glob("0*.png")}
-    code, err = run_cli(
-        [
-            "test",
-            f"--model.pretrained_model_name_or_path={tiny_model}",
-            f"--model.clip_model_name_or_path={tiny_clip}",
-            "--model.num_inference_steps=2",
-            "--model.height=32",
-            "--model.width=32",
-            f"--data.prompts={runs['steps2'].parent / 'suite.tsv'}",
-            "--data.group_by=[Challenge]",
-            f"--output_dir={folder}",
-        ]
+    suite = runs["steps2"].parent / "suite.tsv"
+    args = cli_args(
+        "test", "--data.group_by=[Challenge]", model=tiny_model, clip=tiny_clip, steps=2, prompts=suite, out=folder
     )
+    code, err = run_cli(args)
     assert code == 0, err
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("0*.png")} == before  # nothing generated again
     groups = json.loads((folder / "summary.json").read_text())["groups"]
@@ -137,11 +125,10 @@ def test_a_finished_run_started_again_gains_new_groups(runs, tiny_model, tiny_cl
 
 def test_missing_group_column_names_data_group_by_and_the_columns(tiny_model, tmp_path, capsys):
     suite = write_parti(tmp_path / "suite.tsv")
-    code, err = run_cli(
-        ["predict", f"--model.pretrained_model_name_or_path={tiny_model}", f"--data.prompts={suite}"]
-        + ["--data.group_by=[category_typo]", f"--output_dir={tmp_path / 'out'}"],
-        capsys,
+    args = cli_args(
+        "predict", "--data.group_by=[category_typo]", model=tiny_model, size=None, prompts=suite, out=tmp_path / "out"
     )
+    code, err = run_cli(args, capsys)
     assert code == 2 and "Traceback" not in err
     [line] = [x for x in err.splitlines() if x.startswith("error:")]  # after Lightning's own "Seed set" line
     assert line.startswith("error: data.group_by:") and "'category_typo'" in line and "Category" in line
@@ -161,13 +148,20 @@ def test_paired_difference_equals_an_independent_computation(runs, tmp_path, cap
     assert pair["n"] == len(diff) == len(PARTI) and pair["n_matched"] == len(PARTI)
     assert pair["mean_diff"] == diff.mean()
     assert (pair["wins"], pair["ties"], pair["losses"]) == ((diff > 0).sum(), (diff == 0).sum(), (diff < 0).sum())
-    assert pair["p_wilcoxon"] == wilcoxon(diff).pvalue
-    assert pair["ci95_diff"][0] <= pair["mean_diff"] <= pair["ci95_diff"][1]
+    assert pair["p_wilcoxon"] == pytest.approx(exact_wilcoxon_p(diff), rel=1e-9)
+    # The paired interval is the percentile bootstrap of the differences: scipy's, with its own
+    # resamples, agrees to Monte-Carlo error (a few hundredths of the interval's half-width).
+    reference = scipy.stats.bootstrap(
+        (diff,), np.mean, method="percentile", n_resamples=20_000, random_state=np.random.default_rng(1)
+    ).confidence_interval
+    half_width = (reference.high - reference.low) / 2
+    assert abs(pair["ci95_diff"][0] - reference.low) < 0.15 * half_width
+    assert abs(pair["ci95_diff"][1] - reference.high) < 0.15 * half_width
     for category, stats in pair["groups"]["Category"].items():
         d = np.array([b[k]["clip_score"] - a[k]["clip_score"] for k in keys if a[k]["Category"] == category])
         assert stats["n"] == len(d) and stats["mean_diff"] == d.mean()
         assert stats["wins"] + stats["ties"] + stats["losses"] == len(d)
-        assert stats["p_wilcoxon"] == (wilcoxon(d).pvalue if np.any(d != 0) else 1.0)
+        assert stats["p_wilcoxon"] == pytest.approx(exact_wilcoxon_p(d), rel=1e-9)
     for name in ("compare.md", "extremes-1.png", "differences-1.png"):
         assert (tmp_path / "cmp" / name).stat().st_size > 0
     assert list((tmp_path / "cmp" / "tensorboard").glob("events.out.tfevents.*"))

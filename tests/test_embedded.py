@@ -1,7 +1,8 @@
 """The shipped tiny-shapes model: loads through the same code as SD v1.4 and draws the prompted colour and place."""
 
+import scipy.stats
 import torch
-from helpers import manifest, pixels, run_cli
+from helpers import cli_args, manifest, pixels, run_cli
 
 from ldm_lightning.evaluation.clip_score import load_clip, score_images
 from ldm_lightning.generation.components import load_components
@@ -13,7 +14,7 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle", "a yellow star",
 
 
 def test_default_predict_draws_the_prompted_colours(tmp_path):
-    args = ["predict", f"--data.prompts={PROMPTS}", f"--output_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    args = cli_args("predict", size=None, prompts=PROMPTS, out=tmp_path)
     assert run_cli(args)[0] == 0
     rows = manifest(tmp_path)
     assert rows[0]["model"] == "tiny-shapes" and len(rows) == len(PROMPTS)
@@ -23,7 +24,7 @@ def test_default_predict_draws_the_prompted_colours(tmp_path):
 
 
 def test_default_test_scores_with_the_embedded_clip(tmp_path):
-    args = ["test", f"--data.prompts={PROMPTS[:3]}", f"--output_dir={tmp_path}", "--trainer.enable_progress_bar=false"]
+    args = cli_args("test", size=None, prompts=PROMPTS[:3], out=tmp_path)
     assert run_cli(args)[0] == 0
     rows = manifest(tmp_path, "results.jsonl")
     assert rows[0]["clip_model"] == "tiny-clip"
@@ -37,11 +38,13 @@ def test_default_test_scores_with_the_embedded_clip(tmp_path):
 # Two seen and two held-out colour–shape pairs, each at all five positions with the same seed, so the
 # position phrase is the only thing that changes between the five images of a pair.
 POSITION_PAIRS = [("red", "circle"), ("cyan", "star"), ("green", "star"), ("blue", "cross")]
-# Measured on the shipped model: all 20 images land where the prompt says (4 would by chance).
-# The bound leaves 3 for arithmetic that differs between CPUs and BLAS builds; the previous weights, whose
-# text encoder could not tell positions apart, got 4.
-MEASURED_POSITION = 20
-POSITION_BOUND = MEASURED_POSITION - 3
+# A model that ignores the position word lands in the named one of 5 places by chance, 1 in 5. The bound is
+# the smallest count of 20 that chance reaches with probability below 1e-9 (binomial tail): 17.
+N_POSITION_IMAGES = len(POSITION_PAIRS) * len(POSITIONS)
+CHANCE = 1 / len(POSITIONS)
+POSITION_BOUND = next(
+    k for k in range(N_POSITION_IMAGES + 1) if scipy.stats.binom.sf(k - 1, N_POSITION_IMAGES, CHANCE) < 1e-9
+)
 
 
 def test_position_words_move_the_shape():
@@ -55,4 +58,5 @@ def test_position_words_move_the_shape():
     images, _ = sample(components, prompts, seeds, guidance=3.0)  # the evaluation's defaults: DDIM 25
     drawn = [judge(image.permute(1, 2, 0).numpy()).position for image in images]
     hits = sum(d == a for d, a in zip(drawn, asked))
+    assert len(prompts) == N_POSITION_IMAGES
     assert hits >= POSITION_BOUND, list(zip(prompts, drawn))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import cli_args, run_cli
 
 D = "{d}"  # the folder of the mistaken inputs built below
 BIG = 8 * 100_000  # pixels per side: a 100,000² latent, more memory than any machine has
@@ -87,7 +87,31 @@ CASES = [
     ("config-unknown-key", [f"--config={D}/unknown.yaml"], "model.colour"),
     ("cli-unknown-key", ["--model.colour=red"], "--model.colour"),
     ("cli-stray-argument", ["stray"], "stray"),
+    ("config-unknown-trainer-key", [f"--config={D}/unknown-trainer.yaml"], "trainer.colour"),
+    ("guidance-not-a-number", ["--model.guidance_scale=x"], "model.guidance_scale"),
 ]
+HELP = "`--help` lists every key and its type"
+# The whole line of each kind of parse error, as read from jsonargparse's messages (pyproject.toml pins
+# the jsonargparse versions whose message formats these hold for).
+WHOLE_LINES = {
+    "height-not-a-number": f"model.height: expected int, got abc; {HELP}",
+    "steps-fractional": f"model.num_inference_steps: expected int, got 2.5; {HELP}",
+    "guidance-not-a-number": f"model.guidance_scale: expected float, got x; {HELP}",
+    "scheduler-unknown": "model.scheduler: expected one of ddim, pndm, dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc, "
+    f"euler, euler_ancestral, lms, heun, got magic; {HELP}",
+    "seed-not-integer": f"data.seed: expected int, got abc; {HELP}",
+    "seed-fractional": f"data.seed: expected int, got 1.5; {HELP}",
+    "prompts-inline-not-text": f"data.prompts: expected str or list[str], got [1, 2]; {HELP}",
+    "precision-unknown": "trainer.precision: expected one of 64, 32, 16, transformer-engine, "
+    f"transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, bf16, got 17; {HELP}",
+    "config-missing": f"config: file does not exist: '{D}/missing.yaml'; check the path",
+    "config-bad-yaml": f"{D}/bad.yaml: not valid YAML (while parsing a flow node: did not find expected node content "
+    "at line 2, column 19); fix the file",
+    "config-unknown-key": f"model.colour: unknown key; {HELP}",
+    "config-unknown-trainer-key": f"trainer.colour: unknown key; {HELP}",
+    "cli-unknown-key": f"--model.colour: unknown key or stray argument; {HELP}",
+    "cli-stray-argument": f"stray: unknown key or stray argument; {HELP}",
+}
 LEAKS = ("download", "hf download")  # advice that does not belong to a local mistake
 
 
@@ -110,6 +134,7 @@ def inputs(tmp_path_factory, tiny_model) -> Path:
     (d / "nan.yaml").write_text("model:\n  guidance_scale: .nan\n")
     (d / "bad.yaml").write_text("model: [\n  guidance_scale: :\n")
     (d / "unknown.yaml").write_text("model:\n  colour: red\n")
+    (d / "unknown-trainer.yaml").write_text("trainer:\n  colour: red\n")
     shutil.copytree(tiny_model, d / "no-unet", ignore=shutil.ignore_patterns("unet"))
     shutil.copytree(tiny_model, d / "truncated")
     weights = d / "truncated" / "unet" / "diffusion_pytorch_model.safetensors"
@@ -131,17 +156,7 @@ def test_mistake_gives_one_line(case, inputs, tiny_model, tmp_path, capsys):
     extra = [a.replace(D, str(inputs)) for a in extra]
     subcommand = extra.pop(0) if extra and extra[0] == "test" else "predict"
     out = tmp_path / "run"
-    args = [
-        subcommand,
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        "--model.num_inference_steps=2",
-        "--model.height=32",
-        "--model.width=32",
-        '--data.prompts=["a red circle", "a blue square"]',
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        *extra,
-    ]
+    args = cli_args(subcommand, *extra, model=tiny_model, steps=2, prompts='["a red circle", "a blue square"]', out=out)
     code, err = run_cli(args, capsys)
     assert code == 2, err[-2000:]
     assert "Traceback" not in err
@@ -149,6 +164,8 @@ def test_mistake_gives_one_line(case, inputs, tiny_model, tmp_path, capsys):
     message = err.strip().splitlines()[-1]
     assert message.startswith("error: "), err[-2000:]
     assert names.replace(D, str(inputs)) in message, message
+    if name in WHOLE_LINES:
+        assert message == "error: " + WHOLE_LINES[name].replace(D, str(inputs))
     assert ";" in message  # <what is wrong>; <what to do>
     if name.startswith(("model-", "prompts-")) and name not in ("model-variant-missing", "model-hub-not-cached"):
         assert not any(leak in message for leak in LEAKS), message

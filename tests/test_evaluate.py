@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from helpers import kill_after_rows, manifest, run_cli, run_cli_subprocess
+from helpers import cli_args, kill_after_rows, manifest, run_cli, run_cli_subprocess
 from PIL import Image
 from torchmetrics.functional.multimodal import clip_score
 from transformers import AutoProcessor, CLIPModel
@@ -15,19 +15,7 @@ PROMPTS = '["a red circle", "a blue square", "a green star", "a red cross", "' +
 
 
 def eval_args(model: str, clip: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "test",
-        f"--model.pretrained_model_name_or_path={model}",
-        f"--model.clip_model_name_or_path={clip}",
-        "--model.num_inference_steps=3",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={PROMPTS}",
-        "--data.batch_size=2",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        *extra,
-    ]
+    return cli_args("test", *extra, model=model, clip=clip, steps=3, prompts=PROMPTS, batch_size=2, out=out)
 
 
 class _TensorFeatures(torch.nn.Module):

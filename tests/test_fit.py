@@ -1,7 +1,7 @@
 """`fit`: the LDM objective trains the U-Net (loss goes down), checkpoints reload, the export is a usable model."""
 
 import torch
-from helpers import run_cli
+from helpers import cli_args, run_cli
 from lightning import Callback, Trainer
 
 from ldm_lightning.module import LatentDiffusionModule
@@ -37,17 +37,17 @@ def test_loss_goes_down_and_only_the_unet_trains(tiny_model):
 
 
 def test_fit_cli_saves_a_checkpoint_and_a_diffusers_folder(tiny_model, tmp_path):
-    args = [
+    args = cli_args(
         "fit",
-        f"--model.pretrained_model_name_or_path={tiny_model}",
         "--model.warmup_steps=2",
         "--data=ldm_lightning.shapes.data.ShapesDataModule",
         "--data.batch_size=4",
         "--data.num_samples=16",
         "--trainer.max_steps=4",
-        "--trainer.enable_progress_bar=false",
-        f"--output_dir={tmp_path}",
-    ]
+        model=tiny_model,
+        size=None,
+        out=tmp_path,
+    )
     assert run_cli(args)[0] == 0
     ckpts = list(tmp_path.rglob("*.ckpt"))
     assert len(ckpts) == 1
@@ -62,15 +62,15 @@ def test_fit_cli_saves_a_checkpoint_and_a_diffusers_folder(tiny_model, tmp_path)
 
 
 def test_the_readme_fit_command_fine_tunes_the_embedded_model(tmp_path):
-    args = [
+    args = cli_args(
         "fit",
         "--config=configs/fit/tiny-shapes-finetune.yaml",
         "--trainer.max_steps=2",  # the config as written, shortened
         "--data.init_args.num_images=16",
         "--data.init_args.batch_size=4",
-        "--trainer.enable_progress_bar=false",
-        f"--output_dir={tmp_path}",
-    ]
+        size=None,
+        out=tmp_path,
+    )
     assert run_cli(args)[0] == 0
     exported = next(tmp_path.rglob("model"))
     tuned, shipped = LatentDiffusionModule(str(exported)), LatentDiffusionModule()

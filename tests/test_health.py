@@ -1,15 +1,19 @@
 """Numerical health: broken samples are flagged and left out of the mean; fp16 runs decode in fp32."""
 
+import copy
 import math
 
 import numpy as np
+import pytest
 import scipy.stats
 import torch
+from diffusers import AutoencoderKL
 from lightning import Trainer
 from torch.utils.data import DataLoader
 
 from ldm_lightning.data import PromptRows, collate, read_rows
 from ldm_lightning.evaluation.summary import bootstrap_ci, summarize, timing
+from ldm_lightning.generation.sampling import decode
 from ldm_lightning.module import LatentDiffusionModule
 
 
@@ -65,5 +69,21 @@ def test_sixteen_bit_precision_decodes_the_vae_in_fp32(tiny_model):
         accelerator="cpu", precision="16-true", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     rows = trainer.predict(module, loader())[0]
-    assert module.unet.dtype == torch.float16 and module.vae.dtype == torch.float32
+    # Decoded in fp32 on copies of the weights: the VAE itself stays in the trainer's precision.
+    assert module.unet.dtype == torch.float16 and module.vae.dtype == torch.float16
     assert all(r["finite"] and not r["black"] for r in rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fp32_decode_leaves_the_vae_as_it_is_and_equals_an_fp32_copy(tiny_model, dtype):
+    vae = AutoencoderKL.from_pretrained(tiny_model, subfolder="vae").to(dtype)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    latents = torch.randn(2, vae.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        images = decode(vae, latents.to(dtype), force_fp32=True)
+        reference = decode(copy.deepcopy(vae).float(), latents.to(dtype), force_fp32=False)
+    assert all(p.dtype == dtype for p in vae.parameters())
+    after = vae.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert images.dtype == torch.float32 and images.std() > 0.01
+    assert torch.equal(images, reference)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import manifest, run_cli
+from helpers import cli_args, manifest, run_cli
 from PIL import Image
 from test_sampling import NEGATIVES, PROMPTS, SEEDS, batch_of, configure, reference
 
@@ -42,18 +42,8 @@ def test_predict_writes_maps_and_trajectories_beside_each_image(tiny_model, tmp_
 
     out = tmp_path / "run"
     prompts = ["a red circle", "blue square"]
-    args = [
-        "predict",
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        "--model.height=32",
-        "--model.width=32",
-        "--model.num_inference_steps=4",
-        "--model.inspect=[attention, trajectory]",
-        "--model.trajectory_every=2",
-        f"--data.prompts={json.dumps(prompts)}",
-        "--data.batch_size=2",
-        f"--output_dir={out}",
-    ]
+    inspect = ["--model.inspect=[attention, trajectory]", "--model.trajectory_every=2"]
+    args = cli_args("predict", *inspect, model=tiny_model, steps=4, prompts=json.dumps(prompts), batch_size=2, out=out)
     assert run_cli(args)[0] == 0
     rows = manifest(out)
     assert [r["attention_words"] for r in rows] == [["a", "red", "circle"], ["blue", "square"]]

@@ -10,26 +10,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from helpers import manifest, pixels, run_cli
+from helpers import cli_args, manifest, pixels, run_cli
 
 PROMPTS = json.dumps([f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "cross")])
 N = 9
 
 
 def args_for(model: str, clip: str, out: Path, steps: int) -> list[str]:
-    return [
-        "test",
-        f"--model.pretrained_model_name_or_path={model}",
-        f"--model.clip_model_name_or_path={clip}",
-        f"--model.num_inference_steps={steps}",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={PROMPTS}",
-        "--data.batch_size=1",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.logger=false",
-    ]
+    return cli_args("test", model=model, clip=clip, steps=steps, prompts=PROMPTS, batch_size=1, out=out, logger=False)
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import manifest, run_cli
+from helpers import cli_args, manifest, run_cli
 from lightning import Trainer
 
 from ldm_lightning import ImageWriter, LatentDiffusionModule, PromptDataModule
@@ -29,17 +29,18 @@ def module_on(tiny_model: str, tiny_clip: str) -> LatentDiffusionModule:
     return LatentDiffusionModule(tiny_model, clip_model_name_or_path=tiny_clip, **SETTINGS)
 
 
-def cli_args(tiny_model: str, tiny_clip: str, out: Path) -> list[str]:
-    return [
+def cli_run_args(tiny_model: str, tiny_clip: str, out: Path) -> list[str]:
+    settings = [f"--model.{k}={v}" for k, v in SETTINGS.items()]
+    return cli_args(
         "test",
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        f"--model.clip_model_name_or_path={tiny_clip}",
-        *(f"--model.{k}={v}" for k, v in SETTINGS.items()),
-        f"--data.prompts={json.dumps(PROMPTS)}",
-        "--data.batch_size=2",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-    ]
+        *settings,
+        model=tiny_model,
+        clip=tiny_clip,
+        size=None,
+        prompts=json.dumps(PROMPTS),
+        batch_size=2,
+        out=out,
+    )
 
 
 def without_timings(rows: list[dict]) -> list[dict]:
@@ -47,7 +48,7 @@ def without_timings(rows: list[dict]) -> list[dict]:
 
 
 def test_trainer_test_returns_the_clis_summary_and_the_writer_writes_the_clis_folder(tiny_model, tiny_clip, tmp_path):
-    assert run_cli(cli_args(tiny_model, tiny_clip, tmp_path / "cli"))[0] == 0
+    assert run_cli(cli_run_args(tiny_model, tiny_clip, tmp_path / "cli"))[0] == 0
     cli_summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
 
     module = module_on(tiny_model, tiny_clip)

@@ -6,11 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import kill_after_rows, manifest, run_cli, run_cli_subprocess
+from helpers import cli_args, kill_after_rows, manifest, run_cli, run_cli_subprocess
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from transformers import AutoImageProcessor, AutoProcessor, CLIPModel, Dinov2Model
+
+from ldm_lightning.evaluation import distribution
+from ldm_lightning.evaluation.distribution import frechet_infinity
 
 PROMPTS = json.dumps(
     ["a red circle", "a blue square", "a green star", "a red cross", "a white triangle", "a cyan star"]
@@ -50,23 +53,13 @@ def reference(tmp_path_factory) -> Path:
 
 def quality_args(model, clip, extractors, reference, out: Path, *extra: str, metrics: str = ALL) -> list[str]:
     inception, dinov2 = extractors
-    return [
-        "test",
-        f"--model.pretrained_model_name_or_path={model}",
-        f"--model.clip_model_name_or_path={clip}",
+    quality = [
         f"--model.metrics={metrics}",
         f"--model.inception_weights={inception}",
         f"--model.dinov2_model_name_or_path={dinov2}",
-        "--model.num_inference_steps=3",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={PROMPTS}",
         f"--data.reference={reference}",
-        "--data.batch_size=4",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        *extra,
     ]
+    return cli_args("test", *quality, *extra, model=model, clip=clip, steps=3, prompts=PROMPTS, batch_size=4, out=out)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +100,21 @@ def _close(value: float, expected: float, rel: float) -> bool:
     return abs(value - expected) <= rel * max(abs(expected), 1e-3)
 
 
+def test_fid_infinity_extrapolates_fid_to_an_infinite_sample(monkeypatch):
+    # Chong & Forsyth 2020: FID of N generated images is FID∞ + k/N to first order, so where the FID of
+    # each subset is exactly 3 + 7/N the extrapolation to 1/N = 0 must give 3, whatever subsets are drawn.
+    sizes_seen = []
+
+    def line_in_one_over_n(real, fake):
+        sizes_seen.append(len(fake))
+        return 3.0 + 7.0 / len(fake)
+
+    monkeypatch.setattr(distribution, "frechet_distance", line_in_one_over_n)
+    real, fake = np.zeros((10, 4)), np.arange(200.0).reshape(50, 4)
+    assert frechet_infinity(real, fake) == pytest.approx(3.0, abs=1e-9)
+    assert min(sizes_seen) == 10 and max(sizes_seen) == 50 and len(set(sizes_seen)) == 15  # N/5 to N, 15 sizes
+
+
 class _Inception(torch.nn.Module):
     def __init__(self, path: str):
         super().__init__()
@@ -132,15 +140,11 @@ def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, e
         metric.update(torch.stack(real), real=True)
         metric.update(torch.stack(generated), real=False)
     assert _close(summary["fid"], float(fid.compute()), 1e-4)
-    # FID∞: torchmetrics' FID of seeded random subsets (15 sizes from N/5 to N), extrapolated to 1/N = 0.
-    sizes = np.unique(np.linspace(2, 6, 15).astype(int))  # max(2, 6 // 5) = 2
-    rng, values = np.random.default_rng(0), []
-    for size in sizes:
-        subset = FrechetInceptionDistance(feature=_Inception(extractors[0]))
-        subset.update(torch.stack(real), real=True)
-        subset.update(torch.stack(generated)[torch.from_numpy(rng.permutation(6)[:size])], real=False)
-        values.append(float(subset.compute()))
-    assert _close(summary["fid_infinity"], float(np.polyfit(1 / sizes, values, 1)[1]), 1e-4)
+    # FID∞ is fed the same Inception features as FID (its extrapolation is tested on its own below).
+    with torch.no_grad():
+        inception = _Inception(extractors[0])
+        features = [inception(torch.stack(images)).double().numpy() for images in (real, generated)]
+    assert _close(summary["fid_infinity"], frechet_infinity(*features), 1e-4)
     torch.manual_seed(0)
     kid_mean, kid_std = kid.compute()
     assert _close(summary["kid_mean"], float(kid_mean), 1e-4) and _close(summary["kid_std"], float(kid_std), 1e-4)
@@ -308,16 +312,14 @@ def test_sweep_draws_the_quality_vs_clip_score_curve(tiny_model, tiny_clip, refe
     monkeypatch.setenv("LDM_LIGHTNING_CACHE", str(tmp_path / "cache"))
     from ldm_lightning.lab.sweep import main as sweep
 
-    passthrough = [
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        f"--model.clip_model_name_or_path={tiny_clip}",
-        "--model.height=32",
-        "--model.width=32",
-        '--data.prompts=["a red circle", "a blue star", "a cross"]',
+    passthrough = cli_args(
+        None,
         f"--data.reference={reference}",
         "--model.metrics=[clip_score,fd_clip]",
-        "--trainer.enable_progress_bar=false",
-    ]
+        model=tiny_model,
+        clip=tiny_clip,
+        prompts='["a red circle", "a blue star", "a cross"]',
+    )
     rows = sweep(["--guidance", "1", "4", "--steps", "3", "--out", str(tmp_path), "--", *passthrough])
     assert [r["guidance_scale"] for r in rows] == [1, 4]
     assert all(r["fd_clip"] > 0 and r["n_generated"] == 3 and r["n_reference"] == 10 for r in rows)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import manifest, pixels, run_cli
+from helpers import cli_args, manifest, pixels, run_cli
 
 PROMPTS = json.dumps(
     [f"a {c} {s}" for c in ("red", "blue", "green", "white") for s in ("circle", "star", "cross", "square")]
@@ -23,17 +23,7 @@ PROMPTS = json.dumps(
 
 
 def args_for(model: str, out: Path, *extra: str, subcommand: str = "predict") -> list[str]:
-    return [
-        subcommand,
-        f"--model.pretrained_model_name_or_path={model}",
-        "--model.height=32",
-        "--model.width=32",
-        f"--data.prompts={PROMPTS}",
-        f"--output_dir={out}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.logger=false",
-        *extra,
-    ]
+    return cli_args(subcommand, *extra, model=model, prompts=PROMPTS, out=out, logger=False)
 
 
 def start(args: list[str], file_size_limit: int | None = None) -> subprocess.Popen:
@@ -169,18 +159,10 @@ def small_disk(tmp_path):
 
 def test_a_full_disk_under_tensorboard_prints_one_line(tiny_model, tiny_clip, small_disk):
     prompts = json.dumps([f"a red circle number {i}" for i in range(60)])
-    args = [
-        "test",
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        f"--model.clip_model_name_or_path={tiny_clip}",
-        "--model.height=32",
-        "--model.width=32",
-        "--model.num_inference_steps=1",
-        f"--data.prompts={prompts}",
-        "--data.batch_size=4",
-        f"--output_dir={small_disk / 'run'}",
-        "--trainer.enable_progress_bar=false",
-    ]  # the default logger: TensorBoard, which writes each batch's images from its own thread
+    # The default logger: TensorBoard, which writes each batch's images from its own thread.
+    args = cli_args(
+        "test", model=tiny_model, clip=tiny_clip, steps=1, prompts=prompts, batch_size=4, out=small_disk / "run"
+    )
     run = start(args)
     _, err = run.communicate()
     assert run.returncode == 2, err[-2000:]

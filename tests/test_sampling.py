@@ -24,7 +24,7 @@ def batch_of(prompts, negatives, seeds, start=0):
 
 
 def configure(module, scheduler: str, guidance_scale: float, eta: float = 0.0) -> None:
-    """Set the sampling settings of the shared module (every test sets all of them)."""
+    """Set the sampling settings of this test's copy of the tiny module."""
     module.hparams.scheduler = scheduler
     module.hparams.guidance_scale = guidance_scale
     module.hparams.eta = eta

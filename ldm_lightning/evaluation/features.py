@@ -8,7 +8,6 @@ covariance products, where bf16's 8-bit mantissa would dominate the result.
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import AutoImageProcessor, Dinov2Model
@@ -17,7 +16,6 @@ from ldm_lightning.errors import UserError, first_line
 from ldm_lightning.evaluation.clip_score import FeatureCLIP, TruncatingProcessor
 from ldm_lightning.locations import file_stamp
 
-FeatureName = Literal["inception", "clip", "dinov2"]
 DEFAULT_DINOV2 = "facebook/dinov2-large"  # ViT-L/14, the encoder Stein et al. 2023 recommend
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"

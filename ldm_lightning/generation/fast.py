@@ -1,12 +1,12 @@
 """Opt-in fast mode (`model.fast`): the U-Net made faster in place, same images to float rounding.
 
-On a GPU: channels-last weights (diffusers' own recipe for compiled convolutions; not measured apart
-here) and `torch.compile(mode="reduce-overhead", fullgraph=True)`, which fuses the elementwise work
-and replays each step as one CUDA graph, removing the per-kernel launch cost that dominates SD's
-U-Net at small batches: 3.5× the pipeline's speed at batch 1 and 1.46× at batch 8 on an H200 in
-fp16 (README, "On a GPU"). On a CPU there are no CUDA graphs and channels-last measured slower, so
-it is the plain `torch.compile` (1.09–1.13×). `python -m ldm_lightning.lab.benchmark --fast` prints the speed and the
-difference to the pipeline's images; the first batch of each shape pays the compilation.
+On a GPU: channels-last weights (diffusers' own recipe for compiled convolutions) and
+`torch.compile(mode="reduce-overhead", fullgraph=True)`, which fuses the elementwise work and replays
+each step as one CUDA graph, removing the per-kernel launch cost that dominates SD's U-Net at small
+batches. On a CPU there are no CUDA graphs and channels-last is slower, so it is the plain
+`torch.compile`. `python -m ldm_lightning.lab.benchmark --fast` prints the speed-up and the difference
+to the pipeline's images; the first batch of each shape pays the compilation. Measured speed-ups, with
+their hardware, command and date: `docs/gpu_benchmark_h200.md` and the README's benchmark sections.
 """
 
 import torch

@@ -84,13 +84,43 @@ def predict_noise(unet, latents, t, cond, uncond, guidance_scale: float) -> torc
     return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
 
+class _Decoder(torch.nn.Module):
+    """`vae.decode` as a forward, so that `functional_call` can run it with other parameters."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        """Args:
+        vae: the VAE whose `decode` this module's forward calls.
+        """
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+def decode_in_fp32(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """`vae.decode` computed in fp32 on fp32 copies of the weights, leaving the VAE's own weights as they are.
+
+    Casting the module instead (`vae.float()`) would keep it fp32 for the rest of the run, at twice
+    the memory of an fp16 VAE. The copies live only for this call.
+    """
+    decoder = _Decoder(vae)
+    weights = {
+        name: t.float() if t.is_floating_point() else t for name, t in decoder.state_dict(keep_vars=True).items()
+    }
+    with torch.autocast(latents.device.type, enabled=False):
+        return torch.func.functional_call(decoder, weights, (latents.float(),))
+
+
 def decode(vae, latents: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
-    """Latents -> images in [0, 1]. The scaling factor is the VAE's own (0.18215 for SD v1)."""
+    """Latents -> images in [0, 1]. The scaling factor is the VAE's own (0.18215 for SD v1).
+
+    `force_fp32` decodes in fp32 whatever the VAE's dtype, without casting the VAE.
+    """
     latents = latents / vae.config.scaling_factor
     if force_fp32:
         # SD v1's VAE overflows in fp16 and decodes black images (diffusers#2153).
-        with torch.autocast(latents.device.type, enabled=False):
-            images = vae.float().decode(latents.float(), return_dict=False)[0]
+        images = decode_in_fp32(vae, latents)
     else:
         images = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
     return (images.float() / 2 + 0.5).clamp(0, 1)

@@ -5,7 +5,10 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 
+from ldm_lightning.errors import UserError
 from ldm_lightning.generation.sampling import encode_text, tokenize
+
+TRAINABLE_PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -14,10 +17,28 @@ def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | 
     return posterior.sample(generator) * vae.config.scaling_factor
 
 
+def prediction_type(noise_schedule: DDPMScheduler) -> str:
+    """What the U-Net is trained to predict, from the scheduler config; an error for a type `fit` does not train."""
+    kind = noise_schedule.config.prediction_type
+    if kind not in TRAINABLE_PREDICTION_TYPES:
+        raise UserError(
+            f"scheduler prediction_type: {kind!r} cannot be trained; "
+            f"use a model whose scheduler_config.json says one of {', '.join(TRAINABLE_PREDICTION_TYPES)}"
+        )
+    return kind
+
+
 def min_snr_weights(noise_schedule: DDPMScheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Per-sample loss weights min(SNR, γ)/SNR for ε-prediction (Hang et al. 2023, eq. 6)."""
+    """Per-sample loss weights of Min-SNR-γ (Hang et al. 2023, eq. 6), for the schedule's prediction type.
+
+    The paper's weight min(SNR, γ) is stated for the loss on x₀; the MSE on ε is SNR times that loss,
+    and the MSE on v = √ᾱ ε − √(1 − ᾱ) x₀ is SNR + 1 times it, so the weights become min(SNR, γ)/SNR
+    for epsilon and min(SNR, γ)/(SNR + 1) for v_prediction (as diffusers' train_text_to_image.py does).
+    """
+    kind = prediction_type(noise_schedule)
     snr = compute_snr(noise_schedule, timesteps)  # ᾱ_t / (1 − ᾱ_t)
-    return torch.clamp(snr, max=gamma) / snr
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / snr if kind == "epsilon" else clipped / (snr + 1)
 
 
 def diffusion_loss(
@@ -44,7 +65,7 @@ def diffusion_loss(
     steps = noise_schedule.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (latents.shape[0],), device=latents.device)
     noisy = noise_schedule.add_noise(latents, noise, timesteps)
-    if noise_schedule.config.prediction_type == "v_prediction":
+    if prediction_type(noise_schedule) == "v_prediction":
         target = noise_schedule.get_velocity(latents, noise, timesteps)
     else:
         target = noise

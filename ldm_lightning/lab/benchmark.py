@@ -165,7 +165,8 @@ def load(args, device: torch.device, dtype: torch.dtype) -> tuple[Components, st
     return components, f"{args.model} (real weights)"
 
 
-def run(args) -> list[dict]:
+def run(args: argparse.Namespace) -> list[dict]:
+    """Benchmark each batch size of `args`; one table (dict) per batch size, also printed and, with `--out`, written."""
     device = torch.device("cuda" if torch.cuda.is_available() and args.gpu else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     components, what = load(args, device, dtype)

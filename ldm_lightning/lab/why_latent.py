@@ -6,7 +6,7 @@ square). This module measures that claim instead of quoting it:
 
 - counted: FLOPs of SD v1.4's U-Net on a 64×64×4 latent vs the same U-Net on a 512×512×3 image
   (meta device, nothing allocated);
-- measured: a reduced U-Net with SD v1.4's block layout, run with random weights on this CPU at a
+- measured: a reduced U-Net with SD v1.4's block layout, run with random weights on the CPU at a
   latent size and at the matching pixel size: FLOPs, wall time and peak resident memory.
 
     python -m ldm_lightning.lab.why_latent                     # latent 8² vs pixels 64²

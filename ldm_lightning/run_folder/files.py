@@ -12,7 +12,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -70,8 +69,17 @@ def image_name(index: int, prompt: str, max_chars: int = 48) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temporary file in the same folder and rename: readers never see half a file.
+
+    The file ends with the permissions an ordinary `open(path, "w")` gives (0o666 less the umask),
+    so colleagues and a TensorBoard server running as another user can read what the umask lets
+    them. `tempfile.mkstemp` would leave 0o600; reading the umask would mean changing it, which is
+    process-wide, so the kernel applies it instead when the temporary file is created.
+    """
+    try:
+        fd, tmp = create_temporary(path)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -79,11 +87,22 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:  # a full disk, say: name the file the user knows, not the temporary one
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OSError(err.errno, err.strerror, str(path)) from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def create_temporary(path: Path) -> tuple[int, Path]:
+    """A new hidden file next to `path`, created with mode 0o666 under the umask, open for writing."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
 
 
 def png_bytes(pixels) -> bytes:
@@ -96,7 +115,7 @@ def png_bytes(pixels) -> bytes:
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line with a single `write` on an O_APPEND file, so lines from several ranks never interleave."""
     line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # as `open(path, "a")`: the umask decides
     try:
         written = os.write(fd, line)
         if written < len(line):

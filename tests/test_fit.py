@@ -68,8 +68,8 @@ def test_the_readme_fit_command_fine_tunes_the_embedded_model(tmp_path):
         "--trainer.max_steps=2",  # the config as written, shortened
         "--data.init_args.num_images=16",
         "--data.init_args.batch_size=4",
+        f"--output_dir={tmp_path}",  # after the config, which names its own
         size=None,
-        out=tmp_path,
     )
     assert run_cli(args)[0] == 0
     exported = next(tmp_path.rglob("model"))

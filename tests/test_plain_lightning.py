@@ -91,37 +91,6 @@ def test_the_writer_resumes_and_refuses_a_folder_of_another_run(tiny_model, tiny
         trainer(callbacks=[ImageWriter(out)]).test(other, datamodule=PromptDataModule(prompts=PROMPTS))
 
 
-DDP_SCRIPT = """
-import json, sys
-from lightning import Trainer
-from ldm_lightning import LatentDiffusionModule, PromptDataModule
-
-if __name__ == "__main__":
-    model, clip, prompts, out = sys.argv[1:5]
-    module = LatentDiffusionModule(model, clip_model_name_or_path=clip, num_inference_steps=3, height=32, width=32)
-    data = PromptDataModule(prompts=json.loads(prompts), batch_size=2)
-    trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
-    scores = trainer.test(module, datamodule=data, verbose=False)[0]
-    if trainer.is_global_zero:
-        rows = module.results.compute()
-        json.dump({"scores": scores, "indices": [r["index"] for r in rows]}, open(out, "w"))
-"""
-
-
-def test_ddp_with_lightnings_defaults_scores_each_row_once_and_equals_one_process(tiny_model, tiny_clip, tmp_path):
-    script, out = tmp_path / "score.py", tmp_path / "ddp.json"
-    script.write_text(DDP_SCRIPT)
-    cmd = [sys.executable, str(script), tiny_model, tiny_clip, json.dumps(PROMPTS), str(out)]
-    done = subprocess.run(["timeout", "-k", "10", "150", *cmd], capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    ddp = json.loads(out.read_text())
-    assert ddp["indices"] == list(range(len(PROMPTS)))  # 5 rows on 2 processes: 3 + 2, none twice
-
-    one = trainer().test(module_on(tiny_model, tiny_clip), datamodule=PromptDataModule(prompts=PROMPTS, batch_size=2))
-    assert ddp["scores"]["test/clip_score"] == pytest.approx(one[0]["test/clip_score"], abs=1e-6)
-    assert ddp["scores"]["test/n"] == one[0]["test/n"] == len(PROMPTS)
-
-
 def readme_blocks() -> list[str]:
     """The Python code blocks of the README's "From Python" section, as written."""
     text = README.read_text(encoding="utf-8")
@@ -135,11 +104,18 @@ def test_the_readmes_python_blocks_run_as_written(tmp_path):
     session, script = "\n".join(blocks[:3]), blocks[3]
     (tmp_path / "session.py").write_text("import torch\ntorch.set_num_threads(1)\n" + session)
     (tmp_path / "script.py").write_text(textwrap.dedent(script))
+    printed = {}
     for name, limit in (("session.py", 240), ("script.py", 240)):
         cmd = ["timeout", "-k", "10", str(limit), sys.executable, name]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
         assert done.returncode == 0, f"{name}: {done.stderr[-2000:]}"
-        assert "test/clip_score" in done.stdout or name == "session.py"
+        printed[name] = done.stdout
     written = tmp_path / "outputs" / "mine"
     assert len(list(written.glob("*.png"))) == 4  # three images and the grid
-    assert json.loads((written / "summary.json").read_text())["n"] == 3
+    summary = json.loads((written / "summary.json").read_text())
+    assert summary["n"] == 3
+    # The DDP script (two processes, Lightning's defaults) returns the one-process mean of the same prompts.
+    ddp = re.findall(r"'test/clip_score': ([0-9.e+-]+)", printed["script.py"])
+    assert len(ddp) == 2  # each process prints what trainer.test returned to it
+    # Other batches on each process round the U-Net's kernels differently (images within one 8-bit level).
+    assert [float(v) for v in ddp] == pytest.approx([summary["clip_score_mean"]] * 2, rel=1e-6)

@@ -114,3 +114,17 @@ def exact_wilcoxon_p(diff) -> float:
     tolerance = 1e-9 * ranks.sum()
     lower, upper = np.mean(w_plus <= observed + tolerance), np.mean(w_plus >= observed - tolerance)
     return float(min(1.0, 2 * min(lower, upper)))
+
+
+def quiet_trainer(**settings):
+    """A one-process CPU Trainer that logs, checkpoints and prints nothing; `settings` add or override."""
+    from lightning import Trainer
+
+    quiet = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return Trainer(**{**quiet, **settings})

@@ -1,7 +1,8 @@
 """EMA with Lightning's own callback: the exported model holds the averaged weights, whatever the callback order."""
 
 import torch
-from lightning import Callback, Trainer
+from helpers import quiet_trainer
+from lightning import Callback
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from ldm_lightning.generation.export import ExportDiffusers
@@ -22,13 +23,8 @@ class Weights(Callback):
 def test_export_writes_the_exponential_moving_average(tiny_model, tmp_path):
     decay = 0.6
     weights = Weights()
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_steps=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
         # The exporter first: it must still see the averaged weights.
         callbacks=[ExportDiffusers(), weights, EMAWeightAveraging(decay=decay)],

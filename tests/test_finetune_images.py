@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from lightning import Trainer
+from helpers import quiet_trainer
 from PIL import Image
 
 from ldm_lightning.errors import UserError
@@ -136,13 +136,8 @@ def test_size_comes_from_the_module_and_fit_runs_on_pixels(tiny_model, tmp_path)
     folder = write_folder(tmp_path / "f", {n: halves(24, 40) for n in names}, dict.fromkeys(names, "x"))
     module = LatentDiffusionModule(tiny_model, height=32, width=32, warmup_steps=1)
     data = ImageCaptionDataModule(str(folder), batch_size=2)
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
     )
     before = module.unet.conv_in.weight.clone()

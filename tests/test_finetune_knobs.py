@@ -1,6 +1,7 @@
 """Fine-tuning knobs: noise offset, and the rest of what `fit` takes as config keys."""
 
 import torch
+from helpers import quiet_trainer
 
 
 def test_noise_offset_adds_its_square_to_the_noise_power():
@@ -66,7 +67,7 @@ def test_prediction_type_override_trains_samples_and_exports_it(tiny_model, tmp_
 
 
 def test_constant_schedule_holds_the_rate_after_warm_up(tiny_model, tmp_path):
-    from lightning import Callback, Trainer
+    from lightning import Callback
 
     from ldm_lightning.module import LatentDiffusionModule
     from ldm_lightning.shapes.data import ShapesDataModule
@@ -80,13 +81,8 @@ def test_constant_schedule_holds_the_rate_after_warm_up(tiny_model, tmp_path):
 
     rates = Rates()
     module = LatentDiffusionModule(tiny_model, learning_rate=0.4, warmup_steps=2, lr_schedule="constant")
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_steps=5,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
         callbacks=[rates],
     )

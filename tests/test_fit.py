@@ -1,8 +1,8 @@
 """`fit`: the LDM objective trains the U-Net (loss goes down), checkpoints reload, the export is a usable model."""
 
 import torch
-from helpers import cli_args, run_cli
-from lightning import Callback, Trainer
+from helpers import cli_args, quiet_trainer, run_cli
+from lightning import Callback
 
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.shapes.data import ShapesDataModule
@@ -20,13 +20,8 @@ def test_loss_goes_down_and_only_the_unet_trains(tiny_model):
     module = LatentDiffusionModule(tiny_model, learning_rate=2e-3, warmup_steps=5)
     frozen = {k: v.clone() for k, v in module.vae.state_dict().items()}
     losses = Losses()
-    trainer = Trainer(
+    trainer = quiet_trainer(
         max_steps=40,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[losses],
     )
     torch.manual_seed(0)

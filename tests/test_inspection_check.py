@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ldm_lightning.lab.attention_check import peak_inside, threshold_iou, word_of
+from ldm_lightning.lab.attention_check import cells_of, peak_in_cell, peak_inside, threshold_iou, word_of
 from ldm_lightning.shapes.data import Shape, render
 from ldm_lightning.shapes.judge import judge, shape_mask
 
@@ -18,6 +18,18 @@ def test_peak_inside_and_iou_by_hand():
     heat[3, 3] = 2.0
     assert not peak_inside(heat, mask)
     assert threshold_iou(np.zeros((4, 4)), np.zeros((4, 4), dtype=bool)) == 0.0
+
+
+def test_peak_in_cell_by_hand():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[5, 6] = True  # one pixel, in the 4×4 block at rows 4–7, columns 4–7
+    touched = cells_of(mask, 4)
+    assert touched.tolist() == [[False, False], [False, True]]
+    heat = np.zeros((8, 8))
+    heat[4, 4] = 1.0  # same block as the shape, not on its pixel
+    assert peak_in_cell(heat, touched, 4) and not peak_inside(heat, mask)
+    heat[3, 7] = 2.0  # the block above
+    assert not peak_in_cell(heat, touched, 4)
 
 
 def test_word_of_names_the_caption_words():

@@ -8,7 +8,13 @@ held-out colour–shape pairs, each image's per-word cross-attention maps (`insp
 are scored, per layer resolution and for all layers together, against that mask:
 
 - peak inside: the map's highest pixel lies inside the mask; chance is the mask's share of the image;
+- peak in the shape's latent cell: the 8×8-pixel cell (one latent pixel, the finest place the U-Net can
+  attend to) that holds the map's highest pixel also holds part of the shape; chance is the share of
+  cells the shape touches;
 - IoU: the map thresholded at DAAM's τ = 0.4 (Tang et al. 2023) against the mask (DAAM's mIoU check).
+
+Each is reported for maps summed over every step (DAAM) and over the late steps alone (`--late`,
+timesteps 0–300 by default), where the image's layout is settled.
 
 Writes `attention.md` (table, settings, time and memory) and `images/attention_overlays.png`.
 """
@@ -48,6 +54,18 @@ def threshold_iou(heat: np.ndarray, mask: np.ndarray, threshold: float = DAAM_TH
     return float(np.logical_and(region, mask).sum() / union) if union else 0.0
 
 
+def cells_of(mask: np.ndarray, cell: int) -> np.ndarray:
+    """Which `cell`×`cell` blocks of the image the mask touches (a boolean grid)."""
+    h, w = mask.shape
+    return mask.reshape(h // cell, cell, w // cell, cell).any(axis=(1, 3))
+
+
+def peak_in_cell(heat: np.ndarray, touched: np.ndarray, cell: int) -> bool:
+    """Whether the block that holds the heat map's highest pixel is one the shape touches."""
+    y, x = divmod(int(np.argmax(heat)), heat.shape[1])
+    return bool(touched[y // cell, x // cell])
+
+
 def word_of(shape: Shape, kind: str) -> str:
     """The caption word naming an attribute: the shape, the colour, the size, the position's last word."""
     if kind == "position":
@@ -55,10 +73,12 @@ def word_of(shape: Shape, kind: str) -> str:
     return {"shape": shape.shape, "colour": shape.colour, "size": shape.size}[kind]
 
 
-def score_batch(components, prompts, shapes, seeds, steps: int, guidance: float) -> tuple[list[dict], dict]:
-    """Generate with the recorder on; per image, per word kind and resolution: peak inside, IoU, mask share."""
+def score_batch(
+    components, prompts, shapes, seeds, steps: int, guidance: float, timesteps: tuple[int, int] | None = None
+) -> tuple[list[dict], dict]:
+    """Generate with the recorder on; per image, word kind and resolution: peak inside, IoU, peak in cell."""
     scheduler = build_scheduler("ddim", components.scheduler_config)
-    with CrossAttentionRecorder(components.unet, len(prompts)) as recorder:
+    with CrossAttentionRecorder(components.unet, len(prompts), timesteps=timesteps) as recorder:
         samples = generate(
             components, scheduler, prompts, [""] * len(prompts), seeds,
             num_inference_steps=steps, guidance_scale=guidance, eta=0.0, height=64, width=64,
@@ -66,6 +86,7 @@ def score_batch(components, prompts, shapes, seeds, steps: int, guidance: float)
     map_bytes = sum(m.numel() * m.element_size() for m in recorder.maps.values())
     pixels = to_uint8(samples.images).permute(0, 2, 3, 1).numpy()
     factors = sorted(recorder.maps)
+    cell = pixels.shape[1] // recorder.latent_size[0]  # image pixels per latent pixel
     scored = []
     for i, (prompt, shape) in enumerate(zip(prompts, shapes)):
         mask = shape_mask(pixels[i])
@@ -75,12 +96,15 @@ def score_batch(components, prompts, shapes, seeds, steps: int, guidance: float)
         per_resolution = {"all": word_maps(token_maps, words, (64, 64)).numpy()}
         for f in factors:
             per_resolution[f] = word_maps(token_maps, words, (64, 64), factors=[f]).numpy()
+        touched = cells_of(mask, cell)
         row = {"prompt": prompt, "pixels": pixels[i], "mask_share": float(mask.mean()), "words": texts}
+        row["cell_share"] = float(touched.mean())
         row["maps"] = per_resolution["all"]
         for kind in WORD_KINDS:
             w = texts.index(word_of(shape, kind))
             for resolution, maps in per_resolution.items():
-                scores = (peak_inside(maps[w], mask), threshold_iou(maps[w], mask))
+                heat = maps[w]
+                scores = (peak_inside(heat, mask), threshold_iou(heat, mask), peak_in_cell(heat, touched, cell))
                 row[kind, resolution] = scores if mask.any() else None
         scored.append(row)
     return scored, {"map_bytes": map_bytes, "factors": factors, "latent": tuple(recorder.latent_size)}
@@ -118,14 +142,17 @@ def summarize(rows: list[dict], resolutions: list) -> dict:
     """Per (word kind, resolution): peak-inside rate with its interval and mean IoU, over images with a shape."""
     judged = [r for r in rows if r["mask_share"] > 0]
     out = {"n": len(judged), "chance": float(np.mean([r["mask_share"] for r in judged]))}
+    out["cell_chance"] = float(np.mean([r["cell_share"] for r in judged]))
     for kind in WORD_KINDS:
         for resolution in resolutions:
             values = [r[kind, resolution] for r in judged]
-            hits = sum(v[0] for v in values)
+            hits, cell_hits = sum(v[0] for v in values), sum(v[2] for v in values)
             out[kind, resolution] = {
                 "inside": hits / len(values),
                 "interval": wilson_interval(hits, len(values)),
                 "iou": float(np.mean([v[1] for v in values])),
+                "cell": cell_hits / len(values),
+                "cell_interval": wilson_interval(cell_hits, len(values)),
             }
     return out
 
@@ -133,16 +160,18 @@ def summarize(rows: list[dict], resolutions: list) -> dict:
 def summary_table(summary: dict, resolutions: list, names: dict) -> list[str]:
     """Markdown rows of `summarize`'s results."""
     lines = [
-        "| word | layers | peak inside the shape (95% CI) | mean IoU (τ = 0.4) | chance (shape's share of the image) |",
-        "|---|---|---|---|---|",
+        "| word | layers | peak inside the shape (95% CI) | chance | peak in the shape's latent cell (95% CI) "
+        "| chance | mean IoU (τ = 0.4) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind in WORD_KINDS:
         for resolution in resolutions:
             s = summary[kind, resolution]
             low, high = s["interval"]
+            cell_low, cell_high = s["cell_interval"]
             lines.append(
-                f"| {kind} | {names[resolution]} | {s['inside']:.0%} ({low:.0%}–{high:.0%}) | {s['iou']:.2f} "
-                f"| {summary['chance']:.0%} |"
+                f"| {kind} | {names[resolution]} | {s['inside']:.0%} ({low:.0%}–{high:.0%}) | {summary['chance']:.0%} "
+                f"| {s['cell']:.0%} ({cell_low:.0%}–{cell_high:.0%}) | {summary['cell_chance']:.0%} | {s['iou']:.2f} |"
             )
     return lines
 
@@ -156,7 +185,8 @@ def findings(summary: dict, resolutions: list, names: dict) -> list[str]:
         ratio = s["inside"] / summary["chance"]
         lines.append(
             f"- **{kind}** word: peak inside the shape for {s['inside']:.0%} of images at its best layers "
-            f"({names[best]}), {ratio:.1f}× chance; IoU {s['iou']:.2f}."
+            f"({names[best]}), {ratio:.1f}× chance; in the shape's latent cell for {s['cell']:.0%} "
+            f"({s['cell'] / summary['cell_chance']:.1f}× chance); IoU {s['iou']:.2f}."
         )
     return lines
 
@@ -180,6 +210,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--late", type=int, nargs=2, default=(0, 300), metavar=("LOW", "HIGH"),
+        help="the timestep range of the second table (the late, low-noise steps)",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -201,11 +235,19 @@ def main() -> None:
             first = len(scored)
         rows += scored
         rss_after_batch.append(rss_mb())
+    late_rows = []
+    for start in range(0, len(prompts), args.batch_size):
+        part = slice(start, start + args.batch_size)
+        late_rows += score_batch(
+            components, prompts[part], shapes[part], seeds[part], args.steps, args.guidance, tuple(args.late)
+        )[0]
     resolutions = [*info["factors"], "all"]
     h, w = info["latent"]
     names = {f: f"{-(-h // f)}² (factor {f})" for f in info["factors"]} | {"all": "all"}
     summary = summarize(rows, resolutions)
     table = summary_table(summary, resolutions, names)
+    late = summarize(late_rows, resolutions)
+    late_table = summary_table(late, resolutions, names)
     judged = sum(r["mask_share"] > 0 for r in rows)
     overlay_figure(rows, shapes, out / "images" / "attention_overlays.png")
     n = len(prompts)
@@ -222,20 +264,34 @@ def main() -> None:
         "word, each resolution upsampled bilinearly to 64² and scaled to [0, 1]. The truth is the pixel judge's "
         f"mask of the drawn shape (`shapes/judge.py`); {judged} of {n} images have one and are scored.",
         "",
+        "## Every step (DAAM)",
+        "",
         *table,
         "",
         *findings(summary, resolutions, names),
         "",
-        "Peak inside: the word's map is highest inside the shape. IoU: the map thresholded at τ = 0.4 (DAAM's "
-        "segmentation threshold, Tang et al. 2023) against the mask. Chance for the peak is the shape's share of "
-        "the image: a peak placed uniformly at random lands inside that often.",
+        f"## Late steps only (timesteps {args.late[0]}–{args.late[1]}, `CrossAttentionRecorder(timesteps=...)`)",
+        "",
+        "The same prompts and seeds (the same images); the maps sum only the steps whose timestep lies in the range.",
+        "",
+        *late_table,
+        "",
+        *findings(late, resolutions, names),
+        "",
+        "Peak inside: the word's map is highest inside the shape; chance is the shape's share of the image, how "
+        "often a peak placed uniformly at random lands inside. Peak in the shape's latent cell: the 8×8-pixel block "
+        f"(one of the {h}×{w} latent pixels, the finest place the U-Net can attend to) that holds the peak also "
+        "holds part of the shape; chance is the share of blocks the shape touches. The maps are at most "
+        f"{-(-h // min(info['factors']))}² before upsampling, so a peak can miss a small shape's pixels while "
+        "pointing at its place. IoU: the map thresholded at τ = 0.4 (DAAM's segmentation threshold, Tang et al. "
+        "2023) against the mask.",
         "",
         "![overlays](images/attention_overlays.png)",
         "",
         "Each row: the image, then the maps (all layers) of its colour, size, shape and position words "
         "(dark = low, yellow = high).",
         "",
-        "## Cost",
+        "## Cost (every step recorded)",
         "",
         f"- Seconds per image on the first batch ({first} images, {args.threads} thread), wall / CPU: "
         f"{plain[0] / first:.2f} / {plain[1] / first:.2f} without recording, {inspected[0] / first:.2f} / "

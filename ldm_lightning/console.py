@@ -7,7 +7,8 @@ Silenced, each by its exact text so that every other warning still shows:
 - `fit`'s warning that modules start in eval mode: the frozen VAE and text encoder are meant to;
 - the traceback of TensorBoard's event-writer thread when the disk is full or the folder unwritable:
   the writer hands that error to the main thread, where the command line reports it in one line.
-And `fit` bounded by steps reads "Epoch 3 (max_steps 2400)" instead of Lightning's "Epoch 3/-2".
+Long steps outside Lightning's loops (encoding the training images once) get a bar of their own
+(`shows_progress`). And `fit` bounded by steps reads "Epoch 3 (max_steps 2400)" instead of Lightning's "Epoch 3/-2".
 """
 
 import logging
@@ -86,3 +87,11 @@ def step_budget_bar():
             return super()._get_train_description(current_epoch)
 
     return StepBudgetBar()
+
+
+def shows_progress(trainer) -> bool:
+    """Whether a data module's own long step (encoding, checking images) shows a bar: on rank 0 only,
+    and not when the Trainer's progress bar is off (`enable_progress_bar=False`); always by hand."""
+    if trainer is None:  # set up by hand, outside a Trainer
+        return True
+    return trainer.is_global_zero and trainer.progress_bar_callback is not None

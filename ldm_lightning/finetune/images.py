@@ -16,7 +16,9 @@ import torch
 from lightning import LightningDataModule
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from ldm_lightning.console import shows_progress
 from ldm_lightning.errors import UserError
 from ldm_lightning.locations import written_as_path
 from ldm_lightning.tables import is_saved_dataset, parser_error, read_saved_dataset
@@ -251,7 +253,16 @@ class ImageCaptionDataModule(LightningDataModule):
                     f"data.caption_column: image {name} has no caption in {caption_key!r} (found {value!r}); "
                     'give every image a caption ("" for none)'
                 )
-        for name, value in zip(names, images):
+        # Every header is read once here, so a bad file fails before training; thousands take a while.
+        checking = tqdm(
+            zip(names, images),
+            total=len(images),
+            desc="checking images",
+            unit="img",
+            leave=False,
+            disable=not shows_progress(self.trainer),
+        )
+        for name, value in checking:
             if value["bytes"] is None and not Path(value["path"] or "").is_file():
                 raise UserError(f"data.path: image {name} is listed but missing; add it or remove its row")
             open_image(value, name).close()

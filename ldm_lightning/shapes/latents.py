@@ -8,25 +8,30 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from lightning import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from ldm_lightning.console import shows_progress
 from ldm_lightning.generation.components import resolve
 from ldm_lightning.shapes.data import caption, render, shape_at, to_tensor
 
 
 @torch.no_grad()
-def encode_shapes(vae: AutoencoderKL, num_images: int, seed: int, batch_size: int = 256):
-    """Posterior mean and std of `num_images` training images, and their attributes."""
+def encode_shapes(vae: AutoencoderKL, num_images: int, seed: int, batch_size: int = 256, progress: bool = False):
+    """Posterior mean and std of `num_images` training images, and their attributes.
+
+    `progress` shows a bar counting the images encoded (a minute or more before `fit`'s first step
+    for thousands of images on a CPU), gone once they are.
+    """
     shapes = [shape_at(i, "train", seed) for i in range(num_images)]
     means, stds = [], []
-    for start in range(0, num_images, batch_size):
-        pixels = torch.stack([to_tensor(render(s)) for s in shapes[start : start + batch_size]])
-        posterior = vae.encode(pixels).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
-        if (start // batch_size) % 8 == 0:
-            rank_zero_info(f"encoded {start + len(pixels)}/{num_images} images")
+    with tqdm(total=num_images, desc="encoding images", unit="img", leave=False, disable=not progress) as bar:
+        for start in range(0, num_images, batch_size):
+            pixels = torch.stack([to_tensor(render(s)) for s in shapes[start : start + batch_size]])
+            posterior = vae.encode(pixels).latent_dist
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+            bar.update(len(pixels))
     return torch.cat(means), torch.cat(stds), shapes
 
 
@@ -78,7 +83,7 @@ class ShapesLatentDataModule(LightningDataModule):
             return
         hp = self.hparams
         vae = AutoencoderKL.from_pretrained(resolve(hp.vae_from), subfolder="vae").eval()
-        mean, std, shapes = encode_shapes(vae, hp.num_images, hp.seed)
+        mean, std, shapes = encode_shapes(vae, hp.num_images, hp.seed, progress=shows_progress(self.trainer))
         scale = float(vae.config.scaling_factor)
         self.items = _LatentItems(mean, std, shapes, scale, hp.num_samples, hp.seed, hp.p_empty_caption)
 

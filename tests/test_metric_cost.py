@@ -37,3 +37,4 @@ def test_report_is_medians_against_clip_score_alone():
     assert abs(result["fid"]["ratio_seconds_per_image"] - 0.66 / 0.6) < 1e-12
     assert result["fid"]["ratio_wall"] == 13 / 11 and result["fid"]["seconds_per_image_range"] == [0.6, 0.9]
     assert result["clip_score"]["added_seconds_per_image"] == 0 and result["fid"]["load"] == 2.0
+    assert result["fid"]["added_cpu_seconds_per_image"] == (6.5 - 5.5) / 4  # median CPU 13/2 against 11/2

@@ -15,9 +15,10 @@ a Mask2Former, the FID Inception, DINOv2):
 
 Each repeat runs every variant in a fresh folder (forward order on even repeats, reversed on odd ones), after
 one untimed run that fills the reference-feature cache, as the first run of a sweep does. For each variant it
-prints the median wall time of the whole `test` call, the median steady-state seconds per image and what that
-adds to CLIPScore alone, and the 1-minute load average of the machine when the runs started (on shared cores
-the timings move with it). With `--each` it also times the metric's own step alone, on a batch of the run's
+prints the median wall time of the whole `test` call, the median steady-state seconds per image, the run's
+CPU seconds and the extra CPU seconds per image over CLIPScore alone, and the 1-minute load average when the
+runs started: on shared cores wall time moves with the other work, while a one-thread run's CPU seconds
+are its own work. With `--each` it also times the metric's own step alone, on a batch of the run's
 images: the scorer call or the feature extraction that `test_step` adds, which the whole run's noise hides
 when the networks are small.
 """
@@ -84,14 +85,14 @@ def build_stand_ins(folder: Path) -> dict[str, dict[str, str]]:
 
 def timed_test(
     out: Path, metrics: list[str], reference: str, passthrough: list[str], settings: dict[str, str] | None = None
-) -> tuple[float, dict]:
-    """Wall seconds of one `test` run and its summary."""
+) -> tuple[float, float, dict]:
+    """Wall seconds and CPU seconds (this process, all its threads) of one `test` run, and its summary."""
     args = ["test", *passthrough, f"--model.metrics=[{','.join(metrics)}]", f"--output_dir={out}"]
     args += [f"--model.{key}={value}" for key, value in (settings or {}).items()]
     if any(m in FEATURES_OF for m in metrics):
         args.append(f"--data.reference={reference}")
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given both
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         cli_main(args)
     except SystemExit as exit_:
@@ -99,13 +100,16 @@ def timed_test(
             raise
     finally:
         sys.argv = argv
-    return time.perf_counter() - start, json.loads((out / "summary.json").read_text())
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall, cpu, json.loads((out / "summary.json").read_text())
 
 
-def step_seconds(metric: str, settings: dict[str, str], folder: Path, batch_size: int = 8, calls: int = 10) -> float:
+def step_seconds(
+    metric: str, settings: dict[str, str], folder: Path, batch_size: int = 8, calls: int = 10
+) -> dict[str, float]:
     """Seconds per image of the step `metric` adds to `test_step`, on the first batch of images in run `folder`:
     `score_images` for clip_score, the scorer call for a per-image metric, the feature extraction for a
-    distribution metric. Median of `calls` timed calls after two untimed ones."""
+    distribution metric. Medians of `calls` timed calls after two untimed ones, wall and CPU seconds."""
     from ldm_lightning.evaluation.clip_score import score_images
     from ldm_lightning.evaluation.features import extract
     from ldm_lightning.evaluation.per_image import GENEVAL_COLUMN
@@ -124,14 +128,15 @@ def step_seconds(metric: str, settings: dict[str, str], folder: Path, batch_size
         step = lambda: extract(module.extractors, pixels)  # noqa: E731
     else:
         step = lambda: module.scorers(pixels, prompts, metadata)  # noqa: E731
-    seconds = []
+    wall, cpu = [], []
     with torch.no_grad():
         for call in range(calls + 2):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             if call >= 2:
-                seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds) / len(rows)
+                wall.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - cpu_start)
+    return {"wall": statistics.median(wall) / len(rows), "cpu": statistics.median(cpu) / len(rows)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,13 +168,22 @@ def main(argv: list[str] | None = None) -> dict:
         for name in order:
             load = os.getloadavg()[0]
             folder = args.out / f"{name}-{repeat}"
-            seconds, summary = timed_test(folder, variants[name], args.reference, passthrough, settings[name])
-            records[name].append({"wall_s": seconds, "seconds_per_image": summary["seconds_per_image"], "load": load})
+            wall, cpu, summary = timed_test(folder, variants[name], args.reference, passthrough, settings[name])
+            records[name].append(
+                {
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "images": summary["n_rows"],
+                    "seconds_per_image": summary["seconds_per_image"],
+                    "load": load,
+                }
+            )
     result = report(records, variants)
     if args.each:
         for name in variants:
             step = step_seconds(variants[name][-1], settings[name], args.out / "warm")
-            result["variants"][name]["step_seconds_per_image"] = step
+            result["variants"][name]["step_seconds_per_image"] = step["wall"]
+            result["variants"][name]["step_cpu_seconds_per_image"] = step["cpu"]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metric_cost.json").write_text(json.dumps({**result, "runs": records}, indent=2))
     print(markdown(result))
@@ -177,17 +191,21 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def report(records: dict[str, list[dict[str, float]]], variants: dict[str, list[str]]) -> dict[str, Any]:
-    """Medians per variant, and what each adds to CLIPScore alone (differences and ratios of medians)."""
-    med = {
-        name: {key: statistics.median(r[key] for r in runs) for key in ("wall_s", "seconds_per_image", "load")}
-        for name, runs in records.items()
-    }
+    """Medians per variant, and what each adds to CLIPScore alone (differences and ratios of medians).
+
+    Wall time on shared cores moves with the other work there; the CPU seconds of a one-thread run are the
+    work done, so `added_cpu_seconds_per_image` (the run's extra CPU seconds over its images: loading, the
+    per-image step and the end-of-run distances together) is the steadier figure."""
+    keys = ("wall_s", "cpu_s", "images", "seconds_per_image", "load")
+    med = {name: {key: statistics.median(r[key] for r in runs) for key in keys} for name, runs in records.items()}
     base = med[BASELINE]
     for name, m in med.items():
         m["metrics"] = variants[name]
         m["added_seconds_per_image"] = m["seconds_per_image"] - base["seconds_per_image"]
         m["ratio_seconds_per_image"] = m["seconds_per_image"] / base["seconds_per_image"]
         m["ratio_wall"] = m["wall_s"] / base["wall_s"]
+        m["added_cpu_seconds_per_image"] = (m["cpu_s"] - base["cpu_s"]) / m["images"]
+        m["ratio_cpu"] = m["cpu_s"] / base["cpu_s"]
         spread = [r["seconds_per_image"] for r in records[name]]
         m["seconds_per_image_range"] = [min(spread), max(spread)]
     return {"variants": med}
@@ -196,17 +214,17 @@ def report(records: dict[str, list[dict[str, float]]], variants: dict[str, list[
 def markdown(result: dict[str, Any]) -> str:
     """The result as a markdown table, one line per variant."""
     lines = [
-        "| variant | whole run, s | s/image (range) | added s/image | ratio s/image | ratio wall | step alone, s/image "
-        "| load (1 min) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | whole run, s | s/image (range) | ratio s/image | run CPU s | added CPU s/image | ratio CPU "
+        "| step alone, CPU s/image | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in result["variants"].items():
         low, high = m["seconds_per_image_range"]
-        step = m.get("step_seconds_per_image")
+        step = m.get("step_cpu_seconds_per_image")
         lines.append(
-            f"| {name} | {m['wall_s']:.2f} | {m['seconds_per_image']:.4f} ({low:.4f}–{high:.4f}) "
-            f"| {m['added_seconds_per_image']:+.4f} | {m['ratio_seconds_per_image']:.3f} | {m['ratio_wall']:.3f} "
-            f"| {'' if step is None else f'{step:.5f}'} | {m['load']:.2f} |"
+            f"| {name} | {m['wall_s']:.2f} | {m['seconds_per_image']:.3f} ({low:.3f}–{high:.3f}) "
+            f"| {m['ratio_seconds_per_image']:.3f} | {m['cpu_s']:.2f} | {m['added_cpu_seconds_per_image']:+.4f} "
+            f"| {m['ratio_cpu']:.3f} | {'' if step is None else f'{step:.5f}'} | {m['load']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -25,11 +25,10 @@ def test_stand_in_hps_checkpoint_renames_back_to_the_clip(tiny_clip):
 def test_report_is_medians_against_clip_score_alone():
     from ldm_lightning.lab.metric_cost import report
 
+    run = lambda w, s, load: {"wall_s": w, "cpu_s": w / 2, "images": 4, "seconds_per_image": s, "load": load}  # noqa: E731
     runs = {
-        "clip_score": [
-            {"wall_s": w, "seconds_per_image": s, "load": 1.0} for w, s in [(10, 0.5), (12, 0.7), (11, 0.6)]
-        ],
-        "fid": [{"wall_s": w, "seconds_per_image": s, "load": 2.0} for w, s in [(13, 0.9), (12, 0.6), (14, 0.66)]],
+        "clip_score": [run(10, 0.5, 1.0), run(12, 0.7, 1.0), run(11, 0.6, 1.0)],
+        "fid": [run(13, 0.9, 2.0), run(12, 0.6, 2.0), run(14, 0.66, 2.0)],
     }
     result = report(runs, {"clip_score": ["clip_score"], "fid": ["clip_score", "fid"]})["variants"]
     assert result["fid"]["seconds_per_image"] == statistics.median([0.9, 0.6, 0.66]) == 0.66

@@ -1,4 +1,5 @@
-"""What tests and benchmarks build: tiny random SD-v1-shaped models and CLIPs, and the reference pipeline.
+"""What tests and benchmarks build: tiny random SD-v1-shaped models and CLIPs, stand-ins for the metrics'
+networks (Inception, DINOv2, HPS v2 checkpoint, aesthetic head, Mask2Former), and the reference pipeline.
 
 The tiny models (diffusers fast-test sized) draw noise, not pictures: they exist so that loading,
 sampling, parity and multi-process behaviour can be tested in seconds with no download. The

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {name: stand_ins.get(name, {}) for name in variants}
 
     # Untimed: one run with every distribution metric fills each reference-feature cache, as a sweep's first run does.
-    distribution = [name for name in variants if variants[name][-1] in FEATURES_OF]
+    distribution = [name for name in variants if any(m in FEATURES_OF for m in variants[name])]
     warm_metrics = list(dict.fromkeys(m for name in [BASELINE, *distribution] for m in variants[name]))
     warm_settings = {k: v for name in distribution for k, v in settings[name].items()}
     timed_test(args.out / "warm", warm_metrics, args.reference, passthrough, warm_settings)

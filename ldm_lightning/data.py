@@ -33,6 +33,8 @@ EXAMPLE_PROMPTS = [
 ]
 # Keys of a prompt row; every other scalar column of a prompt table rides along into the manifest and results.
 ROW_KEYS = ("index", "prompt", "negative_prompt", "seed")
+# A prompt's own list of seeds, one image each (`"1,5,9"` in a CSV cell, `[1, 5, 9]` in JSONL).
+SEEDS_COLUMN = "seeds"
 
 
 def used_seed(seed, where: str) -> int:
@@ -100,6 +102,42 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+def seed_list(value: Any, index: int) -> list[int] | None:
+    """A prompt row's `seeds` cell as a list of seeds: None when empty, else each checked by `used_seed`."""
+    where = f"data.prompts: row {index}"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        parts = [p for p in value.replace(",", " ").split() if p]
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise UserError(
+                f'{where}: seeds {value!r} is not a list of whole numbers; write them like "1,5,9"'
+            ) from None
+    elif not isinstance(value, (list, tuple)):
+        value = [value]
+    if not value:
+        return None
+    return [used_seed(s, where) for s in value]
+
+
+def images_each(lists: list[list[int] | None], images_per_prompt: int) -> int:
+    """Images per prompt: `images_per_prompt`, or the length of the prompts' own seed lists, which must agree."""
+    lengths = sorted({len(s) for s in lists if s is not None})
+    if len(lengths) > 1:
+        raise UserError(
+            f"data.prompts: the seeds lists have different lengths {lengths}; "
+            "give every prompt the same number of seeds"
+        )
+    if lengths and images_per_prompt not in (1, lengths[0]):
+        raise UserError(
+            f"data.images_per_prompt: {images_per_prompt}, but the prompts' seeds lists hold {lengths[0]} seeds each; "
+            "leave data.images_per_prompt out (the lists set it) or make the two agree"
+        )
+    return lengths[0] if lengths else images_per_prompt
+
+
 def read_rows(
     prompts: str | list[str],
     seed: int,
@@ -113,6 +151,8 @@ def read_rows(
     With `images_per_prompt` K > 1 each prompt becomes K rows (one per image) with consecutive indices
     and seeds: prompt p's image k is row `p·K + k`, seeded `seed + p·K + k`, or `s + k` when the prompt
     has its own seed s; the rows also carry `prompt_index` p and `sample` k (`image` names the file).
+    A prompt with its own `seeds` list (`"1,5,9"`) gets one image per listed seed, and K is the
+    lists' length (every list must have it; `images_per_prompt` must be 1 or agree).
 
     A table's other columns whose values are text, numbers or empty (PartiPrompts' `Category`,
     `Challenge`, `Note`; DrawBench's `Category`) are kept in the row under their own names.
@@ -136,32 +176,37 @@ def read_rows(
         table = _read_table(prompts, split)
         column = prompt_column_of(table.column_names, prompt_column, prompts)
         records = [dict(r, prompt=r[column]) for r in table]
-        carried = [
-            c for c in table.column_names if c not in (column, *ROW_KEYS) and all(_is_scalar(r[c]) for r in records)
-        ]
-        records = [{**{c: r[c] for c in carried}, **{k: r[k] for k in ROW_KEYS if k in r}} for r in records]
+        kept = (*ROW_KEYS, SEEDS_COLUMN)
+        carried = [c for c in table.column_names if c not in (column, *kept) and all(_is_scalar(r[c]) for r in records)]
+        records = [{**{c: r[c] for c in carried}, **{k: r[k] for k in kept if k in r}} for r in records]
     else:
         records = [{"prompt": p} for p in prompts]
     if not records:
         raise UserError(f"data.prompts: no prompts found in {prompts!r}; give at least one")
+    lists = [seed_list(r.get(SEEDS_COLUMN), index) for index, r in enumerate(records)]
+    images_per_prompt = images_each(lists, images_per_prompt)
     rows = []
-    for index, r in enumerate(records):
+    for index, (r, own_seeds) in enumerate(zip(records, lists)):
         if not isinstance(r["prompt"], str):
             raise UserError(f"data.prompts: row {index} has a prompt that is not text: {r['prompt']!r}; use text")
         row_seed = r.get("seed")
         negative = r.get("negative_prompt") or negative_prompt
         if not isinstance(negative, str):
             raise UserError(f"data.prompts: row {index} has a negative_prompt that is not text: {negative!r}; use text")
+        if row_seed is not None and own_seeds is not None:
+            raise UserError(f"data.prompts: row {index} has both a seed and a seeds list; give one of them")
         where = "data.seed" if row_seed is None else f"data.prompts: row {index}"
         own = None if row_seed is None else used_seed(row_seed, where)
         for image in range(images_per_prompt):
             row_index = index * images_per_prompt + image
             row = {
-                **{k: v for k, v in r.items() if k not in ROW_KEYS},
+                **{k: v for k, v in r.items() if k not in (*ROW_KEYS, SEEDS_COLUMN)},
                 "index": row_index,
                 "prompt": r["prompt"],
                 "negative_prompt": negative,
-                "seed": used_seed(seed + row_index if own is None else own + image, where),
+                "seed": own_seeds[image]
+                if own_seeds is not None
+                else used_seed(seed + row_index if own is None else own + image, where),
             }
             if images_per_prompt > 1:  # absent otherwise, so one-image runs keep their rows (and fingerprints)
                 row.update(prompt_index=index, sample=image)
@@ -249,7 +294,7 @@ class PromptDataModule(LightningDataModule):
         """
         Args:
             prompts: inline list, or a .txt (one prompt per line), .csv/.tsv/.jsonl/.parquet file with a
-                `prompt` or `prompts` column (any case; optional `negative_prompt`, `seed`; other columns
+                `prompt` or `prompts` column (any case; optional `negative_prompt`, `seed`, `seeds`; other columns
                 are carried into manifest and results), a saved dataset folder or a hub dataset name.
                 Default: example prompts for the embedded model.
             batch_size: prompts per batch (images do not depend on it).
@@ -266,6 +311,8 @@ class PromptDataModule(LightningDataModule):
                 to the table's folder.
             images_per_prompt: images per prompt (GenEval uses 4): each prompt becomes this many rows,
                 seeded `seed, seed + 1, …` from the prompt's first seed; `limit` still counts prompts.
+                A prompt table's `seeds` column ("1,5,9") lists each prompt's seeds instead and sets
+                this number (leave it at 1 or give the same).
         """
         super().__init__()
         if batch_size < 1:
@@ -291,7 +338,8 @@ class PromptDataModule(LightningDataModule):
             source = EXAMPLE_PROMPTS if hp.prompts is None else hp.prompts
             k = hp.images_per_prompt
             rows = read_rows(source, hp.seed, hp.negative_prompt, hp.prompt_column, hp.split, images_per_prompt=k)
-            rows = rows[: hp.limit * k] if hp.limit else rows
+            if hp.limit:  # counts prompts, however many images each has
+                rows = [r for r in rows if r.get("prompt_index", r["index"]) < hp.limit]
             check_group_by(rows, hp.group_by)
             self.rows = rows
         return self.rows

@@ -31,7 +31,7 @@ from ldm_lightning.evaluation.names import FEATURES_OF, METRICS, PER_IMAGE_METRI
 from ldm_lightning.evaluation.per_image import PerImageScorers, ScorerSettings, check_settings, row_metadata
 from ldm_lightning.evaluation.real_images import reference_cache_dir, reference_features
 from ldm_lightning.evaluation.rows import FeatureRows, ResultRows
-from ldm_lightning.evaluation.summary import summarize, summarize_scores
+from ldm_lightning.evaluation.summary import summarize, summarize_per_prompt, summarize_scores
 from ldm_lightning.finetune.checkpoint import fill_frozen, keep_trained, trained_names
 from ldm_lightning.finetune.lora import add_lora, load_lora
 from ldm_lightning.generation.components import Components, default_size, load_components, resolve, vae_scale_factor
@@ -507,23 +507,28 @@ class LatentDiffusionModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         """Gather every process's rows once and log the summary: `test/clip_score` (mean over healthy
         images), `test/clip_score_std`, `test/clip_score_ci95_low` / `_high` (bootstrap), `test/n`, and
-        `test/<metric>` for each distribution metric asked for. The whole summary is `self.summary`."""
+        `test/<metric>` for each distribution metric asked for. With several images per prompt the summary
+        also averages each per-image metric per prompt (`<metric>_prompt_mean`, `_prompt_ci95` resampling
+        prompts, `n_prompts`). The whole summary is `self.summary`."""
         rows = self.results.compute()
         summary = summarize(rows)
         for metric in self.per_image_metrics[1:]:
             summary.update(summarize_scores(rows, metric))
         prompt_rows = {r["index"]: r for r in self.trainer.datamodule.rows} if self.trainer.datamodule else {}
+        with_prompts = [{**prompt_rows.get(r["index"], {}), **r} for r in rows]
+        if any("prompt_index" in r for r in with_prompts):  # several images per prompt: also average per prompt
+            summary["n_prompts"] = len({r["prompt_index"] for r in with_prompts})
+            for metric in self.per_image_metrics:
+                summary.update(summarize_per_prompt(with_prompts, metric))
         if "geneval" in self.per_image_metrics:
-            summary.update(summarize_geneval([{**prompt_rows.get(r["index"], {}), **r} for r in rows]))
+            summary.update(summarize_geneval(with_prompts))
         if self.feature_names:
             features = self.features.compute()
             quality = self.distribution_summary(features) if self.trainer.is_global_zero else None
             summary.update(self.trainer.strategy.broadcast(quality, src=0))
         group_by = self._data_hparam("group_by")
         if group_by:
-            columns = {r["index"]: r for r in self.trainer.datamodule.rows}
-            joined = [{**columns[r["index"]], **r} for r in rows]
-            summary["groups"] = group_summary(joined, group_by, self.per_image_metrics)
+            summary["groups"] = group_summary(with_prompts, group_by, self.per_image_metrics)
         self.summary = summary
         logged = {  # float64 tensors: Lightning would store plain floats as float32 (7 digits)
             "test/clip_score": summary["clip_score_mean"],

@@ -1,4 +1,5 @@
-"""What tests and benchmarks build: tiny random SD-v1-shaped models and CLIPs, and the reference pipeline.
+"""What tests and benchmarks build: tiny random SD-v1-shaped models and CLIPs, stand-ins for the metrics'
+networks (Inception, DINOv2, HPS v2 checkpoint, aesthetic head, Mask2Former), and the reference pipeline.
 
 The tiny models (diffusers fast-test sized) draw noise, not pictures: they exist so that loading,
 sampling, parity and multi-process behaviour can be tested in seconds with no download. The
@@ -204,3 +205,88 @@ if __name__ == "__main__":
     import sys
 
     print(build_tiny_random(sys.argv[1] if len(sys.argv) > 1 else "tiny-random"))
+
+
+# ----- stand-ins for the per-image scorers' weights (PickScore needs none: any CLIPModel folder is one) -----
+
+
+def build_tiny_aesthetic(path: str | Path, embed_dim: int, seed: int = 0) -> Path:
+    """Save a seeded random head in the LAION aesthetic predictor's layout: Linear layers at Sequential indices
+    0, 2, 4, 6, 7 (Dropouts between), sizes embed_dim -> 1024 -> 128 -> 64 -> 16 -> 1."""
+    torch.manual_seed(seed)
+    sizes = [(embed_dim, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)]
+    state = {}
+    for index, (fan_in, fan_out) in zip((0, 2, 4, 6, 7), sizes):
+        state[f"layers.{index}.weight"] = torch.randn(fan_out, fan_in) / fan_in**0.5
+        state[f"layers.{index}.bias"] = torch.randn(fan_out)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path
+
+
+def openclip_named(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A transformers `CLIPModel` state dict under OpenCLIP's names: the inverse of `openclip_to_transformers`
+    (query, key and value projections fused into `attn.in_proj_*`, projections transposed)."""
+    import re
+
+    from ldm_lightning.evaluation import openclip_keys
+
+    plain = {v: k for k, v in openclip_keys._PLAIN.items()}
+    transposed = {v: k for k, v in openclip_keys._TRANSPOSED.items()}
+    block = {v: k for k, v in openclip_keys._BLOCK.items()}
+    layer = re.compile(r"^(vision|text)_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+    out = {}
+    for key, value in state.items():
+        if key in plain:
+            out[plain[key]] = value
+        elif key in transposed:
+            out[transposed[key]] = value.t().contiguous()
+        elif match := layer.match(key):
+            tower, index, module, kind = match.groups()
+            prefix = f"{'visual.' if tower == 'vision' else ''}transformer.resblocks.{index}."
+            if module in ("self_attn.k_proj", "self_attn.v_proj"):
+                continue  # fused with the query projection below
+            if module == "self_attn.q_proj":
+                parts = [state[key.replace("q_proj", name)] for name in ("q_proj", "k_proj", "v_proj")]
+                out[f"{prefix}attn.in_proj_{kind}"] = torch.cat(parts)
+            else:
+                out[f"{prefix}{block[module]}.{kind}"] = value
+        elif not key.endswith("position_ids"):
+            raise KeyError(key)
+    return out
+
+
+def build_tiny_hps(path: str | Path, clip: str | Path) -> Path:
+    """Save `clip`'s CLIPModel weights as an HPS v2-style OpenCLIP checkpoint (`{"state_dict": {"module.…"}}`);
+    `clip` itself then serves as `model.hpsv2_clip` (config and processor)."""
+    state = openclip_named(CLIPModel.from_pretrained(clip).state_dict())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    return path
+
+
+def build_tiny_mask2former(folder: str | Path, seed: int = 0) -> Path:
+    """Save a seeded tiny random Mask2Former (Swin backbone, 80 COCO labels, 10 queries) and its processor at 64²."""
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
+
+    folder = Path(folder)
+    backbone = SwinConfig(
+        image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    config = Mask2FormerConfig(
+        backbone_config=backbone, num_labels=80, num_queries=10, hidden_dim=32, mask_feature_size=32,
+        feature_size=32, encoder_layers=1, decoder_layers=2, dim_feedforward=64, encoder_feedforward_dim=64,
+        num_attention_heads=2, use_pretrained_backbone=False,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    Mask2FormerForUniversalSegmentation(config).save_pretrained(folder)
+    Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(folder)
+    return folder

@@ -54,3 +54,76 @@ def test_every_image_on_exactly_one_process_and_resume_does_the_rest():
 def test_images_per_prompt_must_be_positive():
     with pytest.raises(UserError, match=r"^data.images_per_prompt: must be at least 1, got 0"):
         PromptDataModule(PROMPTS, images_per_prompt=0)
+
+
+# ----- a prompt's own seed list -----
+
+
+def test_a_seeds_column_lists_each_prompts_seeds(tmp_path):
+    table = tmp_path / "p.csv"
+    table.write_text('prompt,seeds\na red circle,"1,5,9"\na yellow star,\n')
+    rows = read_rows(str(table), seed=100)
+    assert [(r["prompt_index"], r["sample"], r["seed"]) for r in rows] == [
+        (0, 0, 1),
+        (0, 1, 5),
+        (0, 2, 9),
+        (1, 0, 103),
+        (1, 1, 104),
+        (1, 2, 105),
+    ]  # fmt: skip  (K = 3 from the list; a prompt without one counts up from data.seed + row index)
+    assert all("seeds" not in r for r in rows)
+    lines = tmp_path / "p.jsonl"
+    lines.write_text('{"prompt": "a red circle", "seeds": [7, 3]}\n{"prompt": "a yellow star", "seeds": [0, 2]}\n')
+    assert [r["seed"] for r in read_rows(str(lines), seed=0, images_per_prompt=2)] == [7, 3, 0, 2]
+
+
+def test_seed_lists_that_disagree_are_refused(tmp_path):
+    table = tmp_path / "p.csv"
+    table.write_text('prompt,seeds\na red circle,"1,5,9"\na yellow star,"2,4"\n')
+    with pytest.raises(UserError, match=r"^data.prompts: the seeds lists have different lengths \[2, 3\]"):
+        read_rows(str(table), seed=0)
+    table.write_text('prompt,seeds\na red circle,"1,5,9"\n')
+    with pytest.raises(UserError, match=r"^data.images_per_prompt: 4, but the prompts' seeds lists hold 3 seeds"):
+        read_rows(str(table), seed=0, images_per_prompt=4)
+    table.write_text('prompt,seed,seeds\na red circle,3,"1,5,9"\n')
+    with pytest.raises(UserError, match=r"^data.prompts: row 0 has both a seed and a seeds list"):
+        read_rows(str(table), seed=0)
+    table.write_text("prompt,seeds\na red circle,1;x\n")
+    with pytest.raises(UserError, match=r"^data.prompts: row 0: seeds '1;x' is not a list of whole numbers"):
+        read_rows(str(table), seed=0)
+
+
+def test_limit_counts_prompts_with_seed_lists(tmp_path):
+    table = tmp_path / "p.csv"
+    table.write_text('prompt,seeds\na red circle,"1,5,9"\na yellow star,"2,4,6"\n')
+    data = PromptDataModule(str(table), limit=1)
+    data.setup("test")
+    assert [r["seed"] for r in data.rows] == [1, 5, 9]
+
+
+# ----- averages per prompt -----
+
+
+def test_per_prompt_average_and_interval_resample_prompts():
+    import numpy as np
+
+    from ldm_lightning.evaluation.groups import group_summary
+    from ldm_lightning.evaluation.summary import bootstrap_ci, summarize_per_prompt
+
+    scores = {0: [10.0, 20.0, 30.0], 1: [40.0, None, 44.0], 2: [None, None, None], 3: [1.0, 2.0, 6.0]}
+    rows = [
+        {"index": 3 * p + k, "prompt_index": p, "sample": k, "clip_score": s, "tag": "a" if p < 2 else "b"}
+        for p, values in scores.items()
+        for k, s in enumerate(values)
+    ]
+    by_hand = np.array([20.0, 42.0, 3.0])  # prompt 2 has no scored image and is left out
+    got = summarize_per_prompt(rows, "clip_score")
+    assert got["clip_score_prompt_mean"] == pytest.approx(65.0 / 3) and got["clip_score_prompt_n"] == 3
+    assert got["clip_score_prompt_std"] == pytest.approx(np.std(by_hand, ddof=1))
+    assert got["clip_score_prompt_ci95"] == list(bootstrap_ci(by_hand))
+    per_image = np.array([10, 20, 30, 40, 44, 1, 2, 6], dtype=float)
+    assert got["clip_score_prompt_mean"] != pytest.approx(per_image.mean())  # 21.67 per prompt, 19.125 per image
+    groups = group_summary(rows, ["tag"])["tag"]
+    assert groups["a"]["clip_score_per_prompt"]["mean"] == pytest.approx(31.0)
+    assert groups["a"]["clip_score_per_prompt"]["n"] == 2 and groups["a"]["clip_score"]["n"] == 5
+    assert groups["b"]["clip_score_per_prompt"]["n"] == 1 and groups["b"]["clip_score_per_prompt"]["mean"] == 3.0

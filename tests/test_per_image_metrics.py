@@ -98,6 +98,14 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
     assert summary["geneval_overall"] == np.mean([tasks["single_object"]["accuracy"], tasks["colors"]["accuracy"]])
     assert set(summary["groups"]["tag"]) == {"single_object", "colors"}
     assert "pick_score" in summary["groups"]["tag"]["colors"]
+    # Per prompt: the mean over prompts of each prompt's mean over its two images, from results.jsonl by hand.
+    assert summary["n_prompts"] == 2
+    for metric in ("clip_score", "pick_score", "hpsv2", "aesthetic", "geneval"):
+        by_prompt = [np.mean([r[metric] for r in rows if r["prompt_index"] == p]) for p in (0, 1)]
+        assert abs(summary[f"{metric}_prompt_mean"] - np.mean(by_prompt)) <= 1e-9
+        assert summary[f"{metric}_prompt_n"] == 2
+        colors = summary["groups"]["tag"]["colors"][f"{metric}_per_prompt"]
+        assert colors["n"] == 1 and abs(colors["mean"] - by_prompt[1]) <= 1e-9
 
     assert (
         run_cli(_args(tiny_model, tiny_clip, prompts, tmp_path / "head.pth", tmp_path / "b", "1.0", hps_files))[0] == 0

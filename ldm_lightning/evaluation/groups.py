@@ -1,11 +1,13 @@
 """Results by group (`--data.group_by Category`): each per-sample metric's n, mean, std and 95% bootstrap
-interval per value of a prompt-row column, as JSON for `summary.json`, a markdown table and a bar chart."""
+interval per value of a prompt-row column, as JSON for `summary.json`, a markdown table and a bar chart.
+With several images per prompt, each metric also per prompt (`<metric>_per_prompt`: over prompt means)."""
 
 from typing import Any
 
 import numpy as np
 
 from ldm_lightning.evaluation.stats import describe
+from ldm_lightning.evaluation.summary import prompt_means
 
 # Numbers each `test` row carries about its own sample (rows left out of the mean hold None).
 PER_SAMPLE_METRICS = ("clip_score",)
@@ -19,8 +21,13 @@ def group_key(value: Any) -> str:
 def group_summary(
     rows: list[dict[str, Any]], by: list[str], metrics: tuple[str, ...] = PER_SAMPLE_METRICS
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """`{column: {value: {"n_rows": …, metric: {n, mean, std, ci95}}}}`: one table per column, values sorted."""
+    """`{column: {value: {"n_rows": …, metric: {n, mean, std, ci95}}}}`: one table per column, values sorted.
+
+    When the rows carry `prompt_index` (several images per prompt), each value also holds
+    `<metric>_per_prompt`: the same statistics over its prompts' means (n counts prompts).
+    """
     present = [m for m in metrics if any(m in r for r in rows)]
+    per_prompt = any("prompt_index" in r for r in rows)
     tables = {}
     for column in by:
         values = sorted({group_key(r.get(column)) for r in rows})
@@ -31,6 +38,8 @@ def group_summary(
             for metric in present:
                 scores = np.array([r[metric] for r in members if r.get(metric) is not None], dtype=np.float64)
                 table[value][metric] = describe(scores)
+                if per_prompt:
+                    table[value][f"{metric}_per_prompt"] = describe(prompt_means(members, metric))
         tables[column] = table
     return tables
 

@@ -47,6 +47,34 @@ def summarize_scores(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     }
 
 
+def prompt_means(rows: list[dict[str, Any]], metric: str) -> np.ndarray:
+    """Each prompt's mean `metric` over its scored images (rows grouped by `prompt_index`), in prompt order;
+    a prompt none of whose images was scored is left out."""
+    scores: dict[int, list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            scores.setdefault(int(r["prompt_index"]), []).append(r[metric])
+    return np.array([np.mean(scores[p]) for p in sorted(scores)], dtype=np.float64)
+
+
+def summarize_per_prompt(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """The metric averaged per prompt: mean, std and N over prompt means, and a bootstrap interval that
+    resamples prompts.
+
+    With several images per prompt (`data.images_per_prompt`) the images of one prompt share it, so they
+    are not independent samples of the prompt set; the per-image interval is then too narrow for a claim
+    about prompts, and this one is the interval to quote. Rows carry `prompt_index`.
+    """
+    means = prompt_means(rows, metric)
+    low, high = bootstrap_ci(means)
+    return {
+        f"{metric}_prompt_mean": float(means.mean()) if len(means) else float("nan"),
+        f"{metric}_prompt_std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
+        f"{metric}_prompt_ci95": [low, high],
+        f"{metric}_prompt_n": int(len(means)),
+    }
+
+
 def timing(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Seconds per image in steady state and in each process's first batch (warm-up, fast mode's compilation).
 

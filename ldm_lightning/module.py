@@ -42,6 +42,7 @@ from ldm_lightning.generation.training import diffusion_loss, encode_images
 from ldm_lightning.inspection.attention import cross_attention_factors
 from ldm_lightning.inspection.batch import InspectName, InspectOptions, generate_inspected
 from ldm_lightning.memory import peak_memory_mb
+from ldm_lightning.run_folder.scoreboard import ScoreboardLogger, board_hparams, write_scoreboard
 
 DEFAULT_MODEL = "tiny-shapes"
 
@@ -543,15 +544,16 @@ class LatentDiffusionModule(LightningModule):
         logged = {name: torch.tensor(value, dtype=torch.float64, device=self.device) for name, value in logged.items()}
         # The same values on every process (gathered above); the mean reduction only keeps Lightning quiet.
         self.log_dict(logged, sync_dist=True)
-        hp_metrics = {"hp/clip_score": summary["clip_score_mean"]}
-        hp_metrics.update({f"hp/{key}": summary[key] for key in QUALITY_KEYS if key in summary})
-        hp_metrics.update({f"hp/{m}": summary[f"{m}_mean"] for m in self.per_image_metrics[1:]})
-        settings = {k: "none" if v is None else v for k, v in self.run_settings(self.trainer.precision, "test").items()}
-        for logger in self.loggers:  # TensorBoard's HParams tab: the settings that change results, with the scores
+        settings = self.run_settings(self.trainer.precision, "test")
+        for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(settings, metrics=hp_metrics)
+                if self.trainer.is_global_zero:  # scores, per-row histograms and an HParams entry per run
+                    hparams = board_hparams(settings, getattr(self.trainer.datamodule, "hparams", {}), len(rows))
+                    write_scoreboard(logger.experiment, summary, rows, hparams, self.per_image_metrics)
+                if isinstance(logger, ScoreboardLogger):  # not Lightning's single-point copies of them
+                    logger.on_board.update(logged)
             else:
-                logger.log_hyperparams(settings)
+                logger.log_hyperparams({k: "none" if v is None else v for k, v in settings.items()})
         if summary["n_truncated"]:
             rank_zero_info(f"{summary['n_truncated']} prompts were longer than the tokenizer limit and were truncated.")
 

@@ -113,5 +113,6 @@ def test_console_and_tensorboard_show_what_the_user_needs(tiny_model, tiny_clip,
         if plugin_data_pb2.HParamsPluginData.FromString(content).HasField("session_start_info")
     ]
     names = set(session.hparams)
-    assert {"model", "scheduler", "num_inference_steps", "guidance_scale", "precision", "clip_model"} <= names
+    assert {"weights", "sampler", "guidance_scale", "precision", "size", "prompts", "test_clip"} <= names
+    assert session.hparams["sampler"].string_value == "ddim, 3 steps"
     assert not names & {"_instantiator", "learning_rate", "warmup_steps", "snr_gamma", "batch_size"}

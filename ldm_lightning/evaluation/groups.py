@@ -1,5 +1,5 @@
 """Results by group (`--data.group_by Category`): each per-sample metric's n, mean, std and 95% bootstrap
-interval per value of a prompt-row column, as JSON for `summary.json`, a markdown table and a bar chart.
+interval per value of a prompt-row column, as JSON for `summary.json`, a markdown table and a chart.
 With several images per prompt, each metric also per prompt (`<metric>_per_prompt`: over prompt means)."""
 
 from typing import Any
@@ -62,23 +62,36 @@ def groups_markdown(groups: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def groups_figure(groups: dict[str, dict[str, dict[str, Any]]], metric: str = "clip_score"):
-    """Bars of the metric's mean per group with their 95% intervals as error bars; one panel per column."""
+    """Each group's mean of the metric as a dot with its 95% interval and its value written beside it; one panel per
+    column. The axis spans the data, not zero: CLIPScores of 69.2 and 71.6 on bars from 0 would look equal, and dots
+    (not bars, whose length would then mislead) are what an axis that does not start at zero can show."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 2.5 + 0.25 * max(len(t) for t in groups.values())))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7, 2.5 + 0.3 * max(len(t) for t in groups.values())))
     for ax, (column, table) in zip(np.atleast_1d(axes), groups.items()):
         names = list(table)
         stats = [table[n].get(metric, {"mean": np.nan, "ci95": [np.nan, np.nan]}) for n in names]
-        means = np.array([s["mean"] for s in stats])
-        low = np.array([s["ci95"][0] for s in stats])
-        high = np.array([s["ci95"][1] for s in stats])
-        error = np.nan_to_num(np.stack([means - low, high - means]))  # no interval (one sample): no bar
-        ax.barh(names, means, xerr=error, capsize=3, color="tab:blue", alpha=0.8)
+        means = np.array([s["mean"] for s in stats], dtype=np.float64)
+        low = np.array([np.nan if s["ci95"][0] is None else s["ci95"][0] for s in stats], dtype=np.float64)
+        high = np.array([np.nan if s["ci95"][1] is None else s["ci95"][1] for s in stats], dtype=np.float64)
+        error = np.nan_to_num(np.stack([means - low, high - means]))  # no interval (one sample): no whisker
+        y = np.arange(len(names))
+        ax.errorbar(means, y, xerr=error, fmt="o", capsize=3, color="tab:blue")
+        shown = np.concatenate([means, low, high])
+        shown = shown[np.isfinite(shown)]
+        lo, hi = (shown.min(), shown.max()) if len(shown) else (0.0, 1.0)
+        pad = max(hi - lo, abs(hi) * 0.01, 1e-6) * 0.12
+        ax.set_xlim(lo - pad, hi + 3 * pad)  # room on the right for the labels
+        for value, top, row in zip(means, high, y):
+            if np.isfinite(value):
+                ax.annotate(f"{value:.1f}", (np.nanmax([value, top]), row), xytext=(5, 0), textcoords="offset points",
+                            va="center", fontsize=8)  # fmt: skip
+        ax.set_yticks(y, [f"{n} ({table[n]['n_rows']})" for n in names])
         ax.invert_yaxis()
-        ax.set_xlabel(f"{metric} (mean, 95% CI)")
+        ax.set_xlabel(f"{metric} (mean, 95% CI; rows per group in brackets)")
         ax.set_title(f"by {column}", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

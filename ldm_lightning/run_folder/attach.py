@@ -7,9 +7,9 @@ own script `Trainer(callbacks=[ImageWriter(folder)])` is all it takes when you c
 from pathlib import Path
 
 from lightning import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from ldm_lightning.run_folder.files import check_writable, choose_run_dir, fingerprint
+from ldm_lightning.run_folder.scoreboard import ScoreboardLogger
 from ldm_lightning.run_folder.writer import ImageWriter
 
 
@@ -27,9 +27,7 @@ def attach_run_folder(
     run_dir = choose_run_dir(base, fingerprint(settings, datamodule.load_rows()))
     check_writable(run_dir)
     if tensorboard:
-        # No automatic HParams entry: the module logs the settings that change results, with the score.
-        trainer.loggers = [
-            TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)
-        ]
+        # No automatic HParams entry: the module logs the settings that change results, and the scores.
+        trainer.loggers = [ScoreboardLogger(save_dir=str(run_dir), name="tensorboard", version="")]
     trainer.callbacks.append(ImageWriter(run_dir))
     return run_dir

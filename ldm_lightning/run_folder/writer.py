@@ -230,13 +230,15 @@ def drop_pixels(rows: list[dict[str, Any]]) -> None:
 
 
 def log_batch(trainer: Trainer, rows: list[dict[str, Any]], batch_idx: int) -> None:
-    """One batch's images and prompts (with scores) in TensorBoard."""
+    """One batch in TensorBoard: its images as one grid, each captioned with its row, prompt, seed and scores, and
+    its prompts as text. TensorBoard shows 10 steps of an image tag unless started with
+    `--samples_per_plugin images=N`; `samples/grid` holds the first 64 images whatever the number of batches."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            images = np.stack([r["pixels"] for r in rows])
-            logger.experiment.add_images("test/batch", images, global_step=batch_idx, dataformats="NHWC")
+            grid = captioned_grid([Image.fromarray(r["pixels"]) for r in rows], rows)
+            logger.experiment.add_image("test/batch", np.asarray(grid), global_step=batch_idx, dataformats="HWC")
             lines = [f"{row_label(r)} {r['prompt']} (CLIPScore {_rounded(r.get('clip_score'))})" for r in rows]
             logger.experiment.add_text("test/batch_prompts", "  \n".join(lines), global_step=batch_idx)
 
@@ -246,7 +248,7 @@ def _rounded(score: float | None) -> str:
 
 
 def write_groups(trainer: Trainer, run_dir: Path, groups: dict) -> None:
-    """Per-group results as `groups.md`, and a text table and a bar chart in TensorBoard."""
+    """Per-group results as `groups.md`, and a text table and a chart (`groups_figure`) in TensorBoard."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from ldm_lightning.evaluation.groups import groups_figure, groups_markdown
@@ -290,18 +292,21 @@ def captioned(image: Image.Image, lines: list[str], width: int, height: int) -> 
     return cell
 
 
-def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:
-    """All images (up to 64) in one near-square grid, each captioned with its prompt, seed and scores, as `grid.png`."""
-    width = max(160, Image.open(run_dir / rows[0]["image"]).width)
+def captioned_grid(images: list[Image.Image], rows: list[dict[str, Any]]) -> Image.Image:
+    """The images in one near-square grid (8 columns at most), each above its caption (`caption_lines`)."""
+    width = max(160, images[0].width)
     captions = [caption_lines(r, chars=width // 7) for r in rows]
     height = 4 + 11 * max(len(c) for c in captions)
-    images = [
-        captioned(Image.open(run_dir / r["image"]).convert("RGB"), c, width, height) for r, c in zip(rows, captions)
-    ]
-    cols = min(8, len(images))
-    rows_n = -(-len(images) // cols)
-    images += [Image.new("RGB", images[0].size, "white")] * (rows_n * cols - len(images))
-    grid = make_image_grid(images, rows=rows_n, cols=cols)
+    cells = [captioned(image.convert("RGB"), c, width, height) for image, c in zip(images, captions)]
+    cols = min(8, len(cells))
+    rows_n = -(-len(cells) // cols)
+    cells += [Image.new("RGB", cells[0].size, "white")] * (rows_n * cols - len(cells))
+    return make_image_grid(cells, rows=rows_n, cols=cols)
+
+
+def save_grid(run_dir: Path, rows: list[dict[str, Any]]) -> Image.Image:
+    """All images (up to 64) in one near-square grid, each captioned with its prompt, seed and scores, as `grid.png`."""
+    grid = captioned_grid([Image.open(run_dir / r["image"]) for r in rows], rows)
     atomic_write(run_dir / GRID, png_bytes(np.asarray(grid)))
     return grid
 

@@ -261,27 +261,9 @@ def test_clip_colour_classifier_averages_templates(tiny_clip):
 
 @pytest.fixture(scope="module")
 def tiny_mask2former(tmp_path_factory) -> str:
-    from transformers import (
-        Mask2FormerConfig,
-        Mask2FormerForUniversalSegmentation,
-        Mask2FormerImageProcessor,
-        SwinConfig,
-    )
+    from ldm_lightning.testing import build_tiny_mask2former
 
-    folder = tmp_path_factory.mktemp("mask2former")
-    backbone = SwinConfig(
-        image_size=64, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=4,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )  # fmt: skip
-    config = Mask2FormerConfig(
-        backbone_config=backbone, num_labels=80, num_queries=10, hidden_dim=32, mask_feature_size=32,
-        feature_size=32, encoder_layers=1, decoder_layers=2, dim_feedforward=64, encoder_feedforward_dim=64,
-        num_attention_heads=2, use_pretrained_backbone=False,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    Mask2FormerForUniversalSegmentation(config).save_pretrained(folder)
-    Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(folder)
-    return str(folder)
+    return str(build_tiny_mask2former(tmp_path_factory.mktemp("mask2former")))
 
 
 def test_mask2former_detections_feed_the_rules(tiny_mask2former):

@@ -38,12 +38,17 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize_scores(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     """Mean, std, bootstrap interval and N of one per-image metric over the rows that have it."""
     scores = np.array([r[metric] for r in rows if r.get(metric) is not None], dtype=np.float64)
-    low, high = bootstrap_ci(scores)
+    return describe(scores, metric)
+
+
+def describe(values: np.ndarray, prefix: str) -> dict[str, Any]:
+    """`<prefix>_mean`, `_std`, `_ci95` (bootstrap) and `_n` of a set of values (nan where too few)."""
+    low, high = bootstrap_ci(values)
     return {
-        f"{metric}_mean": float(scores.mean()) if len(scores) else float("nan"),
-        f"{metric}_std": float(scores.std(ddof=1)) if len(scores) > 1 else float("nan"),
-        f"{metric}_ci95": [low, high],
-        f"{metric}_n": int(len(scores)),
+        f"{prefix}_mean": float(values.mean()) if len(values) else float("nan"),
+        f"{prefix}_std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+        f"{prefix}_ci95": [low, high],
+        f"{prefix}_n": int(len(values)),
     }
 
 
@@ -65,14 +70,7 @@ def summarize_per_prompt(rows: list[dict[str, Any]], metric: str) -> dict[str, A
     are not independent samples of the prompt set; the per-image interval is then too narrow for a claim
     about prompts, and this one is the interval to quote. Rows carry `prompt_index`.
     """
-    means = prompt_means(rows, metric)
-    low, high = bootstrap_ci(means)
-    return {
-        f"{metric}_prompt_mean": float(means.mean()) if len(means) else float("nan"),
-        f"{metric}_prompt_std": float(means.std(ddof=1)) if len(means) > 1 else float("nan"),
-        f"{metric}_prompt_ci95": [low, high],
-        f"{metric}_prompt_n": int(len(means)),
-    }
+    return describe(prompt_means(rows, metric), f"{metric}_prompt")
 
 
 def timing(rows: list[dict[str, Any]]) -> dict[str, float]:

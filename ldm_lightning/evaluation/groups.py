@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ldm_lightning.evaluation.stats import describe
-from ldm_lightning.evaluation.summary import prompt_means
+from ldm_lightning.evaluation.summary import describe, prompt_means
 
 # Numbers each `test` row carries about its own sample (rows left out of the mean hold None).
 PER_SAMPLE_METRICS = ("clip_score",)

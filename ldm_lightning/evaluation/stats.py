@@ -1,6 +1,6 @@
-"""Statistics of per-sample scores: describe one sample, compare two paired ones, correct many p-values.
+"""Statistics of per-sample scores: compare two paired ones, correct many p-values.
 
-Pure functions over arrays; the bootstrap is the one in `results.py`. Resampling the pairs of a
+Pure functions over arrays; the bootstrap is the one in `summary.py`. Resampling the pairs of a
 paired comparison is resampling their differences, so the paired interval is that bootstrap
 applied to `b - a`.
 """
@@ -11,17 +11,6 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from ldm_lightning.evaluation.summary import bootstrap_ci
-
-
-def describe(values: np.ndarray) -> dict[str, Any]:
-    """n, mean, sample standard deviation and 95% bootstrap interval of the mean."""
-    values = np.asarray(values, dtype=np.float64)
-    return {
-        "n": int(len(values)),
-        "mean": float(values.mean()) if len(values) else float("nan"),
-        "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-        "ci95": list(bootstrap_ci(values)),
-    }
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:

@@ -38,18 +38,24 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize_scores(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     """Mean, std, bootstrap interval and N of one per-image metric over the rows that have it."""
     scores = np.array([r[metric] for r in rows if r.get(metric) is not None], dtype=np.float64)
-    return describe(scores, metric)
+    return describe_as(scores, metric)
 
 
-def describe(values: np.ndarray, prefix: str) -> dict[str, Any]:
-    """`<prefix>_mean`, `_std`, `_ci95` (bootstrap) and `_n` of a set of values (nan where too few)."""
-    low, high = bootstrap_ci(values)
+def describe(values: np.ndarray) -> dict[str, Any]:
+    """n, mean, sample standard deviation and 95% bootstrap interval of the mean."""
+    values = np.asarray(values, dtype=np.float64)
     return {
-        f"{prefix}_mean": float(values.mean()) if len(values) else float("nan"),
-        f"{prefix}_std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
-        f"{prefix}_ci95": [low, high],
-        f"{prefix}_n": int(len(values)),
+        "n": int(len(values)),
+        "mean": float(values.mean()) if len(values) else float("nan"),
+        "std": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+        "ci95": list(bootstrap_ci(values)),
     }
+
+
+def describe_as(values: np.ndarray, prefix: str) -> dict[str, Any]:
+    """`describe` as summary keys: `<prefix>_mean`, `_std`, `_ci95` and `_n`."""
+    stats = describe(values)
+    return {f"{prefix}_{key}": stats[key] for key in ("mean", "std", "ci95", "n")}
 
 
 def prompt_means(rows: list[dict[str, Any]], metric: str) -> np.ndarray:
@@ -70,7 +76,7 @@ def summarize_per_prompt(rows: list[dict[str, Any]], metric: str) -> dict[str, A
     are not independent samples of the prompt set; the per-image interval is then too narrow for a claim
     about prompts, and this one is the interval to quote. Rows carry `prompt_index`.
     """
-    return describe(prompt_means(rows, metric), f"{metric}_prompt")
+    return describe_as(prompt_means(rows, metric), f"{metric}_prompt")
 
 
 def timing(rows: list[dict[str, Any]]) -> dict[str, float]:

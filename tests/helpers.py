@@ -57,6 +57,27 @@ def run_cli(args: list[str], capsys=None) -> tuple[int, str]:
     return code, err
 
 
+def run_module(module: str, args: list[str]) -> int:
+    """Run `python -m MODULE ARGS` in this process (as its `__main__`, with `sys.argv` set); its exit code.
+
+    A fresh process costs seconds of imports on a small machine; only DDP and killed runs need one.
+    """
+    import runpy
+    import warnings
+
+    argv = sys.argv
+    sys.argv = [module, *args]
+    try:
+        with warnings.catch_warnings():  # the module may be imported already (by the test): run it again as main
+            warnings.filterwarnings("ignore", "'.*' found in sys.modules", RuntimeWarning)
+            runpy.run_module(module, run_name="__main__")
+        return 0
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+
+
 def run_cli_subprocess(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh process (needed for DDP), killed hard if it hangs."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -2,14 +2,12 @@
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from diffusers import PNDMScheduler
 from diffusers.models.attention_processor import Attention
+from helpers import run_module
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPAttention
 
@@ -149,30 +147,12 @@ def test_scheduler_config_gives_the_compvis_noise_schedule_and_sd14s_timesteps()
     assert ddim.config.clip_sample is False  # latents are not clipped to [-1, 1]
 
 
-def test_anatomy_cli_on_tiny_folder(tiny_model, tiny, tmp_path):
+def test_anatomy_cli_on_tiny_folder(tiny_model, tiny, tmp_path, capsys):
     out, png = tmp_path / "anatomy.json", tmp_path / "flops.png"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ldm_lightning.lab.anatomy",
-        "--model",
-        str(tiny_model),
-        "--height",
-        "64",
-        "--width",
-        "64",
-        "--steps",
-        "5",
-        "--json",
-        str(out),
-        "--plot",
-        str(png),
-    ]
-    proc = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, timeout=60, env=os.environ | {"HF_HUB_OFFLINE": "1"}
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "| U-Net |" in proc.stdout and "real, in the folder" in proc.stdout
+    args = ["--model", str(tiny_model), "--height", "64", "--width", "64", "--steps", "5"]
+    assert run_module("ldm_lightning.lab.anatomy", [*args, "--json", str(out), "--plot", str(png)]) == 0
+    stdout = capsys.readouterr().out
+    assert "| U-Net |" in stdout and "real, in the folder" in stdout
     report = json.loads(out.read_text())
     params = {r["name"]: r["params"] for r in report["components"]}
     assert params["U-Net"] == anatomy.count_params(tiny["unet"])

@@ -4,13 +4,11 @@ import csv
 import gc
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_args, exact_wilcoxon_p, manifest
+from helpers import cli_args, exact_wilcoxon_p, manifest, run_module
 
 from ldm_lightning.lab.benchmark_report import parse_tables
 from ldm_lightning.lab.sweep import main as sweep
@@ -99,34 +97,11 @@ def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip
     assert "fast" not in settings[0] and settings[1]["fast"] is True
 
 
-def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path):
-    cmd = [
-        "timeout",
-        "-k",
-        "10",
-        "300",
-        sys.executable,
-        "-m",
-        "ldm_lightning.lab.benchmark",
-        "--model",
-        tiny_model,
-        "--height",
-        "32",
-        "--steps",
-        "3",
-        "--batch",
-        "2",
-        "--repeats",
-        "1",
-        "--threads",
-        "1",
-        "--fast",
-        "--out",
-        str(tmp_path),
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    [table] = parse_tables(out.stdout)
+def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path, capsys):
+    args = ["--model", tiny_model, "--height", "32", "--steps", "3", "--batch", "2", "--repeats", "1", "--threads", "1"]
+    assert run_module("ldm_lightning.lab.benchmark", [*args, "--fast", "--out", str(tmp_path)]) == 0
+    stdout = capsys.readouterr().out
+    [table] = parse_tables(stdout)
     rows = {r["variant"]: r for r in table["rows"]}
     assert list(rows) == [
         "pipeline",
@@ -137,7 +112,7 @@ def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path)
     ]
     assert float(rows["ours, bare loop"]["max abs diff vs pipeline"]) <= 1e-5
     assert float(rows["ours, fast (bare loop)"]["max abs diff vs pipeline"]) <= 1e-4  # compiled: same to rounding
-    assert "fast mode on cpu: " in out.stdout and "fast mode's first call (compilation) took" in out.stdout
+    assert "fast mode on cpu: " in stdout and "fast mode's first call (compilation) took" in stdout
     assert rows["ours, Trainer.predict"]["max abs diff vs pipeline"] == "–"  # not measured: no image tensor
     for name in ("benchmark.md", "benchmark.png"):
         assert (tmp_path / name).stat().st_size > 0

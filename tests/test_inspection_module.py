@@ -128,6 +128,7 @@ def test_two_ddp_processes_with_inspection_equal_one_without(tiny_model, tmp_pat
     assert two.returncode == 0, two.stderr[-2000:]
     rows_one, rows_two = manifest(tmp_path / "one"), manifest(tmp_path / "two")
     assert [r["index"] for r in rows_two] == [0, 1, 2, 3, 4]  # each prompt once, on one of the two ranks
+    assert [r["image"] for r in rows_one] == [r["image"] for r in rows_two]
     for a, b in zip(rows_one, rows_two):
         assert np.abs(pixels(tmp_path / "one", a) - pixels(tmp_path / "two", b)).max() <= 1
         stem = b["image"].removesuffix(".png")

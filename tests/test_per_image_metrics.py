@@ -2,6 +2,7 @@
 summary.json and groups, several images per prompt, and `compare --metric pick_score` on two runs."""
 
 import json
+import logging
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
     assert pairing["n"] == 4 and abs(pairing["mean_diff"] - expected) <= 1e-9
 
 
-def test_two_processes_and_a_killed_run_give_the_rows_of_one(tiny_model, tiny_clip, tmp_path):
+def test_two_processes_and_a_killed_run_give_the_rows_of_one(tiny_model, tiny_clip, tmp_path, caplog):
     from helpers import kill_after_rows, run_cli_subprocess
 
     prompts = tmp_path / "evaluation_metadata.jsonl"
@@ -137,15 +138,21 @@ def test_two_processes_and_a_killed_run_give_the_rows_of_one(tiny_model, tiny_cl
         "--data.batch_size=1",
         "--trainer.enable_progress_bar=false",
     ]
-    one = run_cli_subprocess([*args, f"--output_dir={tmp_path / 'one'}"], timeout=300)
-    assert one.returncode == 0, one.stderr[-2000:]
+    assert run_cli([*args, f"--output_dir={tmp_path / 'one'}"])[0] == 0
     two = run_cli_subprocess(
         [*args, f"--output_dir={tmp_path / 'two'}", "--config=configs/devices/ddp-cpu-2.yaml"], timeout=300
     )
     assert two.returncode == 0, two.stderr[-2000:]
-    killed = [*args, f"--output_dir={tmp_path / 'killed'}"]
-    assert 1 <= kill_after_rows(killed, tmp_path / "killed" / "results.jsonl", rows=3, timeout=300) < 8
-    assert run_cli_subprocess(killed, timeout=300).returncode == 0
+    # SIGKILL mid-run (no chance to clean up), then the same command again.
+    killed = tmp_path / "killed"
+    assert 1 <= kill_after_rows([*args, f"--output_dir={killed}"], killed / "results.jsonl", rows=3, timeout=300) < 8
+    with caplog.at_level(logging.INFO):
+        assert run_cli([*args, f"--output_dir={killed}"])[0] == 0
+    assert any(f"Resuming {killed}" in r.getMessage() for r in caplog.records)
+    assert not list(killed.glob(".*.tmp"))  # no half-written files left behind
+    assert len(list(killed.glob("0*.png"))) == 8
+    for r in manifest(killed, "results.jsonl"):
+        Image.open(killed / r["image"]).load()
     a = manifest(tmp_path / "one", "results.jsonl")
     assert [(r["index"], r["seed"]) for r in a] == [(i, i) for i in range(8)]
     for other in ("two", "killed"):

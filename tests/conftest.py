@@ -15,6 +15,15 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that start several processes share one group: under `-n 2 --dist loadgroup` (the README's test
+    command) one worker runs them one after another while the other runs the rest, so no two multi-process
+    runs ever compete for the two cores."""
+    for item in items:
+        if item.get_closest_marker("ddp"):
+            item.add_marker(pytest.mark.xdist_group("ddp"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """Path of a tiny random diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/)."""

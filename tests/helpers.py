@@ -78,7 +78,7 @@ def run_module(module: str, args: list[str]) -> int:
         sys.argv = argv
 
 
-def run_cli_subprocess(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+def run_cli_subprocess(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh process (needed for DDP), killed hard if it hangs."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "ldm_lightning", *args]
@@ -96,7 +96,7 @@ def pixels(folder: str | Path, row: dict) -> np.ndarray:
     return np.asarray(Image.open(Path(folder) / row["image"]).convert("RGB")).astype(np.int16)
 
 
-def kill_after_rows(args: list[str], results: Path, rows: int = 2, timeout: float = 120) -> int:
+def kill_after_rows(args: list[str], results: Path, rows: int = 2, timeout: float = 300) -> int:
     """Start the CLI, SIGKILL it once `results` holds `rows` rows; how many rows it had finished."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "ldm_lightning", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -118,10 +118,11 @@ def test_bad_input_gives_one_clear_message(tiny_model, tmp_path, capsys, args, m
     assert "Traceback" not in ours
 
 
+@pytest.mark.ddp
 def test_fewer_prompts_than_ranks_does_not_hang(tiny_model, tmp_path):
     args = predict_args(tiny_model, tmp_path / "run", "--config=configs/devices/ddp-cpu-2.yaml")
     args[args.index(f"--data.prompts={PROMPTS}")] = '--data.prompts=["just one prompt"]'
-    done = run_cli_subprocess(args, timeout=90)
+    done = run_cli_subprocess(args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [r["index"] for r in manifest(tmp_path / "run")] == [0]
 

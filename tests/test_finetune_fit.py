@@ -1,5 +1,6 @@
 """`fit` as a fine-tune: an image folder, LoRA adapters only, EMA, validation scored as `test` scores."""
 
+import pytest
 import torch
 from helpers import run_cli
 from lightning import Trainer
@@ -108,6 +109,7 @@ def test_ema_with_lora_checkpoints_only_adapters_and_resumes(tiny_model, tmp_pat
     assert not any(p.requires_grad for p in frozen)
 
 
+@pytest.mark.ddp
 def test_validation_with_two_processes_equals_one(tiny_model, tiny_clip, tmp_path, capsys):
     import re
 

@@ -110,6 +110,7 @@ def test_written_rows_keep_no_inspection_arrays(tiny_module, monkeypatch):
     assert rows[0]["attention_words"] == ["a", "red", "circle"]
 
 
+@pytest.mark.ddp
 def test_two_ddp_processes_with_inspection_equal_one_without(tiny_model, tmp_path):
     from helpers import pixels, run_cli_subprocess
     from test_cli import predict_args

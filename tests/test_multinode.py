@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import cli_args, manifest, pixels, run_cli
 
 PROMPTS = json.dumps([f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "star", "cross")])
@@ -39,7 +40,7 @@ def launch_nodes(args_per_node: list[list[str]]) -> list[subprocess.Popen]:
             "--trainer.accelerator=cpu",
             "--trainer.strategy=ddp",
         ]
-        cmd = ["timeout", "-k", "10", "150", *torchrun, "-m", "ldm_lightning", *args, *trainer]
+        cmd = ["timeout", "-k", "10", "300", *torchrun, "-m", "ldm_lightning", *args, *trainer]
         nodes.append(
             subprocess.Popen(
                 cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
@@ -88,6 +89,7 @@ def check_against(folder: Path, reference: Path) -> None:
     assert abs(summary["clip_score_mean"] - one["clip_score_mean"]) <= 1e-3
 
 
+@pytest.mark.ddp
 def test_two_nodes_lose_a_node_and_resume_to_the_rows_of_one_process(tiny_model, tiny_clip, tmp_path):
     steps = 16  # slow enough that a node can be lost mid-run
     assert run_cli(args_for(tiny_model, tiny_clip, tmp_path / "one", steps))[0] == 0
@@ -110,6 +112,7 @@ def test_two_nodes_lose_a_node_and_resume_to_the_rows_of_one_process(tiny_model,
     check_against(tmp_path / "lost", tmp_path / "one")
 
 
+@pytest.mark.ddp
 def test_ranks_that_do_not_share_the_output_folder_are_told(tiny_model, tiny_clip, tmp_path):
     # Two machines writing to node-local disks: each node sees only its own folder.
     nodes = launch_nodes([args_for(tiny_model, tiny_clip, tmp_path / f"node{i}", steps=2) for i in range(2)])

@@ -98,6 +98,7 @@ def readme_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
+@pytest.mark.ddp
 def test_the_readmes_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
     blocks = readme_blocks()
     assert len(blocks) == 4

@@ -177,6 +177,7 @@ def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, e
     assert len(list(feature_cache.glob("reference-*.npz"))) == 3  # one cache per feature network
 
 
+@pytest.mark.ddp
 def test_two_processes_give_the_same_metrics_as_one(
     one_process, tiny_model, tiny_clip, extractors, reference, tmp_path
 ):

@@ -2,11 +2,8 @@
 summary.json and groups, several images per prompt, and `compare --metric pick_score` on two runs."""
 
 import json
-import logging
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from helpers import manifest, run_cli
@@ -118,73 +115,6 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
     (pairing,) = report["pairs"]
     expected = np.mean([b["pick_score"] - a["pick_score"] for a, b in zip(rows, other)])
     assert pairing["n"] == 4 and abs(pairing["mean_diff"] - expected) <= 1e-9
-
-
-@pytest.fixture(scope="module")
-def geneval_run(tiny_model, tiny_clip, tmp_path_factory) -> tuple[list[str], Path]:
-    """The arguments of a `test` run of clip_score, pick_score and geneval with 4 images of each of 2 GenEval
-    prompts (8 rows), and the folder of that run in one process."""
-    folder = tmp_path_factory.mktemp("geneval")
-    prompts = folder / "evaluation_metadata.jsonl"
-    prompts.write_text("".join(json.dumps(m) + "\n" for m in METADATA))
-    args = [
-        "test",
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        f"--model.clip_model_name_or_path={tiny_clip}",
-        "--model.num_inference_steps=2",
-        "--model.height=32",
-        "--model.width=32",
-        "--model.metrics=[clip_score, pick_score, geneval]",
-        f"--model.pick_score_model={tiny_clip}",
-        "--model.geneval_detector=shapes-judge",
-        f"--data.prompts={prompts}",
-        "--data.images_per_prompt=4",
-        "--data.batch_size=1",
-        "--trainer.enable_progress_bar=false",
-    ]
-    assert run_cli([*args, f"--output_dir={folder / 'one'}"])[0] == 0
-    rows = manifest(folder / "one", "results.jsonl")
-    assert [(r["index"], r["seed"]) for r in rows] == [(i, i) for i in range(8)]
-    return args, folder / "one"
-
-
-def assert_same_rows(folder: Path, one: Path) -> None:
-    """The rows, PickScores, GenEval verdicts and summaries of one process's run."""
-    a, b = manifest(one, "results.jsonl"), manifest(folder, "results.jsonl")
-    assert [(r["index"], r["seed"]) for r in b] == [(r["index"], r["seed"]) for r in a]
-    for x, y in zip(a, b):
-        assert abs(x["pick_score"] - y["pick_score"]) <= 1e-4 and x["geneval"] == y["geneval"]
-    s1, s2 = (json.loads((f / "summary.json").read_text()) for f in (one, folder))
-    assert s1["pick_score_n"] == s2["pick_score_n"] == 8
-    assert abs(s1["pick_score_mean"] - s2["pick_score_mean"]) <= 1e-4
-    assert s1["geneval_tasks"] == s2["geneval_tasks"]
-
-
-@pytest.mark.ddp
-def test_two_processes_give_the_rows_of_one(geneval_run, tmp_path):
-    from helpers import run_cli_subprocess
-
-    args, one = geneval_run
-    two = run_cli_subprocess([*args, f"--output_dir={tmp_path / 'two'}", "--config=configs/devices/ddp-cpu-2.yaml"])
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert_same_rows(tmp_path / "two", one)
-
-
-def test_a_killed_run_resumes_to_the_rows_of_one(geneval_run, tmp_path, caplog):
-    from helpers import kill_after_rows
-
-    args, one = geneval_run
-    # SIGKILL mid-run (no chance to clean up), then the same command again.
-    killed = tmp_path / "killed"
-    assert 1 <= kill_after_rows([*args, f"--output_dir={killed}"], killed / "results.jsonl", rows=3) < 8
-    with caplog.at_level(logging.INFO):
-        assert run_cli([*args, f"--output_dir={killed}"])[0] == 0
-    assert any(f"Resuming {killed}" in r.getMessage() for r in caplog.records)
-    assert not list(killed.glob(".*.tmp"))  # no half-written files left behind
-    assert len(list(killed.glob("0*.png"))) == 8
-    for r in manifest(killed, "results.jsonl"):
-        Image.open(killed / r["image"]).load()
-    assert_same_rows(killed, one)
 
 
 def test_geneval_needs_geneval_prompts_and_named_weight_files(tiny_model, tiny_clip, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""`test`'s distribution metrics: equal to independent computations, 1 = 2 processes, resumable, cached."""
+"""`test`'s distribution metrics: equal to independent computations, cached, checked input (1 = 2 processes and
+kill and resume: `test_metrics_processes.py`)."""
 
 import json
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import cli_args, kill_after_rows, manifest, run_cli, run_cli_subprocess
+from helpers import cli_args, manifest, run_cli
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -175,50 +176,6 @@ def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, e
     assert not any(tag.startswith("hp/") for tag in events.Tags()["scalars"])  # no copies beside the scores
     assert (one_process.parent / "run" / "features").is_dir()
     assert len(list(feature_cache.glob("reference-*.npz"))) == 3  # one cache per feature network
-
-
-@pytest.mark.ddp
-def test_two_processes_give_the_same_metrics_as_one(
-    one_process, tiny_model, tiny_clip, extractors, reference, tmp_path
-):
-    args = quality_args(tiny_model, tiny_clip, extractors, reference, tmp_path / "two")
-    two = run_cli_subprocess([*args, "--config=configs/devices/ddp-cpu-2.yaml"])
-    assert two.returncode == 0, two.stderr[-2000:]
-    assert sorted(p.name[:5] for p in (tmp_path / "two" / "features").glob("*.npz")) == ["rank0", "rank1"]
-    s1 = json.loads((one_process / "summary.json").read_text())
-    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert s2["n_generated"] == 6
-    for key in QUALITY:
-        assert _close(s2[key], s1[key], 1e-3), (key, s1[key], s2[key])
-
-
-def test_killed_run_resumes_with_stored_features_to_the_uninterrupted_result(
-    tiny_model, tiny_clip, extractors, reference, tmp_path
-):
-    prompts = json.dumps([f"a red circle number {i}" for i in range(8)])
-    args = quality_args(
-        tiny_model, tiny_clip, extractors, reference, tmp_path / "killed", "--data.batch_size=1",
-        "--model.num_inference_steps=20", metrics="[clip_score,fid,cmmd,fd_clip]",
-    )  # fmt: skip
-    args[args.index(f"--data.prompts={PROMPTS}")] = f"--data.prompts={prompts}"
-    out = tmp_path / "killed"
-    done = kill_after_rows(args, out / "results.jsonl")
-    assert 2 <= done < 8, "the run should have been killed mid-way"
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.npz")}
-    assert run_cli(args)[0] == 0  # the same command again
-    after = {p.name: p.stat().st_mtime_ns for p in (out / "features").glob("*.npz")}
-    finished = [r["index"] for r in manifest(out, "results.jsonl")][:done]
-    kept = {f"rank0-{i:06d}.npz" for i in finished}
-    assert all(before[name] == after[name] for name in kept)  # stored features of finished rows were not redone
-    assert len(after) == 8
-
-    whole = tmp_path / "whole"
-    args[args.index(f"--output_dir={out}")] = f"--output_dir={whole}"
-    assert run_cli(args)[0] == 0
-    s_resumed = json.loads((out / "summary.json").read_text())
-    s_whole = json.loads((whole / "summary.json").read_text())
-    for key in ("fid", "fid_infinity", "cmmd", "fd_clip", "clip_score_mean"):
-        assert _close(s_resumed[key], s_whole[key], 1e-4), (key, s_resumed[key], s_whole[key])
 
 
 def test_reference_features_are_cached_and_recomputed_when_a_file_changes(extractors, tmp_path):

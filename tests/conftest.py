@@ -1,6 +1,7 @@
 """Shared fixtures: offline, one thread, and a tiny seeded SD-v1-shaped model saved as a diffusers folder."""
 
 import copy
+import fcntl
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -15,13 +16,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(items):
-    """Tests that start several processes share one group: under `-n 2 --dist loadgroup` (the README's test
-    command) one worker runs them one after another while the other runs the rest, so no two multi-process
-    runs ever compete for the two cores."""
-    for item in items:
-        if item.get_closest_marker("ddp"):
-            item.add_marker(pytest.mark.xdist_group("ddp"))
+@pytest.fixture(autouse=True)
+def one_multiprocess_run_at_a_time(request, tmp_path_factory):
+    """Tests marked `ddp` start several processes; under `pytest -n 2` (the README's test command) each waits
+    for a lock shared by the workers, so that no two multi-process runs ever compete for the two cores."""
+    if request.node.get_closest_marker("ddp") is None:
+        yield
+        return
+    with open(tmp_path_factory.getbasetemp().parent / "ddp.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -149,3 +149,18 @@ def quiet_trainer(**settings):
         "enable_model_summary": False,
     }
     return Trainer(**{**quiet, **settings})
+
+
+def compile_without_codegen(monkeypatch) -> None:
+    """Fast mode as it is (the U-Net captured whole by TorchDynamo, `fullgraph=True`), run by Dynamo's `eager`
+    backend instead of Inductor's generated C++: the same path for what a test of modes, tables or folders checks,
+    without a minute of cold C++ compilation per graph. `tests/test_cli.py` keeps one run through Inductor."""
+    from ldm_lightning.generation import fast
+
+    real = fast.fast_settings
+
+    def settings(device):
+        chosen = real(device)
+        return {**chosen, "compile": {**chosen["compile"], "backend": "eager"}}
+
+    monkeypatch.setattr(fast, "fast_settings", settings)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_args, exact_wilcoxon_p, manifest, run_module
+from helpers import cli_args, compile_without_codegen, exact_wilcoxon_p, manifest, run_module
 
 from ldm_lightning.lab.benchmark_report import parse_tables
 from ldm_lightning.lab.sweep import main as sweep
@@ -73,7 +73,8 @@ def test_sweep_writes_table_plot_grid_and_distances(tiny_model, tiny_clip, tmp_p
     assert live_modules() == before  # every setting released its module (and the components and CLIP it held)
 
 
-def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip, tmp_path):
+def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip, tmp_path, monkeypatch):
+    compile_without_codegen(monkeypatch)
     rows = sweep(
         [
             "--guidance",
@@ -97,7 +98,8 @@ def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip
     assert "fast" not in settings[0] and settings[1]["fast"] is True
 
 
-def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path, capsys):
+def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path, capsys, monkeypatch):
+    compile_without_codegen(monkeypatch)
     args = ["--model", tiny_model, "--height", "32", "--steps", "3", "--batch", "2", "--repeats", "1", "--threads", "1"]
     assert run_module("ldm_lightning.lab.benchmark", [*args, "--fast", "--out", str(tmp_path)]) == 0
     stdout = capsys.readouterr().out

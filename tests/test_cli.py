@@ -128,6 +128,7 @@ def test_fewer_prompts_than_ranks_does_not_hang(tiny_model, tmp_path):
 
 
 def test_fast_mode_draws_the_same_images(tiny_model, tmp_path, monkeypatch):
+    # Through Inductor itself, as users run it (other tests of fast mode skip its code generation).
     import ldm_lightning.module
     from ldm_lightning.generation.fast import make_fast
 

@@ -254,7 +254,8 @@ def main() -> None:
     text = [
         "# Does the embedded model attend where it draws?",
         "",
-        f"`python -m ldm_lightning.lab.attention_check --out {args.out} --per-set {args.per_set}` on {platform.processor() or 'CPU'}, "
+        f"`python -m ldm_lightning.lab.attention_check --out {args.out} --per-set {args.per_set}` "
+        f"on {platform.processor() or 'CPU'}, "
         f"2 CPU cores, {args.threads} thread(s), {date.today().isoformat()}.",
         "",
         f'{n} full captions ("a large red circle at the top"): {args.per_set} of seen colour–shape pairs and '

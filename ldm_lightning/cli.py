@@ -30,6 +30,13 @@ from ldm_lightning.run_folder.attach import attach_run_folder
 from ldm_lightning.run_folder.writer import ImageWriter
 
 TRAINER_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
+PROMPT_DATA = "ldm_lightning.data.PromptDataModule"
+FIT_DATA = "ldm_lightning.finetune.images.ImageCaptionDataModule"
+# The default guidance (the embedded model's scale); SD v1.4's configs set 7.5.
+DEFAULT_GUIDANCE = {
+    "class_path": "ldm_lightning.generation.guidance.ClassifierFreeGuidance",
+    "init_args": {"guidance_scale": 3.0},
+}
 
 
 def trainer_error(err: Exception) -> UserError:
@@ -61,7 +68,8 @@ class LdmCLI(LightningCLI):
         super().__init__(*args, parser_class=parser_class, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.set_defaults({"data": {"class_path": "ldm_lightning.data.PromptDataModule"}})
+        data = FIT_DATA if self.stage == "fit" else PROMPT_DATA
+        parser.set_defaults({"data": {"class_path": data}, "model.guidance": DEFAULT_GUIDANCE})
         parser.add_argument(
             "--output_dir",
             type=str | None,
@@ -75,7 +83,21 @@ class LdmCLI(LightningCLI):
         if subcommand == "predict":
             # The writer saves every image; holding them all as well would grow memory with the run.
             parser.set_defaults({"return_predictions": False})
+        if subcommand == "fit":  # `fit --data.path my_images/` as a user first types it
+            parser.set_defaults({"data": {"class_path": FIT_DATA}})
         return parser
+
+    @staticmethod
+    def configure_optimizers(lightning_module, optimizer, lr_scheduler=None):
+        """`--optimizer` / `--lr_scheduler` stepped per optimizer step (LightningCLI's default is per epoch, which
+        would hold a warm-up for a whole epoch); `WarmupCosine` learns the run's length from the Trainer."""
+        from ldm_lightning.finetune.method import WarmupCosine
+
+        if lr_scheduler is None:
+            return optimizer
+        if isinstance(lr_scheduler, WarmupCosine) and lr_scheduler.total_steps is None:
+            lr_scheduler.total_steps = lightning_module.trainer.estimated_stepping_batches
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": lr_scheduler, "interval": "step"}}
 
     def instantiate_trainer(self, **kwargs):
         try:
@@ -97,7 +119,7 @@ class LdmCLI(LightningCLI):
         base = config.get("output_dir") or f"outputs/{stage}"
         if stage in ("predict", "test") and isinstance(self.datamodule, PromptDataModule):
             if stage == "test":  # a CLIP or feature network that cannot load fails here, before any file is written
-                self.model.prepare_scoring()
+                self.model.scoring.load()
             check_fits(self.model, self.datamodule.hparams.batch_size, config.trainer.get("accelerator"))
             tensorboard = config.trainer.get("logger") in (None, True)
             if tensorboard:
@@ -149,7 +171,6 @@ def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
         args=args,
         run=stage is None,
         stage=stage,
-        auto_configure_optimizers=False,
         seed_everything_default=0,
     )
 
@@ -171,7 +192,6 @@ def parse_config(args: list[str], stage: str = "test"):
         args=args,
         run=False,
         stage=stage,
-        auto_configure_optimizers=False,
         seed_everything_default=0,
     )
     return cli.config
@@ -205,7 +225,7 @@ def name_bad_config(message: str, args: list[str]) -> str:
 
     for i, arg in enumerate(args):
         path = arg.split("=", 1)[1] if arg.startswith("--config=") else args[i + 1] if arg == "--config" else None
-        if path and i + 1 <= len(args) and Path(path).is_file():
+        if path and Path(path).is_file():
             try:
                 yaml.safe_load(Path(path).read_text(encoding="utf-8"))
             except (yaml.YAMLError, UnicodeDecodeError):

@@ -5,6 +5,7 @@ Silenced, each by its exact text so that every other warning still shows:
 - the `LeafSpec` deprecation that Lightning 2.6 triggers inside its own pytree helper;
 - transformers' per-file "Loading weights" progress bars (the models load in well under a second);
 - `fit`'s warning that modules start in eval mode: the frozen VAE and text encoder are meant to;
+- LightningCLI's note that `--optimizer` replaces the module's own `configure_optimizers` (its purpose);
 - the traceback of TensorBoard's event-writer thread when the disk is full or the folder unwritable:
   the writer hands that error to the main thread, where the command line reports it in one line.
 Long steps outside Lightning's loops (encoding the training images once) get a bar of their own
@@ -31,6 +32,8 @@ def quiet_known_noise() -> None:
             logger.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    # The config files' --optimizer / --lr_scheduler replace the module's defaults, as intended.
+    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden by")
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

@@ -261,13 +261,10 @@ class RankSlice(DistributedSampler):
 
 
 def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Rows -> one batch: lists of strings and seeds, a tensor of indices."""
-    return {
-        "index": torch.tensor([r["index"] for r in rows]),
-        "prompt": [r["prompt"] for r in rows],
-        "negative_prompt": [r["negative_prompt"] for r in rows],
-        "seed": [r["seed"] for r in rows],  # ints: seeds up to 2**64 - 1 do not fit an int64 tensor
-    }
+    """Rows -> one batch: a tensor of indices, and a list per column (prompts, seeds and the table's other
+    columns; seeds stay ints: up to 2**64 - 1 they do not fit an int64 tensor)."""
+    columns = dict.fromkeys(k for r in rows for k in r)
+    return {k: torch.tensor([r[k] for r in rows]) if k == "index" else [r.get(k) for r in rows] for k in columns}
 
 
 class PromptDataModule(LightningDataModule):
@@ -330,6 +327,16 @@ class PromptDataModule(LightningDataModule):
         self.rows: list[dict[str, Any]] = []
         self.skip: set[int] = set()  # indices already finished in the output folder (resume)
         self.reference_files: list[Path] | None = None
+
+    @property
+    def group_by(self) -> list[str] | None:
+        """Columns to summarise `test` results by (`PromptSource`)."""
+        return self.hparams.group_by
+
+    @property
+    def reference(self) -> str | None:
+        """The real images for set metrics, as given (`ReferenceSource`)."""
+        return self.hparams.reference
 
     def load_rows(self) -> list[dict[str, Any]]:
         """All prompt rows, read once."""

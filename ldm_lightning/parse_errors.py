@@ -13,6 +13,7 @@ import re
 from lightning.pytorch.cli import LightningArgumentParser
 
 from ldm_lightning.errors import UserError
+from ldm_lightning.moved_keys import moved_message
 
 HELP_HINT = "`--help` lists every key and its type"
 SUBCOMMANDS = ("predict", "test", "fit")
@@ -54,15 +55,18 @@ def describe_parse_error(message: str, error: BaseException | None = None) -> st
     if error is None and text.lower().startswith("unrecognized arguments:"):  # argparse's (or jsonargparse's) words
         given = text.split(":", 1)[1].split()
         words = [w for w in given if w not in SUBCOMMANDS] or given
-        return f"{words[0].split('=')[0]}: unknown key or stray argument; {HELP_HINT}"
+        key = words[0].split("=")[0]
+        return moved_message(key.lstrip("-")) or f"{key}: unknown key or stray argument; {HELP_HINT}"
     if isinstance(error, KeyError):  # jsonargparse's NSKeyError: a key that no class accepts
         found = UNKNOWN_OPTION.search(str(error))
         key = ".".join(k for k in found.groups() if k) if found else str(error).strip("'\"")
-        return f"{key}: unknown key; {HELP_HINT}"
+        return moved_message(key) or f"{key}: unknown key; {HELP_HINT}"
     if yaml_error := next((c for c in chain if is_yaml_error(c)), None):
         return f"--config: not valid YAML ({describe_yaml_error(yaml_error)}); fix the file"
     keys = KEY.findall(text)
     key = ".".join(keys) if keys else "arguments"
+    if moved := next((moved_message(k) for k in moved_keys_in(text, key) if moved_message(k)), None):
+        return moved
     if missing := MISSING_FILE.search(text):
         return f"{key}: file does not exist: {missing[1].strip()}; check the path"
     if expected := expected_types(text):
@@ -71,6 +75,15 @@ def describe_parse_error(message: str, error: BaseException | None = None) -> st
         return f"{key}: expected {' or '.join(expected)}{got}; {HELP_HINT}"
     lines = [line.strip() for line in text.splitlines() if line.strip() and "Parser key" not in line]
     return f"{key}: {lines[-1] if lines else text}; {HELP_HINT}"
+
+
+def moved_keys_in(text: str, key: str) -> list[str]:
+    """Keys the message names that may have moved: the key in error, and a nested key jsonargparse reports as an
+    unexpected one inside it ("Group 'model' does not accept nested key 'guidance_scale'")."""
+    found = [key]
+    for nested in re.findall(r"nested key '([\w.]+)'", text):
+        found.append(f"{key}.{nested}" if key != "arguments" else nested)
+    return found
 
 
 def is_yaml_error(error: BaseException) -> bool:

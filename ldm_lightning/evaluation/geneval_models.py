@@ -154,3 +154,13 @@ def load_detector(name_or_path: str) -> Detector:
     if not name_or_path:
         raise UserError(f"model.geneval_detector: empty; give a Mask2Former hub id or folder ({DEFAULT_DETECTOR})")
     return Mask2FormerDetector(name_or_path)
+
+
+def networks_of(detector: Detector, colours: ColourClassifier) -> list[torch.nn.Module]:
+    """The networks behind a detector and a colour classifier (none for the embedded pixel judge)."""
+    found = []
+    if isinstance(detector, Mask2FormerDetector):
+        found.append(detector.model)
+    if isinstance(colours, ClipColourClassifier):
+        found.append(colours.clip.model)
+    return found

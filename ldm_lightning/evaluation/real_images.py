@@ -89,11 +89,19 @@ def reference_cache_dir() -> Path:
 
 
 def reference_features(
-    files: list[Path], extractors: dict[str, torch.nn.Module], cache_dir: Path, device: torch.device | str = "cpu"
+    files: list[Path],
+    extractors: dict[str, torch.nn.Module],
+    cache_dir: Path,
+    device: torch.device | str = "cpu",
+    identities: dict[str, str] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Every extractor's features of the readable reference images (cached), and the files that were skipped."""
+    """Every extractor's features of the readable reference images (cached), and the files that were skipped.
+
+    `identities` names what each extractor's features depend on (its weights and preprocessing): the cache key.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    caches = {name: cache_file(cache_dir, files, name, net.identity) for name, net in extractors.items()}
+    identities = identities or {name: net.identity for name, net in extractors.items()}
+    caches = {name: cache_file(cache_dir, files, name, identities[name]) for name in extractors}
     features, skipped = {}, None
     for name, cache in caches.items():
         if cache.is_file():

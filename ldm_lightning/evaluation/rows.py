@@ -17,7 +17,16 @@ from torchmetrics.utilities import dim_zero_cat
 
 # The numbers each `test` row carries about its own image besides its scores; a missing score (a broken
 # image) is NaN in the state and None in the rows.
-FLAG_FIELDS = ("finite", "black", "truncated", "seconds", "first_batch", "peak_memory_mb")
+FLAG_FIELDS = (
+    "finite",
+    "black",
+    "truncated",
+    "seconds",
+    "sampling_seconds",
+    "first_batch",
+    "peak_memory_mb",
+    "prompt_index",
+)
 
 
 def _first_by_index(index: torch.Tensor) -> np.ndarray:
@@ -66,6 +75,10 @@ class ResultRows(Metric):
                 row[score] = None if np.isnan(row[score]) else row[score]
             for flag in ("finite", "black", "truncated", "first_batch"):
                 row[flag] = bool(row[flag])
+            if np.isnan(row["prompt_index"]):  # one image per prompt
+                del row["prompt_index"]
+            else:
+                row["prompt_index"] = int(row["prompt_index"])
             rows.append(row)
         return rows
 

@@ -85,10 +85,18 @@ def timing(rows: list[dict[str, Any]]) -> dict[str, float]:
     Steady state is the median over images outside first batches; with a single batch per process
     there is none, and all images count.
     """
-    seconds = np.array([r["seconds"] for r in rows], dtype=np.float64)
     first = np.array([bool(r.get("first_batch")) for r in rows], dtype=bool)
-    steady = seconds[~first] if (~first).any() else seconds
-    return {
-        "seconds_per_image": float(np.median(steady)) if len(steady) else float("nan"),
-        "seconds_per_image_first_batch": float(seconds[first].mean()) if first.any() else float("nan"),
-    }
+    out = {}
+    for key, name in (("seconds", "seconds_per_image"), ("sampling_seconds", "sampling_seconds_per_image")):
+        seconds = np.array([_number(r.get(key)) for r in rows], dtype=np.float64)
+        steady = seconds[~first] if (~first).any() else seconds
+        out[name] = float(np.median(steady)) if len(steady) else float("nan")
+        if key == "seconds":
+            out["seconds_per_image_first_batch"] = float(seconds[first].mean()) if first.any() else float("nan")
+    # Sampling apart, what each image costs the metrics (scoring and feature extraction).
+    out["scoring_seconds_per_image"] = out["seconds_per_image"] - out["sampling_seconds_per_image"]
+    return out
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ldm_lightning.console import shows_progress
 from ldm_lightning.errors import UserError
+from ldm_lightning.interfaces import ImageSize
 from ldm_lightning.locations import written_as_path
 from ldm_lightning.tables import is_saved_dataset, parser_error, read_saved_dataset
 
@@ -208,7 +209,8 @@ class ImageCaptionDataModule(LightningDataModule):
         """
         super().__init__()
         if batch_size < 1 or val_batch_size < 1:
-            raise UserError(f"data.batch_size / data.val_batch_size: must be at least 1, got {batch_size}")
+            bad, value = ("data.batch_size", batch_size) if batch_size < 1 else ("data.val_batch_size", val_batch_size)
+            raise UserError(f"{bad}: must be at least 1, got {value}")
         if not 0.0 <= p_empty_caption <= 1.0:
             raise UserError(f"data.p_empty_caption: must be in [0, 1], got {p_empty_caption}; try 0.1")
         if resolution is not None and resolution < 1:
@@ -224,7 +226,7 @@ class ImageCaptionDataModule(LightningDataModule):
         if self.hparams.resolution is not None:
             return self.hparams.resolution, self.hparams.resolution
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "height"):
+        if not isinstance(module, ImageSize):
             raise UserError("data.resolution: no model to take the image size from; give --data.resolution")
         return module.height, module.width
 

@@ -6,6 +6,7 @@ the result, and `load_lora` reads such files (ours or diffusers' training script
 peft is an optional dependency (`pip install 'ldm_lightning[lora]'`), imported only when a LoRA is asked for.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +17,22 @@ from ldm_lightning.errors import UserError, first_line
 DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name save_lora_weights / load_lora_weights use
 ADAPTER = "default"
+
+
+@dataclass
+class LoraFile:
+    """A U-Net LoRA in diffusers' format to apply (`model.lora.*`) for predict, test and fit.
+
+    Args:
+        path: a file, or a folder holding pytorch_lora_weights.safetensors (what `fit` with LoRA writes).
+        scale: strength (1 = as trained, 0 = the base model).
+    """
+
+    path: str
+    scale: float = 1.0
+
+    def apply(self, unet) -> None:
+        load_lora(unet, self.path, self.scale)
 
 
 def require_peft(key: str) -> None:
@@ -34,11 +51,11 @@ def add_lora(
     The adapters start as the identity (peft zeroes the up-projection), so training starts from the model
     as it is. `alpha` sets the update's scale alpha/rank (default: rank, a scale of 1).
     """
-    require_peft("model.lora_rank")
+    require_peft("model.finetune")
     from peft import LoraConfig
 
     if rank < 1:
-        raise UserError(f"model.lora_rank: must be at least 1, got {rank}; SD LoRAs commonly use 4 to 128")
+        raise UserError(f"model.finetune.rank: must be at least 1, got {rank}; SD LoRAs commonly use 4 to 128")
     targets = list(target_modules or DEFAULT_TARGET_MODULES)
     unet.requires_grad_(False)
     if seed is not None:
@@ -47,7 +64,7 @@ def add_lora(
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets), adapter_name=ADAPTER)
     except ValueError as err:  # peft names the targets it did not find
         raise UserError(
-            f"model.lora_target_modules: {first_line(err)}; SD's attention projections are "
+            f"model.finetune.target_modules: {first_line(err)}; SD's attention projections are "
             + ", ".join(DEFAULT_TARGET_MODULES)
         ) from None
     return sum(p.numel() for p in unet.parameters() if p.requires_grad)
@@ -85,16 +102,18 @@ def save_lora(unet, folder: str | Path, state_dict: dict[str, torch.Tensor] | No
 
 def load_lora(unet, path: str | Path, scale: float = 1.0) -> None:
     """Load a diffusers-format U-Net LoRA (a file, or a folder holding pytorch_lora_weights.safetensors) at `scale`."""
-    require_peft("model.lora")
+    require_peft("model.lora.path")
     path = Path(path).expanduser()
     folder, weight_name = (path, LORA_FILE) if path.is_dir() else (path.parent, path.name)
     if not (folder / weight_name).is_file():
-        raise UserError(f"model.lora: no LoRA file at {folder / weight_name}; give the folder `fit` wrote or the file")
+        raise UserError(
+            f"model.lora.path: no LoRA file at {folder / weight_name}; give the folder `fit` wrote or the file"
+        )
     try:
         unet.load_lora_adapter(str(folder), weight_name=weight_name, prefix="unet", adapter_name=ADAPTER)
     except Exception as err:  # safetensors, peft and diffusers each raise their own kinds
         raise UserError(
-            f"model.lora: {folder / weight_name} is not a U-Net LoRA for this model ({first_line(err)}); "
+            f"model.lora.path: {folder / weight_name} is not a U-Net LoRA for this model ({first_line(err)}); "
             "give a LoRA trained on the same base model"
         ) from None
     unet.set_adapters(ADAPTER, weights=scale)

@@ -20,11 +20,11 @@ class ExportDiffusers(Callback):
         if not trainer.is_global_zero:
             return
         root = Path(trainer.log_dir or trainer.default_root_dir)
-        if getattr(pl_module.hparams, "lora_rank", None):
+        if pl_module.finetune.trains_adapters():
             from ldm_lightning.finetune.lora import save_lora
 
             path = save_lora(pl_module.unet, root / "lora")
-            rank_zero_info(f"trained LoRA saved in diffusers' format: {path} (load it with --model.lora)")
+            rank_zero_info(f"trained LoRA saved in diffusers' format: {path} (load it with --model.lora.path)")
         else:
             folder = pl_module.save_pretrained(root / "model")
             rank_zero_info(f"trained model saved as a diffusers folder: {folder}")
@@ -44,3 +44,23 @@ def write_model_index(folder: Path, tokenizer_class: str = "CLIPTokenizer") -> N
         "requires_safety_checker": False,
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def save_pipeline(components, folder: str | Path, prediction_type: str | None = None) -> Path:
+    """Write `components` as a complete diffusers SD v1 folder, whatever they were loaded from: each part's
+    `save_pretrained`, the scheduler config (with `prediction_type` when the U-Net was trained to it) and
+    `model_index.json`. `StableDiffusionPipeline.from_pretrained(folder)` loads it."""
+    from diffusers import PNDMScheduler
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    components.tokenizer.save_pretrained(folder / "tokenizer")
+    components.text_encoder.save_pretrained(folder / "text_encoder")
+    components.vae.save_pretrained(folder / "vae")
+    components.unet.save_pretrained(folder / "unet")
+    config = {k: v for k, v in components.scheduler_config.items() if not k.startswith("_")}
+    if prediction_type:
+        config["prediction_type"] = prediction_type
+    PNDMScheduler.from_config(config).save_pretrained(folder / "scheduler")
+    write_model_index(folder, type(components.tokenizer).__name__)
+    return folder

@@ -15,6 +15,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from ldm_lightning.generation.components import Components, vae_scale_factor
+from ldm_lightning.generation.guidance import Guidance
 
 
 @dataclass
@@ -71,17 +72,15 @@ def step_kwargs(scheduler: SchedulerMixin, eta: float, generators: list[torch.Ge
     return kwargs
 
 
-def predict_noise(unet, latents, t, cond, uncond, guidance_scale: float) -> torch.Tensor:
-    """The U-Net's noise estimate, with classifier-free guidance as one batched call when scale > 1."""
+def predict_noise(unet, latents, t, cond, uncond) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The U-Net's conditional and (when `uncond` is given) unconditional noise estimates, as one batched call."""
     if uncond is None:
         # A copy: multistep schedulers keep past estimates, and a CUDA-graph U-Net (fast mode)
         # overwrites its output buffer at the next step.
-        return unet(latents, t, encoder_hidden_states=cond, return_dict=False)[0].clone()
+        return unet(latents, t, encoder_hidden_states=cond, return_dict=False)[0].clone(), None
     both = unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
-    # Classifier-free guidance, Ho & Salimans 2022, eq. 6: extrapolate from the unconditional
-    # estimate towards the conditional one.
     eps_uncond, eps_cond = both.chunk(2)
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    return eps_cond, eps_uncond
 
 
 class _Decoder(torch.nn.Module):
@@ -135,12 +134,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 def generate(
     components: Components,
     scheduler: SchedulerMixin,
+    guidance: Guidance,
     prompts: list[str],
     negative_prompts: list[str],
     seeds: list[int],
     *,
     num_inference_steps: int,
-    guidance_scale: float,
     eta: float,
     height: int,
     width: int,
@@ -148,7 +147,8 @@ def generate(
     progress: bool = False,
     on_step: Callable[..., None] | None = None,
 ) -> Samples:
-    """Sample one image per prompt. `scheduler` must be a fresh instance (its state is consumed).
+    """Sample one image per prompt. `scheduler` must be a fresh instance (its state is consumed); `guidance`
+    combines the conditional and unconditional estimates of each step (`guidance.py`).
 
     `progress` shows a bar over the denoising steps (worth it when one batch takes minutes).
     `on_step`, when given, is called after each step with keyword arguments `index`, `timestep`,
@@ -156,14 +156,11 @@ def generate(
     scheduler's step output); it observes and must not modify them.
     """
     device = components.unet.device
-    use_cfg = guidance_scale > 1.0
 
-    # 1. Encode the prompts (and, for guidance, the negative prompts) with the frozen CLIP text encoder.
+    # 1. Encode the prompts (and, when guidance first needs them, the negative prompts) with the frozen text encoder.
     ids, num_tokens, truncated = tokenize(components.tokenizer, prompts)
     cond = encode_text(components.text_encoder, ids)
-    uncond = (
-        encode_text(components.text_encoder, tokenize(components.tokenizer, negative_prompts)[0]) if use_cfg else None
-    )
+    uncond = None
 
     # 2. Timesteps of this sampler for the requested number of steps.
     scheduler.set_timesteps(num_inference_steps, device=device)
@@ -176,9 +173,15 @@ def generate(
     extra = step_kwargs(scheduler, eta, generators)
 
     # 4. Denoising loop: predict the noise, guide, step from x_t to x_{t-1}.
+    guidance.reset()
+    steps = len(scheduler.timesteps)
     for i, t in enumerate(tqdm(scheduler.timesteps, desc="denoising", leave=False, disable=not progress)):
         model_input = scheduler.scale_model_input(latents, t)  # elementwise: same as on the CFG batch
-        noise = predict_noise(components.unet, model_input, t, cond, uncond, guidance_scale)
+        wants_uncond = guidance.needs_unconditional(i, steps)
+        if wants_uncond and uncond is None:
+            uncond = encode_text(components.text_encoder, tokenize(components.tokenizer, negative_prompts)[0])
+        eps_cond, eps_uncond = predict_noise(components.unet, model_input, t, cond, uncond if wants_uncond else None)
+        noise = guidance.combine(eps_cond, eps_uncond, i, steps, t)
         output = scheduler.step(noise, t, latents, **extra, return_dict=True)
         latents = output.prev_sample
         if on_step is not None:

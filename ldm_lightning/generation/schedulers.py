@@ -1,6 +1,13 @@
-"""Samplers by name: each a diffusers scheduler built from the checkpoint's own scheduler config."""
+"""Samplers: any diffusers scheduler, built from the checkpoint's own scheduler config.
 
-from typing import Any, Literal
+`model.sampling.scheduler` takes one of the shorthand names below (each a scheduler class plus the
+settings the k-diffusion / A1111 name implies), a diffusers scheduler class name
+(`DEISMultistepScheduler`, `KDPM2DiscreteScheduler`, …) or the import path of a class of your own
+that subclasses diffusers' `SchedulerMixin` and `ConfigMixin`.
+"""
+
+import inspect
+from typing import Any
 
 from diffusers import (
     DDIMScheduler,
@@ -30,18 +37,6 @@ SD14_SCHEDULER_CONFIG: dict[str, Any] = {
     "steps_offset": 1,
 }
 
-SchedulerName = Literal[
-    "ddim",
-    "pndm",
-    "dpmpp_2m_karras",
-    "dpmpp_2m_sde_karras",
-    "unipc",
-    "euler",
-    "euler_ancestral",
-    "lms",
-    "heun",
-]
-
 # name -> (class, overrides on top of the checkpoint's config). The overrides follow the
 # k-diffusion / A1111 names: "DPM++ 2M Karras" is DPM-Solver++ (Lu et al. 2022), order 2, Karras
 # sigmas (Karras et al. 2022).
@@ -64,28 +59,46 @@ SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
 }
 
 
-# Keys used only where the checkpoint's config says nothing. DDIM runs on latents, which must not be
-# clipped to [-1, 1], but DDIMScheduler defaults to `clip_sample=True` and SD v1.4's PNDM config leaves
-# the key out; a config that sets it explicitly is respected.
-LATENT_DEFAULTS: dict[str, dict[str, Any]] = {"ddim": {"clip_sample": False}}
+# Used only where the checkpoint's config says nothing. Samplers run on latents, which must not be
+# clipped to [-1, 1], but DDIM-like schedulers default to `clip_sample=True` and SD v1.4's PNDM config
+# leaves the key out; a config that sets it explicitly is respected.
+LATENT_DEFAULTS: dict[str, Any] = {"clip_sample": False}
 
 
-def check_scheduler_name(name: str) -> str:
-    """Return `name` if known, else raise naming the known ones."""
-    if name not in SCHEDULERS:
-        known = ", ".join(SCHEDULERS)
-        raise UserError(f"model.scheduler: unknown scheduler {name!r}; choose one of: {known}")
-    return name
+def scheduler_class(name: str) -> tuple[type[SchedulerMixin], dict[str, Any]]:
+    """The scheduler class `name` stands for and the settings it implies, or a one-line error."""
+    if name in SCHEDULERS:
+        return SCHEDULERS[name]
+    found = None
+    if "." in name:
+        from importlib import import_module
+
+        module_name, _, class_name = name.rpartition(".")
+        try:
+            found = getattr(import_module(module_name), class_name, None)
+        except ImportError:
+            found = None
+    else:
+        import diffusers
+
+        found = getattr(diffusers, name, None) if name.endswith("Scheduler") else None
+    if not (isinstance(found, type) and issubclass(found, SchedulerMixin)):
+        raise UserError(
+            f"model.sampling.scheduler: unknown scheduler {name!r}; give one of {', '.join(SCHEDULERS)}, a diffusers "
+            "scheduler class name (e.g. DEISMultistepScheduler) or the import path of a SchedulerMixin subclass"
+        )
+    return found, {}
 
 
-def build_scheduler(name: str, config: dict[str, Any]) -> SchedulerMixin:
-    """A fresh scheduler instance from the checkpoint's scheduler config.
+def build_scheduler(name: str, config: dict[str, Any], overrides: dict[str, Any] | None = None) -> SchedulerMixin:
+    """A fresh scheduler instance from the checkpoint's scheduler `config`, with `overrides` on top.
 
     Build one per batch: multistep schedulers keep state between calls (diffusers#8711).
     """
-    cls, overrides = SCHEDULERS[check_scheduler_name(name)]
-    defaults = {k: v for k, v in LATENT_DEFAULTS.get(name, {}).items() if k not in config}
-    return cls.from_config(config, **defaults, **overrides)
+    cls, implied = scheduler_class(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    defaults = {k: v for k, v in LATENT_DEFAULTS.items() if k in accepted and k not in config}
+    return cls.from_config(config, **{**defaults, **implied, **(overrides or {})})
 
 
 def sd14_scheduler() -> PNDMScheduler:

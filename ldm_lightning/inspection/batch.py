@@ -1,7 +1,7 @@
-"""One sampling call with inspection: the same images, plus each image's attention maps and trajectory.
+"""The inspection part: the same images, plus each image's attention maps and trajectory.
 
-`generate_inspected` wraps `generate` with the cross-attention recorder and the trajectory callback
-and returns, per image, what a run folder keeps beside its PNG (`inspection_files`):
+`Inspection.watch` observes one sampling call (the cross-attention recorder and the trajectory
+callback) and gives, per image, what a run folder keeps beside its PNG (`inspection_files`):
 
 - `<index>-<prompt>.attention.npz`: `words`; `word_of_token` (the word of each token position, -1
   for start, end and padding tokens); `maps` (words, H, W), each word's normalised heat map at image
@@ -12,7 +12,7 @@ and returns, per image, what a run folder keeps beside its PNG (`inspection_file
 """
 
 import io
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,72 +20,118 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm_lightning.generation.sampling import Samples, generate, to_uint8
-from ldm_lightning.inspection.attention import CrossAttentionRecorder, prompt_words, word_maps
+from ldm_lightning.errors import UserError
+from ldm_lightning.generation.sampling import Samples, to_uint8
+from ldm_lightning.inspection.attention import (
+    CrossAttentionRecorder,
+    cross_attention_factors,
+    prompt_words,
+    word_maps,
+)
 from ldm_lightning.inspection.overlay import overlay_strip
 from ldm_lightning.inspection.trajectory import Trajectory, strip
 
 InspectName = Literal["attention", "trajectory"]
 
 
-@dataclass(frozen=True)
-class InspectOptions:
-    """What to look at during sampling (see `LatentDiffusionModule`'s `inspect*` arguments)."""
+@dataclass
+class Inspection:
+    """What to record while sampling (`model.inspect.*`), saved beside each image and shown in TensorBoard for
+    the grid's first images; the images themselves do not change.
 
-    kinds: tuple[str, ...] = ()
-    attention_factors: tuple[int, ...] | None = None
+    Args:
+        views: "attention": a heat map per prompt word from the U-Net's cross-attention (DAAM, Tang et al.
+            2023), `<index>-<prompt>.attention.npz` and `.attention.png`; "trajectory": the predicted clean
+            image x̂₀ every `trajectory_every` steps, `<index>-<prompt>.trajectory.png`.
+        attention_factors: cross-attention layers to aggregate, by resolution as a downsampling factor of the
+            latent (SD v1: 1 = 64², 2 = 32², 4 = 16², 8 = 8² at 512² pixels); default every layer (DAAM).
+        attention_timesteps: [lowest, highest] diffusion timestep (0-1000 for SD) of the steps to aggregate,
+            inclusive; default every step (DAAM).
+        trajectory_every: keep x̂₀ after every this many denoising steps; the output image closes the strip.
+    """
+
+    views: list[InspectName] | None = None
+    attention_factors: list[int] | None = None
     attention_timesteps: tuple[float, float] | None = None
     trajectory_every: int = 5
 
-
-def generate_inspected(
-    components,
-    scheduler,
-    prompts: list[str],
-    negative_prompts: list[str],
-    seeds: list[int],
-    *,
-    options: InspectOptions,
-    decode_fp32: bool = False,
-    **settings: Any,
-) -> tuple[Samples, list[dict[str, Any]]]:
-    """`generate`'s samples and, per image, a dict of inspection results (empty when `options.kinds` is)."""
-    n = len(prompts)
-    recorder = None
-    if "attention" in options.kinds:
-        factors = list(options.attention_factors) if options.attention_factors else None
-        recorder = CrossAttentionRecorder(components.unet, n, factors, options.attention_timesteps)
-    trajectory = Trajectory(scheduler, options.trajectory_every) if "trajectory" in options.kinds else None
-    with recorder if recorder is not None else nullcontext():
-        samples = generate(
-            components,
-            scheduler,
-            prompts,
-            negative_prompts,
-            seeds,
-            decode_fp32=decode_fp32,
-            on_step=trajectory,
-            **settings,
-        )
-    views: list[dict[str, Any]] = [{} for _ in range(n)]
-    if recorder is not None:
-        pixels = to_uint8(samples.images).permute(0, 2, 3, 1).cpu().numpy()
-        size = tuple(samples.images.shape[-2:])
-        tokens = components.tokenizer.model_max_length
-        for i, prompt in enumerate(prompts):
-            token_maps = {f: m[i] for f, m in recorder.maps.items()}
-            views[i]["attention"] = attention_view(
-                components.tokenizer, prompt, token_maps, recorder.counts, size, pixels[i], tokens
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.views or [] if v not in InspectName.__args__]
+        if unknown:
+            raise UserError(f"model.inspect.views: unknown {unknown}; choose from {', '.join(InspectName.__args__)}")
+        if self.trajectory_every < 1:
+            raise UserError(f"model.inspect.trajectory_every: must be at least 1, got {self.trajectory_every}; try 5")
+        steps = self.attention_timesteps
+        if steps is not None and steps[0] > steps[1]:
+            raise UserError(
+                f"model.inspect.attention_timesteps: [lowest, highest] expected, got {list(steps)}; "
+                "e.g. [0, 1000] for every step"
             )
-    if trajectory is not None:
-        frames = trajectory.frames(components.vae, samples.images, force_fp32=decode_fp32)
-        steps = [i + 1 for i in trajectory.indices] + [trajectory.steps]
-        for i in range(n):
-            views[i]["trajectory"] = {
-                "strip": to_uint8(strip(frames[i])).permute(1, 2, 0).cpu().numpy(),
-                "steps": steps,
-            }
-    return samples, views
+
+    def check(self, unet) -> None:
+        """Fail early when `attention_factors` names layers this U-Net does not have."""
+        available = sorted(set(cross_attention_factors(unet).values()))
+        if self.attention_factors and not set(self.attention_factors) <= set(available):
+            raise UserError(
+                f"model.inspect.attention_factors: this U-Net has cross-attention at downsampling factors "
+                f"{available}, got {self.attention_factors}; choose among those or leave it out for all"
+            )
+
+    def describe(self) -> str:
+        """The settings in one line, e.g. "attention (factors all, timesteps all), trajectory (every 5)"."""
+        parts = []
+        if "attention" in (self.views or []):
+            factors = ",".join(map(str, self.attention_factors)) if self.attention_factors else "all"
+            steps = "-".join(f"{t:g}" for t in self.attention_timesteps) if self.attention_timesteps else "all"
+            parts.append(f"attention (factors {factors}, timesteps {steps})")
+        if "trajectory" in (self.views or []):
+            parts.append(f"trajectory (every {self.trajectory_every})")
+        return ", ".join(parts)
+
+    @contextmanager
+    def watch(self, components, scheduler, prompts: list[str], decode_fp32: bool = False):
+        """Observe one sampling call: install the attention recorder for its duration and yield a `Watch`,
+        whose `on_step` goes to the loop and whose `views(samples)` gives each image's results afterwards."""
+        views = self.views or []
+        recorder = None
+        if "attention" in views:
+            factors = list(self.attention_factors) if self.attention_factors else None
+            recorder = CrossAttentionRecorder(components.unet, len(prompts), factors, self.attention_timesteps)
+        trajectory = Trajectory(scheduler, self.trajectory_every) if "trajectory" in views else None
+        with recorder if recorder is not None else nullcontext():
+            yield Watch(components, prompts, recorder, trajectory, decode_fp32)
+
+
+class Watch:
+    """One sampling call under inspection: `on_step` for the loop, `views` once it has finished."""
+
+    def __init__(self, components, prompts, recorder, trajectory, decode_fp32: bool) -> None:
+        self.components, self.prompts = components, prompts
+        self.recorder, self.trajectory, self.decode_fp32 = recorder, trajectory, decode_fp32
+        self.on_step = trajectory
+
+    def views(self, samples: Samples) -> list[dict[str, Any]]:
+        """Per image, a dict of inspection results (empty when nothing is inspected)."""
+        components, n = self.components, len(self.prompts)
+        views: list[dict[str, Any]] = [{} for _ in range(n)]
+        if self.recorder is not None:
+            pixels = to_uint8(samples.images).permute(0, 2, 3, 1).cpu().numpy()
+            size = tuple(samples.images.shape[-2:])
+            tokens = components.tokenizer.model_max_length
+            for i, prompt in enumerate(self.prompts):
+                token_maps = {f: m[i] for f, m in self.recorder.maps.items()}
+                views[i]["attention"] = attention_view(
+                    components.tokenizer, prompt, token_maps, self.recorder.counts, size, pixels[i], tokens
+                )
+        if self.trajectory is not None:
+            frames = self.trajectory.frames(components.vae, samples.images, force_fp32=self.decode_fp32)
+            steps = [i + 1 for i in self.trajectory.indices] + [self.trajectory.steps]
+            for i in range(n):
+                views[i]["trajectory"] = {
+                    "strip": to_uint8(strip(frames[i])).permute(1, 2, 0).cpu().numpy(),
+                    "steps": steps,
+                }
+        return views
 
 
 def attention_view(

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from ldm_lightning.generation.components import load_components
+from ldm_lightning.generation.guidance import ClassifierFreeGuidance
 from ldm_lightning.generation.sampling import generate, to_uint8
 from ldm_lightning.generation.schedulers import build_scheduler
 from ldm_lightning.inspection.attention import DAAM_THRESHOLD, CrossAttentionRecorder, prompt_words, word_maps
@@ -80,8 +81,8 @@ def score_batch(
     scheduler = build_scheduler("ddim", components.scheduler_config)
     with CrossAttentionRecorder(components.unet, len(prompts), timesteps=timesteps) as recorder:
         samples = generate(
-            components, scheduler, prompts, [""] * len(prompts), seeds,
-            num_inference_steps=steps, guidance_scale=guidance, eta=0.0, height=64, width=64,
+            components, scheduler, ClassifierFreeGuidance(guidance), prompts, [""] * len(prompts), seeds,
+            num_inference_steps=steps, eta=0.0, height=64, width=64,
         )  # fmt: skip
     map_bytes = sum(m.numel() * m.element_size() for m in recorder.maps.values())
     pixels = to_uint8(samples.images).permute(0, 2, 3, 1).numpy()
@@ -124,8 +125,8 @@ def timed_plain(components, prompts, seeds, steps: int, guidance: float) -> np.n
     """(wall, CPU) seconds of the same generation without recording."""
     start = clocks()
     generate(
-        components, build_scheduler("ddim", components.scheduler_config), prompts, [""] * len(prompts), seeds,
-        num_inference_steps=steps, guidance_scale=guidance, eta=0.0, height=64, width=64,
+        components, build_scheduler("ddim", components.scheduler_config), ClassifierFreeGuidance(guidance), prompts,
+        [""] * len(prompts), seeds, num_inference_steps=steps, eta=0.0, height=64, width=64,
     )  # fmt: skip
     return clocks() - start
 

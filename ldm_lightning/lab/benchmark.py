@@ -33,6 +33,8 @@ from ldm_lightning.data import PromptRows, collate, read_rows
 from ldm_lightning.errors import first_line
 from ldm_lightning.generation.components import Components, default_size, load_components, vae_scale_factor
 from ldm_lightning.generation.fast import fast_settings
+from ldm_lightning.generation.guidance import ClassifierFreeGuidance
+from ldm_lightning.generation.sampler import Sampling
 from ldm_lightning.generation.sampling import generate
 from ldm_lightning.generation.schedulers import build_scheduler
 from ldm_lightning.lab.anatomy import text_encoder_flops, unet_step_flops, vae_decode_flops
@@ -211,7 +213,7 @@ def bench_batch(args, components, fast_parts, device, batch, height, flops, peak
     prompts = (PROMPTS * n_images)[:n_images]
     rows = read_rows(prompts, seed=0)
     chunks = [rows[i : i + batch] for i in range(0, n_images, batch)]
-    settings = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, eta=0.0, height=height, width=height)
+    settings = dict(num_inference_steps=args.steps, eta=0.0, height=height, width=height)
     pipe = reference_pipeline(components, args.scheduler)
 
     def reference():
@@ -225,6 +227,7 @@ def bench_batch(args, components, fast_parts, device, batch, height, flops, peak
                     negative_prompt=[""] * len(chunk),
                     generator=gens,
                     output_type="pt",
+                    guidance_scale=args.guidance,
                     **settings,
                 ).images
             )
@@ -237,6 +240,7 @@ def bench_batch(args, components, fast_parts, device, batch, height, flops, peak
                 generate(
                     parts_,
                     build_scheduler(args.scheduler, components.scheduler_config),
+                    ClassifierFreeGuidance(args.guidance),
                     [r["prompt"] for r in chunk],
                     [""] * len(chunk),
                     [r["seed"] for r in chunk],
@@ -246,15 +250,16 @@ def bench_batch(args, components, fast_parts, device, batch, height, flops, peak
         return torch.cat(out)
 
     def module_on(parts_: Components, fast: bool) -> LatentDiffusionModule:
-        return LatentDiffusionModule.from_components(
-            parts_,
+        sampling = Sampling(
             scheduler=args.scheduler,
             num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
             height=height,
             width=height,
             decode_fp32="never",  # decode in the model's dtype, as the pipeline does
             fast=fast,
+        )
+        return LatentDiffusionModule.from_components(
+            parts_, sampling=sampling, guidance=ClassifierFreeGuidance(args.guidance)
         )
 
     module = module_on(components, fast=False)

@@ -37,15 +37,27 @@ import torch
 from PIL import Image
 
 from ldm_lightning.cli import main as cli_main
-from ldm_lightning.evaluation.names import FEATURES_OF
 
 BASELINE = "clip_score"
 # Variant names beyond the metric names: GenEval with a (tiny) Mask2Former detector instead of the pixel judge.
 VARIANT_METRIC = {"geneval-mask2former": "geneval"}
+SET_NAMES = ("fid", "kid", "cmmd", "fd_dinov2", "fd_clip")
+SET_CLASSES = ("FID", "KID", "CMMD", "FDDinov2", "FDClip")
 
 
-def build_stand_ins(folder: Path) -> dict[str, dict[str, str]]:
-    """Tiny random networks of each metric's real class, saved under `folder`: the `model.*` settings per variant.
+def build(metric):
+    """A metric object from `model.metrics`' form (a built-in name, or a class path with init args)."""
+    if isinstance(metric, str):
+        return metric
+    from importlib import import_module
+
+    module, _, name = metric["class_path"].rpartition(".")
+    return getattr(import_module(module), name)(**metric["init_args"])
+
+
+def build_stand_ins(folder: Path) -> dict[str, dict[str, Any]]:
+    """Tiny random networks of each metric's real class, saved under `folder`: each variant's metric as
+    `model.metrics` takes it (class path and init args).
 
     The embedded tiny CLIP (a `CLIPModel`, as PickScore and the CLIPs of HPS v2 and the aesthetic predictor are)
     is PickScore, the aesthetic predictor's CLIP and GenEval's colour CLIP, and its weights renamed to
@@ -65,31 +77,44 @@ def build_stand_ins(folder: Path) -> dict[str, dict[str, str]]:
     clip = str(EMBEDDED_CLIP["tiny-clip"])
     embed_dim = CLIPConfig.from_pretrained(clip).projection_dim
     inception = str(build_tiny_inception(folder / "inception.pt"))
+    specs = {
+        "pick_score": ("PickScore", {"model": clip}),
+        "hpsv2": ("HPSv2", {"checkpoint": str(build_tiny_hps(folder / "hps.pt", clip)), "clip": clip}),
+        "aesthetic": (
+            "Aesthetic",
+            {"weights": str(build_tiny_aesthetic(folder / "aesthetic.pth", embed_dim)), "clip": clip},
+        ),
+        "geneval": ("GenEval", {"detector": "shapes-judge"}),
+        "geneval-mask2former": (
+            "GenEval",
+            {"detector": str(build_tiny_mask2former(folder / "mask2former")), "clip": clip},
+        ),
+        "fid": ("FID", {"inception_weights": inception}),
+        "kid": ("KID", {"inception_weights": inception}),
+        "fd_dinov2": ("FDDinov2", {"model": str(build_tiny_dinov2(folder / "dinov2"))}),
+    }
     return {
-        "pick_score": {"pick_score_model": clip},
-        "hpsv2": {"hpsv2_checkpoint": str(build_tiny_hps(folder / "hps.pt", clip)), "hpsv2_clip": clip},
-        "aesthetic": {
-            "aesthetic_weights": str(build_tiny_aesthetic(folder / "aesthetic.pth", embed_dim)),
-            "aesthetic_clip": clip,
-        },
-        "geneval": {"geneval_detector": "shapes-judge"},
-        "geneval-mask2former": {
-            "geneval_detector": str(build_tiny_mask2former(folder / "mask2former")),
-            "geneval_clip": clip,
-        },
-        "fid": {"inception_weights": inception},
-        "kid": {"inception_weights": inception},
-        "fd_dinov2": {"dinov2_model_name_or_path": str(build_tiny_dinov2(folder / "dinov2"))},
+        name: {"class_path": f"ldm_lightning.evaluation.metrics.{cls}", "init_args": init}
+        for name, (cls, init) in specs.items()
     }
 
 
-def timed_test(
-    out: Path, metrics: list[str], reference: str, passthrough: list[str], settings: dict[str, str] | None = None
-) -> tuple[float, float, dict]:
-    """Wall seconds and CPU seconds (this process, all its threads) of one `test` run, and its summary."""
-    args = ["test", *passthrough, f"--model.metrics=[{','.join(metrics)}]", f"--output_dir={out}"]
-    args += [f"--model.{key}={value}" for key, value in (settings or {}).items()]
-    if any(m in FEATURES_OF for m in metrics):
+def is_set_metric(name: str) -> bool:
+    from ldm_lightning.evaluation.metrics import BUILT_IN, SetMetric
+
+    return issubclass(BUILT_IN[VARIANT_METRIC.get(name, name)], SetMetric)
+
+
+def metric_specs(metrics: list[str], stand_ins: dict[str, dict[str, Any]]) -> list:
+    """`model.metrics` for these variant names: a stand-in's spec where there is one, else the built-in name."""
+    return [stand_ins.get(m, VARIANT_METRIC.get(m, m)) for m in metrics]
+
+
+def timed_test(out: Path, metrics: list, reference: str, passthrough: list[str]) -> tuple[float, float, dict]:
+    """Wall seconds and CPU seconds (this process, all its threads) of one `test` run of `metrics` (as
+    `model.metrics` takes them), and its summary."""
+    args = ["test", *passthrough, f"--model.metrics={json.dumps(metrics)}", f"--output_dir={out}"]
+    if any(isinstance(m, dict) and m["class_path"].rsplit(".", 1)[1] in SET_CLASSES or m in SET_NAMES for m in metrics):
         args.append(f"--data.reference={reference}")
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when given both
     start, cpu = time.perf_counter(), time.process_time()
@@ -104,30 +129,25 @@ def timed_test(
     return wall, cpu, json.loads((out / "summary.json").read_text())
 
 
-def step_seconds(
-    metric: str, settings: dict[str, str], folder: Path, batch_size: int = 8, calls: int = 10
-) -> dict[str, float]:
-    """Seconds per image of the step `metric` adds to `test_step`, on the first batch of images in run `folder`:
-    `score_images` for clip_score, the scorer call for a per-image metric, the feature extraction for a
-    distribution metric. Medians of `calls` timed calls after two untimed ones, wall and CPU seconds."""
-    from ldm_lightning.evaluation.clip_score import score_images
-    from ldm_lightning.evaluation.features import extract
-    from ldm_lightning.evaluation.per_image import GENEVAL_COLUMN
-    from ldm_lightning.module import LatentDiffusionModule
+def step_seconds(metric, folder: Path, batch_size: int = 8, calls: int = 10) -> dict[str, float]:
+    """Seconds per image of the step `metric` (as `model.metrics` takes it) adds to `test_step`, on the first batch
+    of images in run `folder`: its `score` for a per-image metric, the feature extraction for a set metric.
+    Medians of `calls` timed calls after two untimed ones, wall and CPU seconds."""
+    from ldm_lightning.evaluation.metrics import SetMetric
+    from ldm_lightning.evaluation.scoring import Scoring, resolve_metrics
 
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()][:batch_size]
     pixels = torch.stack([torch.from_numpy(np.array(Image.open(folder / r["image"]).convert("RGB"))) for r in rows])
     pixels = pixels.permute(0, 3, 1, 2).contiguous()
     prompts = [r["prompt"] for r in rows]
-    metadata = [json.loads(r[GENEVAL_COLUMN]) if r.get(GENEVAL_COLUMN) else None for r in rows]
-    module = LatentDiffusionModule(metrics=[BASELINE, metric], **settings)
-    module.prepare_scoring()
-    if metric == BASELINE:
-        step = lambda: score_images(pixels, prompts, module.clip)  # noqa: E731
-    elif module.feature_names:
-        step = lambda: extract(module.extractors, pixels)  # noqa: E731
+    metrics = resolve_metrics([build(metric)])
+    scoring = Scoring(metrics, "tiny-clip")
+    scoring.load()
+    timed = next(m for m in metrics if m.name == (metric if isinstance(metric, str) else metrics[-1].name))
+    if isinstance(timed, SetMetric):
+        step = lambda: scoring.features(pixels)  # noqa: E731
     else:
-        step = lambda: module.scorers(pixels, prompts, metadata)  # noqa: E731
+        step = lambda: timed.score(pixels, prompts, rows)  # noqa: E731
     wall, cpu = [], []
     with torch.no_grad():
         for call in range(calls + 2):
@@ -150,25 +170,23 @@ def main(argv: list[str] | None = None) -> dict:
     args, passthrough = parser.parse_known_args(argv)
     passthrough = [a for a in passthrough if a != "--"] + ["--trainer.enable_progress_bar=false"]
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    if args.each:
-        variants = {BASELINE: [BASELINE]} | {name: [BASELINE, VARIANT_METRIC.get(name, name)] for name in args.each}
-    else:
-        variants = {BASELINE: [BASELINE], "+".join(args.metrics): args.metrics}
     stand_ins = build_stand_ins(args.out / "stand-ins") if args.stand_ins else {}
-    settings = {name: stand_ins.get(name, {}) for name in variants}
+    if args.each:
+        variants = {BASELINE: [BASELINE]} | {name: metric_specs([BASELINE, name], stand_ins) for name in args.each}
+    else:
+        variants = {BASELINE: [BASELINE], "+".join(args.metrics): metric_specs(args.metrics, stand_ins)}
 
-    # Untimed: one run with every distribution metric fills each reference-feature cache, as a sweep's first run does.
-    distribution = [name for name in variants if any(m in FEATURES_OF for m in variants[name])]
-    warm_metrics = list(dict.fromkeys(m for name in [BASELINE, *distribution] for m in variants[name]))
-    warm_settings = {k: v for name in distribution for k, v in settings[name].items()}
-    timed_test(args.out / "warm", warm_metrics, args.reference, passthrough, warm_settings)
+    # Untimed: one run with every set metric fills each reference-feature cache, as a sweep's first run does.
+    names = [name for variant in variants for name in variant.split("+")]
+    warm = metric_specs(list(dict.fromkeys([BASELINE, *(n for n in names if is_set_metric(n))])), stand_ins)
+    timed_test(args.out / "warm", warm, args.reference, passthrough)
     records: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for repeat in range(args.repeats):
         order = list(variants) if repeat % 2 == 0 else list(reversed(variants))
         for name in order:
             load = os.getloadavg()[0]
             folder = args.out / f"{name}-{repeat}"
-            wall, cpu, summary = timed_test(folder, variants[name], args.reference, passthrough, settings[name])
+            wall, cpu, summary = timed_test(folder, variants[name], args.reference, passthrough)
             records[name].append(
                 {
                     "wall_s": wall,
@@ -181,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = report(records, variants)
     if args.each:
         for name in variants:
-            step = step_seconds(variants[name][-1], settings[name], args.out / "warm")
+            step = step_seconds(variants[name][-1], args.out / "warm")
             result["variants"][name]["step_seconds_per_image"] = step["wall"]
             result["variants"][name]["step_cpu_seconds_per_image"] = step["cpu"]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ curve of SD v1.4's model card.
 import argparse
 import csv
 import gc
-import importlib
 import itertools
 import json
 import math
@@ -29,17 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.utils import make_image_grid
-from jsonargparse import Namespace
-from lightning import Trainer
 from PIL import Image
 
-from ldm_lightning.cli import parse_config
+from ldm_lightning.cli import make_cli, parse_config
 from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.evaluation.compare import compare
-from ldm_lightning.evaluation.names import QUALITY_KEYS
 from ldm_lightning.memory import reset_peak_rss
-from ldm_lightning.module import LatentDiffusionModule
-from ldm_lightning.run_folder.attach import attach_run_folder
 from ldm_lightning.run_folder.files import read_jsonl
 
 # The metric the trade-off plot shows when --quality-metric is not given: the first one a run reports.
@@ -47,30 +41,32 @@ TRADEOFF_ORDER = ("fid", "fd_dinov2", "fd_clip", "cmmd", "kid_mean")
 
 
 def run_test(
-    out: Path, scheduler: str, steps: int, guidance: float, precision: str, fast: bool, config: Namespace
+    out: Path, scheduler: str, steps: int, guidance: float, precision: str, fast: bool, passthrough: list[str]
 ) -> Path:
-    """One ordinary, resumable `test` run of the parsed command line `config` with these settings; returns its
-    folder (`<out>-N` when `out` holds another run). Built from the same public pieces the command line composes.
-    """
-    model = {
-        **config.model.as_dict(),
-        "scheduler": scheduler,
-        "num_inference_steps": steps,
-        "guidance_scale": guidance,
-        "fast": fast,
-    }
-    module = LatentDiffusionModule(**model)
-    module_name, _, class_name = config.data.class_path.rpartition(".")
-    data_class = getattr(importlib.import_module(module_name), class_name)
-    data = data_class(**config.data.init_args.as_dict())
-    trainer_args = {k: v for k, v in config.trainer.as_dict().items() if k not in ("callbacks", "logger", "plugins")}
-    trainer = Trainer(**{**trainer_args, "precision": precision, "logger": False})
-    folder = attach_run_folder(trainer, module, data, "test", out)
+    """One ordinary, resumable `test` run of the command line `passthrough` with these settings; returns its folder
+    (`<out>-N` when `out` holds another run). Built by the command line itself (`make_cli(..., stage="test")`),
+    which hands back the module, the data and a Trainer with its run folder."""
+    args = [
+        *passthrough,
+        f"--model.sampling.scheduler={scheduler}",
+        f"--model.sampling.num_inference_steps={steps}",
+        f"--model.guidance.guidance_scale={guidance}",
+        f"--model.sampling.fast={str(fast).lower()}",
+        f"--trainer.precision={precision}",
+        "--trainer.logger=false",
+        f"--output_dir={out}",
+    ]
+    with warnings.catch_warnings():  # the sweep's own command line is not meant for the CLI
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        cli = make_cli(args, stage="test")
     reset_peak_rss()  # each in-process run reports its own CPU peak
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # and its own GPU peak
     if fast:  # a fresh compiler: many fast runs in one process would otherwise hit torch.compile's recompile limit
         torch._dynamo.reset()
-    trainer.test(module, datamodule=data, verbose=False)
-    del module, data, trainer
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    folder = cli.run_dir
+    del cli
     gc.collect()
     return folder
 
@@ -192,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     passthrough = [a for a in passthrough if a != "--"]
     with warnings.catch_warnings():  # the sweep's own command line is not meant for the CLI
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        config = parse_config(passthrough)
+        parse_config(passthrough)  # a mistake in the shared settings fails before the first run
     args.out.mkdir(parents=True, exist_ok=True)
     references = {}  # guidance scale -> the reference run's (folder, images) at that scale
     if args.reference:
@@ -205,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 guidance,
                 precision[0] if precision else args.precisions[0],
                 False,
-                config,
+                passthrough,
             )
             references[guidance] = (folder, images_of(folder))
     rows = []
@@ -219,7 +215,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             guidance,
             precision,
             mode == "fast",
-            config,
+            passthrough,
         )
         summary = json.loads((folder / "summary.json").read_text())
         row = {
@@ -234,7 +230,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "n": summary["n"],
             "seconds_per_image": summary["seconds_per_image"],
             "peak_memory_mb": summary["peak_memory_mb"],
-            **{k: summary[k] for k in (*QUALITY_KEYS, "n_generated", "n_reference") if k in summary},
+            **{
+                k: summary[k]
+                for k in (*summary.get("set_metric_keys", []), "n_generated", "n_reference")
+                if k in summary
+            },
         }
         if references:
             ref_folder, ref_images = references[guidance]

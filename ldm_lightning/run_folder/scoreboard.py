@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ldm_lightning.evaluation.names import PER_IMAGE_METRICS, QUALITY_KEYS
-
 
 def run_scores(summary: dict[str, Any]) -> dict[str, float]:
-    """The values that rank runs, as `test/<name>`: CLIPScore's mean, each distribution metric, each other per-image
-    metric's mean, GenEval's overall score. No spread or counts: they would take the HParams table's metric columns."""
+    """The values that rank runs, as `test/<name>`: CLIPScore's mean, each set metric's values, each other per-image
+    metric's mean, GenEval's overall score. No spread or counts: they would take the HParams table's metric columns.
+    The one mapping from a summary to `trainer.test`'s keys: the module logs these, TensorBoard draws them."""
     scores = {"test/clip_score": summary["clip_score_mean"]}
-    scores.update({f"test/{key}": summary[key] for key in QUALITY_KEYS if key in summary})
-    scores.update({f"test/{m}": summary[f"{m}_mean"] for m in PER_IMAGE_METRICS[1:] if f"{m}_mean" in summary})
+    scores.update({f"test/{key}": summary[key] for key in summary.get("set_metric_keys", []) if key in summary})
+    per_image = summary.get("per_image_metrics", ["clip_score"])[1:]
+    scores.update({f"test/{m}": summary[f"{m}_mean"] for m in per_image if f"{m}_mean" in summary})
     if "geneval_overall" in summary:
         scores["test/geneval_overall"] = summary["geneval_overall"]
     return {name: float(value) for name, value in scores.items()}
@@ -54,6 +54,9 @@ def board_hparams(settings: dict[str, Any], data: dict[str, Any], n_rows: int) -
         n_rows: the rows the run scored.
     """
     rest = {k: v for k, v in settings.items() if v is not None}
+    for key in ("format", "weights", "lora_weights", "scheduler_config", "decode_fp32", "metrics"):
+        rest.pop(key, None)  # stamps and details: the columns below name the run
+    guidance = rest.pop("guidance", "ClassifierFreeGuidance")
     weights = str(rest.pop("model"))
     if "revision" in rest:
         weights += f"@{rest.pop('revision')}"
@@ -71,7 +74,7 @@ def board_hparams(settings: dict[str, Any], data: dict[str, Any], n_rows: int) -
         sampler += ", fast"
     rest.pop("inspect", None)  # more files, the same images
     hparams: dict[str, bool | int | float | str] = {
-        "guidance_scale": float(rest.pop("guidance_scale")),
+        "guidance_scale": float(rest.pop("guidance_scale", float("nan"))),
         "precision": str(rest.pop("precision")),
         "prompts": prompt_set(data.get("prompts")),
         "rows": n_rows,
@@ -83,10 +86,12 @@ def board_hparams(settings: dict[str, Any], data: dict[str, Any], n_rows: int) -
         "weights": weights,
         "test_clip": str(rest.pop("clip_model")),
     }
-    if rest.get("per_image_metrics"):
-        hparams["test_metrics"] = str(rest.pop("per_image_metrics"))
-    if "feature_extractors" in rest:
-        hparams["test_features"] = str(rest.pop("feature_extractors"))
+    if guidance != "ClassifierFreeGuidance":
+        hparams["guidance"] = guidance
+    for key in [k for k in rest if k.startswith("guidance_")]:
+        value = rest.pop(key)
+        if (guidance, key, value) not in DEFAULT_GUIDANCE:
+            hparams[key] = value if isinstance(value, (bool, int, float)) else str(value)
     if data.get("reference"):
         hparams["test_reference"] = str(data["reference"])
     for key, value in rest.items():  # scorer settings and any later setting
@@ -94,6 +99,55 @@ def board_hparams(settings: dict[str, Any], data: dict[str, Any], n_rows: int) -
             value if isinstance(value, (bool, int, float)) else str(value)
         )
     return hparams
+
+
+# Guidance settings at their defaults are left out of the table.
+DEFAULT_GUIDANCE = {
+    ("ClassifierFreeGuidance", "guidance_rescale", 0.0),
+    ("ClassifierFreeGuidance", "guidance_start", 0.0),
+    ("ClassifierFreeGuidance", "guidance_stop", 1.0),
+}
+
+
+def log_test_run(
+    trainer, summary: dict[str, Any], rows: list[dict[str, Any]], settings: dict[str, Any], source, logged
+):
+    """A finished `test` run to the Trainer's loggers: TensorBoard gets the scoreboard (scores, per-row histograms,
+    an HParams entry, on rank 0); other loggers get the settings as hyperparameters.
+
+    Args:
+        trainer: the Trainer.
+        summary: the run's summary.
+        rows: every scored row.
+        settings: `LatentDiffusionModule.run_settings(precision, "test")`.
+        source: the `PromptSource` (its hyperparameters name the prompt set), or None.
+        logged: the values the module logged with `self.log` (left out of `ScoreboardLogger`'s single points).
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            if trainer.is_global_zero:
+                data = dict(source.hparams) if source is not None else {}
+                hparams = board_hparams(settings, data, len(rows))
+                write_scoreboard(logger.experiment, summary, rows, hparams, tuple(summary["per_image_metrics"]))
+            if isinstance(logger, ScoreboardLogger):
+                logger.on_board.update(logged)
+        else:
+            logger.log_hyperparams({k: "none" if v is None else v for k, v in settings.items()})
+
+
+def log_validation_images(loggers, pixels, step: int) -> None:
+    """Validation's images (uint8 (N, 3, H, W)) as one grid in TensorBoard (`val/images`)."""
+    from diffusers.utils import make_image_grid
+    from PIL import Image
+
+    images = [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+    columns = min(8, len(images))
+    rows = -(-len(images) // columns)
+    images += [Image.new("RGB", images[0].size)] * (rows * columns - len(images))
+    grid = np.asarray(make_image_grid(images, rows=rows, cols=columns))
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image("val/images", grid, step, dataformats="HWC")
 
 
 def write_scoreboard(

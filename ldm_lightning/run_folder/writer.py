@@ -28,6 +28,7 @@ from ldm_lightning.data import ROW_KEYS
 from ldm_lightning.errors import UserError
 from ldm_lightning.inspection.batch import inspection_files
 from ldm_lightning.inspection.board import log_inspection
+from ldm_lightning.interfaces import PromptSource, RunModule
 from ldm_lightning.run_folder.files import (
     MANIFEST,
     RUN_FILE,
@@ -71,10 +72,10 @@ class ImageWriter(BasePredictionWriter):
         if stage not in ("predict", "test"):
             return
         datamodule = trainer.datamodule
-        if datamodule is None or not hasattr(datamodule, "skip_rows"):
+        if not isinstance(datamodule, PromptSource) or not isinstance(pl_module, RunModule):
             raise UserError(
-                "ImageWriter: needs the prompt rows of a PromptDataModule; pass one with "
-                "trainer.test(module, datamodule=PromptDataModule(...))"
+                "ImageWriter: needs the prompt rows up front (a PromptSource such as PromptDataModule) and a "
+                "LatentDiffusionModule; pass them with trainer.test(module, datamodule=PromptDataModule(...))"
             )
         self.settings = pl_module.run_settings(str(trainer.precision), stage)
         run_fingerprint = fingerprint(self.settings, datamodule.rows)
@@ -87,7 +88,7 @@ class ImageWriter(BasePredictionWriter):
         datamodule.skip_rows(self.finished)
         if stage == "test" and done:
             indices = sorted(done)
-            features = load_features(self.run_dir, indices) if pl_module.feature_names else {}
+            features = load_features(self.run_dir, indices) if pl_module.stored_features() else {}
             pl_module.restore_results([done[i] for i in indices], features)
         self.columns = {r["index"]: {k: v for k, v in r.items() if k not in ROW_KEYS} for r in datamodule.rows}
         total = len(datamodule.rows)

@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, CLIPModel
 
 from ldm_lightning.evaluation.clip_score import clip_source, load_clip, score_images
 from ldm_lightning.generation.components import load_components
+from ldm_lightning.generation.guidance import ClassifierFreeGuidance
 from ldm_lightning.generation.sampling import generate, to_uint8
 from ldm_lightning.generation.schedulers import build_scheduler
 from ldm_lightning.shapes.clip import zero_shot as clip_zero_shot
@@ -98,11 +99,11 @@ def sample(
         s = generate(
             components,
             build_scheduler(scheduler, components.scheduler_config),
+            ClassifierFreeGuidance(guidance),
             prompts[i : i + batch_size],
             [""] * len(prompts[i : i + batch_size]),
             seeds[i : i + batch_size],
             num_inference_steps=steps,
-            guidance_scale=guidance,
             eta=0.0,
             height=64,
             width=64,

@@ -74,11 +74,17 @@ def fine_tune(folder: Path, out: Path, steps: int, rank: int, learning_rate: flo
     from lightning import Trainer
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from ldm_lightning.cli import LdmCLI
     from ldm_lightning.finetune.images import ImageCaptionDataModule
+    from ldm_lightning.finetune.method import LoRA, WarmupCosine
     from ldm_lightning.generation.export import ExportDiffusers
     from ldm_lightning.module import LatentDiffusionModule
 
-    module = LatentDiffusionModule("tiny-shapes", lora_rank=rank, learning_rate=learning_rate, warmup_steps=20)
+    module = LatentDiffusionModule("tiny-shapes", finetune=LoRA(rank=rank))
+    # The optimizer as the command line's --optimizer / --lr_scheduler would build it.
+    module.configure_optimizers = lambda: LdmCLI.configure_optimizers(
+        module, optimizer := torch.optim.AdamW(module.parameters(), lr=learning_rate), WarmupCosine(optimizer, 20)
+    )
     data = ImageCaptionDataModule(
         str(folder), batch_size=32, p_empty_caption=0.1, val_prompts=VAL_PROMPTS, val_batch_size=4
     )
@@ -119,6 +125,7 @@ def main() -> None:
         "green star (held out)": prompt_set({("green", "star")}, "held_out", args.per_set, seed=1),
         "seen pairs": prompt_set(set(), "train", args.per_set, seed=2),
     }
+    from ldm_lightning.finetune.lora import LoraFile
     from ldm_lightning.module import LatentDiffusionModule
 
     base = LatentDiffusionModule("tiny-shapes").components
@@ -126,7 +133,7 @@ def main() -> None:
     start = time.perf_counter()
     lora = Path(args.lora) if args.lora else fine_tune(folder, out, args.steps, args.rank, args.learning_rate)
     minutes = (time.perf_counter() - start) / 60
-    tuned = LatentDiffusionModule("tiny-shapes", lora=str(lora)).components
+    tuned = LatentDiffusionModule("tiny-shapes", lora=LoraFile(str(lora))).components
     after, after_images = judge_sets(tuned, sets)
     save_grid(out / "before_after.png", [before_images, after_images])
     results = {"args": vars(args), "fit_minutes": minutes, "lora": str(lora), "before": before, "after": after}

@@ -1,0 +1,210 @@
+"""The metrics of one `test` run together: resolved from `model.metrics`, loaded once, applied to each batch,
+summarized at the end. The module orchestrates; this file knows what each kind of metric needs."""
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ldm_lightning.errors import UserError
+from ldm_lightning.evaluation.metrics import BUILT_IN, ClipScore, ImageMetric, Networks, SetMetric
+
+
+def resolve_metrics(metrics: list | None) -> list[ImageMetric | SetMetric]:
+    """`model.metrics` as metric objects: names of built-ins become their default instances; CLIPScore is
+    always there, first; every name appears once."""
+    resolved = []
+    for metric in metrics or []:
+        if isinstance(metric, str):
+            if metric not in BUILT_IN:
+                raise UserError(
+                    f"model.metrics: unknown {metric!r}; choose from {', '.join(BUILT_IN)}, or give a class path "
+                    "(--model.metrics+=your_module.YourMetric)"
+                )
+            metric = BUILT_IN[metric]()
+        if not isinstance(metric, (ImageMetric, SetMetric)):
+            raise UserError(
+                f"model.metrics: {type(metric).__name__} is neither an ImageMetric nor a SetMetric "
+                "(ldm_lightning.evaluation.metrics); subclass one of them"
+            )
+        resolved.append(metric)
+    if not any(isinstance(m, ClipScore) for m in resolved):
+        resolved.insert(0, ClipScore())
+    resolved.sort(key=lambda m: not isinstance(m, ClipScore))
+    names = [m.name for m in resolved]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated or not all(names):
+        raise UserError(f"model.metrics: each metric needs its own non-empty name; repeated: {repeated or ['']}")
+    return resolved
+
+
+class Scoring:
+    """Per-image scores and per-image features of each `test` batch, and the set metrics at the end.
+
+    Networks load in `load` (the module's `setup`), so that a weight that cannot be found fails before
+    any image is sampled. They are kept out of the module's submodules: Lightning's precision casts never
+    reach them (fp32 throughout).
+    """
+
+    def __init__(self, metrics: list[ImageMetric | SetMetric], default_clip: str) -> None:
+        """Args:
+        metrics: from `resolve_metrics`.
+        default_clip: the CLIP that scores images unless a metric names another.
+        """
+        self.image_metrics = [m for m in metrics if isinstance(m, ImageMetric)]
+        self.set_metrics = [m for m in metrics if isinstance(m, SetMetric)]
+        self.networks = Networks(default_clip)
+        self.extractors: dict[str, torch.nn.Module] = {}
+        self.loaded = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The per-image columns, CLIPScore first."""
+        return tuple(m.name for m in self.image_metrics)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The feature sets the set metrics compare (none by default)."""
+        return list(dict.fromkeys(m.features for m in self.set_metrics))
+
+    @property
+    def clip_name(self) -> str:
+        return self.image_metrics[0].model or self.networks.default_clip
+
+    def load(self) -> None:
+        """Load every metric's networks (once)."""
+        if self.loaded:
+            return
+        for metric in self.image_metrics:
+            metric.load(self.networks)
+        for metric in self.set_metrics:
+            if metric.features not in self.extractors:
+                self.extractors[metric.features] = metric.extractor(self.networks).eval().requires_grad_(False)
+        self.loaded = True
+
+    def to(self, device: torch.device) -> None:
+        for metric in self.image_metrics:
+            metric.to(device)
+        for module in [*self.networks.modules(), *self.extractors.values()]:
+            module.to(device)
+
+    def check_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Let metrics that need something of every prompt row (GenEval's metadata) check it before sampling."""
+        for metric in self.image_metrics:
+            metric.check_rows(rows)
+
+    def score(
+        self, pixels: torch.Tensor, prompts: list[str], rows: list[dict[str, Any]], healthy: list[bool]
+    ) -> dict[str, list]:
+        """Every per-image column of a batch: each metric's values (None for a broken image, unless the metric
+        counts broken images) and its extra columns."""
+        columns: dict[str, list] = {}
+        with torch.no_grad():
+            for metric in self.image_metrics:
+                values = list(metric.score(pixels, prompts, rows))
+                if len(values) != len(rows):
+                    raise RuntimeError(f"metric {metric.name} gave {len(values)} values for {len(rows)} images")
+                keep = metric.counts_broken_images()
+                columns[metric.name] = [
+                    float(v) if v is not None and (ok or keep) else None for v, ok in zip(values, healthy)
+                ]
+                columns.update(metric.extra_columns())
+        return columns
+
+    def features(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        """Each feature set's per-image features of a batch."""
+        from ldm_lightning.evaluation.features import extract
+
+        return {name: values.numpy() for name, values in extract(self.extractors, pixels).items()}
+
+    def reference(self, files: list, cache_dir, device) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The reference images' features for each feature set (cached), and the unreadable files skipped."""
+        from ldm_lightning.evaluation.real_images import reference_features
+
+        identities = {}
+        for metric in self.set_metrics:
+            identities.setdefault(metric.features, metric.identity())
+        return reference_features(files, self.extractors, cache_dir, device, identities)
+
+    def summarize_sets(self, generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Every set metric's values."""
+        out: dict[str, Any] = {}
+        for metric in self.set_metrics:
+            out.update(metric.compute(generated[metric.features], reference[metric.features]))
+        return out
+
+    def summarize(
+        self, rows, source, reference_source, generated, reference: dict[str, Any], trainer
+    ) -> dict[str, Any]:
+        """The run's summary from every process's rows (gathered): CLIPScore's (`summary.summarize`), each
+        per-image metric's mean and interval, per prompt with several images per prompt, GenEval's tasks, the set
+        metrics (computed on rank 0 and broadcast), the groups, and which metrics it holds.
+
+        Args:
+            rows: every scored row, by index (`ResultRows.compute`).
+            source: the `PromptSource` (prompt columns for groups), or None.
+            reference_source: the `ReferenceSource`, or None.
+            generated: the generated images' features (`FeatureRows.compute`), or None without set metrics.
+            reference: `reference.load_reference`'s result on rank 0.
+            trainer: the Trainer (rank and broadcast).
+        """
+        from ldm_lightning.evaluation.groups import group_summary
+        from ldm_lightning.evaluation.summary import summarize, summarize_per_prompt, summarize_scores
+
+        summary = summarize(rows)
+        for name in self.names[1:]:
+            summary.update(summarize_scores(rows, name))
+        columns = {r["index"]: r for r in source.rows} if source is not None else {}
+        with_prompts = [{**columns.get(r["index"], {}), **r} for r in rows]
+        if any("prompt_index" in r for r in with_prompts):  # several images per prompt: also average per prompt
+            summary["n_prompts"] = len({r["prompt_index"] for r in with_prompts})
+            for name in self.names:
+                summary.update(summarize_per_prompt(with_prompts, name))
+        if "geneval" in self.names:
+            from ldm_lightning.evaluation.geneval import summarize_geneval
+
+            summary.update(summarize_geneval(with_prompts))
+        if self.set_metrics:
+            sets = self._set_summary(generated, reference) if trainer.is_global_zero else None
+            summary.update(trainer.strategy.broadcast(sets, src=0))
+        if source is not None and source.group_by:
+            summary["groups"] = group_summary(with_prompts, source.group_by, self.names)
+        summary["per_image_metrics"] = list(self.names)
+        summary["set_metric_keys"] = list(self.logged_keys())
+        summary["metrics"] = self.describe()
+        return summary
+
+    def _set_summary(self, generated: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        from ldm_lightning.evaluation.distribution import COMPARABLE_N
+
+        n_generated = len(generated["index"])
+        n_reference = len(next(iter(reference["features"].values())))
+        if min(n_generated, n_reference) < COMPARABLE_N:
+            rank_zero_info(
+                f"note: set metrics from {n_generated} generated and {n_reference} reference images: values below "
+                f"{COMPARABLE_N:,} images are biased upwards and not comparable with published ones"
+            )
+        return {
+            **self.summarize_sets(generated, reference["features"]),
+            "n_generated": n_generated,
+            "n_reference": n_reference,
+            "n_reference_skipped": len(reference["skipped"]),
+            "reference": reference["spec"],
+            "extractors": {m.features: m.identity() for m in self.set_metrics},
+            "resize": {m.features: m.preprocessing() for m in self.set_metrics},
+        }
+
+    def logged_keys(self) -> tuple[str, ...]:
+        """The summary keys logged as `test/<key>` besides the per-image means."""
+        return tuple(key for metric in self.set_metrics for key in metric.logged())
+
+    def describe(self) -> list[str]:
+        """Each metric as its class and settings, for the summary and the TensorBoard HParams."""
+        out = []
+        for metric in [*self.image_metrics, *self.set_metrics]:
+            settings = {k: v for k, v in vars(metric).items() if not k.startswith("_") and k != "features"}
+            args = ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None)
+            out.append(f"{type(metric).__name__}({args})")
+        return out

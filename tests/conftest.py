@@ -39,9 +39,10 @@ def tiny_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_module_built_once(tiny_model):
     """A LatentDiffusionModule on the tiny model, 32×32 pixels, 4 DDIM steps; never handed to a test itself."""
+    from ldm_lightning.generation.sampler import Sampling
     from ldm_lightning.module import LatentDiffusionModule
 
-    return LatentDiffusionModule(tiny_model, num_inference_steps=4, height=32, width=32)
+    return LatentDiffusionModule(tiny_model, sampling=Sampling(num_inference_steps=4, height=32, width=32))
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ def cli_args(
     given, `size`×`size` pixels, no progress bar, then `extra` (later arguments override earlier ones)."""
     settings = {
         "--model.pretrained_model_name_or_path": model,
-        "--model.clip_model_name_or_path": clip,
-        "--model.num_inference_steps": steps,
-        "--model.height": size,
-        "--model.width": size,
+        "--model.metrics": None if clip is None else metrics_arg(clip=clip),
+        "--model.sampling.num_inference_steps": steps,
+        "--model.sampling.height": size,
+        "--model.sampling.width": size,
         "--data.prompts": prompts,
         "--data.batch_size": batch_size,
         "--output_dir": out,
@@ -42,6 +42,20 @@ def cli_args(
     if not logger:
         args.append("--trainer.logger=false")
     return [*args, *extra]
+
+
+METRICS = "ldm_lightning.evaluation.metrics"
+
+
+def metrics_arg(*metrics: str | dict, clip: str | Path | None = None) -> str:
+    """The value of `--model.metrics` (JSON): built-in names or {class_path, init_args} dicts; with `clip`,
+    CLIPScore scores with that CLIP (and the CLIP-feature set metrics use it too)."""
+    listed = [m for m in metrics if m != "clip_score"]
+    if clip is not None:
+        listed.insert(0, {"class_path": f"{METRICS}.ClipScore", "init_args": {"model": str(clip)}})
+    elif "clip_score" in metrics:
+        listed.insert(0, "clip_score")
+    return json.dumps(listed)
 
 
 def run_cli(args: list[str], capsys=None) -> tuple[int, str]:

@@ -53,7 +53,7 @@ class Scoring:
         """
         self.image_metrics = [m for m in metrics if isinstance(m, ImageMetric)]
         self.set_metrics = [m for m in metrics if isinstance(m, SetMetric)]
-        self.networks = Networks(default_clip)
+        self.networks = Networks(self.image_metrics[0].model or default_clip)  # ClipScore's CLIP scores by default
         self.extractors: dict[str, torch.nn.Module] = {}
         self.loaded = False
 

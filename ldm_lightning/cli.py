@@ -215,8 +215,26 @@ def user_message(err: BaseException, args: list[str]) -> str | None:
                     "command again: finished images are kept and the run resumes"
                 )
             return f"{where}: {cause.strerror}; choose a writable --output_dir"
+        if isinstance(cause, ValueError) and (line := part_init_error(str(cause))):
+            return line
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
     return None
+
+
+def part_init_error(text: str) -> str | None:
+    """A part (`class_path` + `init_args`) whose own constructor refused its arguments, as jsonargparse reports it:
+    the class and its constructor's words, or None for any other error."""
+    found = re.search(r"Given value: Namespace\(class_path='([\w.]+)'", text)
+    if not found:
+        return None
+    reasons = [
+        line.strip(" -")
+        for line in text.splitlines()
+        if line.strip().startswith("- ") and "does not correspond to a subclass" not in line and "NoneType" not in line
+    ]
+    if not reasons:
+        return None
+    return f"{found[1]}: {reasons[0].rstrip('.')}; give the init args it needs (--help names them: --model.<part>.help {found[1]})"
 
 
 def name_bad_config(message: str, args: list[str]) -> str:

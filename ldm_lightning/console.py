@@ -2,6 +2,7 @@
 
 Silenced, each by its exact text so that every other warning still shows:
 - Lightning's advertising tips ("💡 Tip: … litlogger / litmodels");
+- diffusers' note, at every guider built, that guiders are experimental;
 - the `LeafSpec` deprecation that Lightning 2.6 triggers inside its own pytree helper;
 - transformers' per-file "Loading weights" progress bars (the models load in well under a second);
 - `fit`'s warning that modules start in eval mode: the frozen VAE and text encoder are meant to;
@@ -19,14 +20,17 @@ import warnings
 from ldm_lightning.errors import DISK_FULL, NOT_WRITABLE
 
 
+GUIDERS_LOG = "diffusers.guiders.guider_utils"  # "Guiders are currently an experimental feature …" per guider
+
+
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        return not str(record.msg).startswith(("💡 Tip:", "Guiders are currently an experimental feature"))
 
 
 def quiet_known_noise() -> None:
     """Install the filters above (idempotent)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", GUIDERS_LOG):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())

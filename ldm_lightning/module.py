@@ -6,9 +6,7 @@ orchestrates; the math lives in `generation/` (sampling, the loss) and `evaluati
 features, distances to real images, summaries).
 """
 
-import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +30,10 @@ from ldm_lightning.evaluation.per_image import PerImageScorers, ScorerSettings, 
 from ldm_lightning.evaluation.real_images import reference_cache_dir, reference_features
 from ldm_lightning.evaluation.rows import FeatureRows, ResultRows
 from ldm_lightning.evaluation.summary import summarize, summarize_per_prompt, summarize_scores
-from ldm_lightning.finetune.checkpoint import fill_frozen, keep_trained, trained_names
-from ldm_lightning.finetune.lora import add_lora, load_lora
-from ldm_lightning.generation.components import Components, default_size, load_components, resolve, vae_scale_factor
+from ldm_lightning.finetune.checkpoint import keep_trained, prepare_checkpoint, trained_names
+from ldm_lightning.finetune.lora import add_lora, load_lora, merge_lora
+from ldm_lightning.generation.components import Components, default_size, load_components, vae_scale_factor
+from ldm_lightning.generation.export import save_pipeline
 from ldm_lightning.generation.fast import make_fast
 from ldm_lightning.generation.sampling import Samples, to_uint8
 from ldm_lightning.generation.schedulers import SchedulerName, build_scheduler, check_scheduler_name
@@ -592,6 +591,7 @@ class LatentDiffusionModule(LightningModule):
                     row_metadata(row)
         if stage == "fit":
             if self.hparams.lora_rank is None:
+                merge_lora(self.unet)  # an applied model.lora becomes part of the weights that train
                 self.unet.requires_grad_(True)  # else only the adapters train (`add_lora` froze the rest)
             self.unet.train()  # the frozen VAE and text encoder stay in eval mode
             if self.hparams.gradient_checkpointing:
@@ -686,22 +686,12 @@ class LatentDiffusionModule(LightningModule):
         keep_trained(checkpoint, names)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The frozen parts left out on save, from this module as loaded: resuming with EMA loads strictly.
-        fill_frozen(checkpoint, self.state_dict())
+        # The frozen parts left out on save, from this module as loaded; tensors with no place here are refused.
+        prepare_checkpoint(checkpoint, self, self.unet)
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """The model as a diffusers folder: the (trained) U-Net with the other components copied."""
-        folder = Path(folder)
-        source = Path(resolve(self.hparams.pretrained_model_name_or_path))
-        if source.is_dir():
-            shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("unet"))
-        self.unet.save_pretrained(folder / "unet")
-        if self.hparams.prediction_type:  # what the U-Net now predicts, so that samplers read it
-            config_file = folder / "scheduler" / "scheduler_config.json"
-            config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-            config_file.parent.mkdir(parents=True, exist_ok=True)
-            config_file.write_text(json.dumps({**config, "prediction_type": self.hparams.prediction_type}, indent=2))
-        return folder
+        """The model as a complete diffusers folder, written from the components in memory (see `save_pipeline`)."""
+        return save_pipeline(self.components, folder, self.hparams.prediction_type)
 
 
 def rows_of(batch: dict[str, Any], samples: Samples, pixels: torch.Tensor) -> list[dict[str, Any]]:

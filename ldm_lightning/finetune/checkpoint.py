@@ -3,13 +3,19 @@
 Lightning's `WeightAveraging` callback writes the averaged weights as `state_dict` and the current
 ones as `current_model_state`, each a copy of the whole module, frozen VAE and text encoder included,
 and on resume loads its averaged model strictly. The frozen parts are the pretrained model's, so they
-are left out on save and filled in again from the freshly loaded module on load.
+are left out on save and filled in again from the freshly loaded module on load. What a checkpoint holds
+must then all find its place: a tensor the module has no parameter for is refused, never dropped.
 """
 
 from typing import Any
 
 import torch
 
+from ldm_lightning.errors import UserError
+from ldm_lightning.finetune.lora import has_adapters, merge_lora
+
+# Settings that change which tensors a module has, in the order a fix names them.
+SHAPING_SETTINGS = ("lora_rank", "lora_target_modules", "lora")
 # The state tables Lightning (state_dict) and its WeightAveraging callback (current_model_state) write.
 STATE_KEYS = ("state_dict", "current_model_state")
 
@@ -31,3 +37,32 @@ def fill_frozen(checkpoint: dict[str, Any], module_state: dict[str, torch.Tensor
     for key in STATE_KEYS:
         if key in checkpoint:
             checkpoint[key] = {**module_state, **checkpoint[key]}
+
+
+def prepare_checkpoint(checkpoint: dict[str, Any], module: torch.nn.Module, unet: torch.nn.Module) -> None:
+    """Make a checkpoint's state tables fit `module` before Lightning loads them, in place, or refuse in one line.
+
+    A whole-U-Net fit over an applied LoRA (`model.lora`) trained the merged U-Net, so the module's applied
+    adapters are merged the same way first. Frozen tensors left out on save come from the module itself.
+    """
+    applied = has_adapters(unet) and not any(p.requires_grad for n, p in unet.named_parameters() if "lora_" in n)
+    if applied and not any("lora_" in k for k in checkpoint["state_dict"]):
+        merge_lora(unet)
+    state = module.state_dict()
+    check_every_tensor_fits(checkpoint, state)
+    fill_frozen(checkpoint, state)
+
+
+def check_every_tensor_fits(checkpoint: dict[str, Any], module_state: dict[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint holding tensors the module has no place for (a LoRA checkpoint in a module without
+    `lora_rank`, or the reverse): loading it non-strictly would drop them and leave the base model without a word."""
+    for key in STATE_KEYS:
+        dropped = sorted(set(checkpoint.get(key, {})) - set(module_state))
+        if dropped:
+            hparams = checkpoint.get("hyper_parameters", {})
+            trained_with = [f"model.{name}={hparams[name]}" for name in SHAPING_SETTINGS if hparams.get(name)]
+            settings = ", ".join(trained_with) or "no model.lora_rank and no model.lora"
+            raise UserError(
+                f"ckpt_path: {len(dropped)} of the checkpoint's tensors have no place in this model and would be "
+                f"dropped (e.g. {dropped[0]}); load it with the settings it was trained with: {settings}"
+            )

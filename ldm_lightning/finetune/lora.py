@@ -53,6 +53,19 @@ def add_lora(
     return sum(p.numel() for p in unet.parameters() if p.requires_grad)
 
 
+def has_adapters(unet) -> bool:
+    """Whether peft adapters sit on the U-Net (added by `add_lora` or `load_lora`)."""
+    return bool(getattr(unet, "peft_config", None))
+
+
+def merge_lora(unet) -> None:
+    """Fold the adapters into the base weights at the scale they are applied with, and remove them: a plain
+    U-Net again, whose parameters and saved keys are diffusers' own (`to_q.weight`, not peft's `base_layer`)."""
+    if has_adapters(unet):
+        unet.fuse_lora()
+        unet.unload_lora()
+
+
 def lora_state_dict(unet) -> dict[str, torch.Tensor]:
     """The adapters' weights under diffusers' key names (what `save_lora_weights` expects for the U-Net)."""
     from diffusers.utils import convert_state_dict_to_diffusers

@@ -14,8 +14,6 @@ import torch
 from ldm_lightning.errors import UserError
 from ldm_lightning.finetune.lora import has_adapters, merge_lora
 
-# Settings that change which tensors a module has, in the order a fix names them.
-SHAPING_SETTINGS = ("lora_rank", "lora_target_modules", "lora")
 # The state tables Lightning (state_dict) and its WeightAveraging callback (current_model_state) write.
 STATE_KEYS = ("state_dict", "current_model_state")
 
@@ -57,12 +55,21 @@ def check_every_tensor_fits(checkpoint: dict[str, Any], module_state: dict[str, 
     """Refuse a checkpoint holding tensors the module has no place for (a LoRA checkpoint in a module without
     `lora_rank`, or the reverse): loading it non-strictly would drop them and leave the base model without a word."""
     for key in STATE_KEYS:
-        dropped = sorted(set(checkpoint.get(key, {})) - set(module_state))
+        table = checkpoint.get(key, {})
+        dropped = sorted(set(table) - set(module_state))
         if dropped:
-            hparams = checkpoint.get("hyper_parameters", {})
-            trained_with = [f"model.{name}={hparams[name]}" for name in SHAPING_SETTINGS if hparams.get(name)]
-            settings = ", ".join(trained_with) or "no model.lora_rank and no model.lora"
             raise UserError(
                 f"ckpt_path: {len(dropped)} of the checkpoint's tensors have no place in this model and would be "
-                f"dropped (e.g. {dropped[0]}); load it with the settings it was trained with: {settings}"
+                f"dropped (e.g. {dropped[0]}); {how_to_load(table)}"
             )
+
+
+def how_to_load(table: dict[str, torch.Tensor]) -> str:
+    """The settings that give a module the checkpoint's tensors, read from the tensors themselves (the checkpoint's
+    hyper-parameters may be overridden by whoever loads it)."""
+    down = [v for k, v in table.items() if ".lora_A." in k]
+    if down:  # peft's down-projection is (rank, in_features) (Hu et al. 2021)
+        return f"it holds LoRA adapters: pass model.lora_rank={down[0].shape[0]}, as they were trained"
+    if any(k.startswith("unet.") for k in table):
+        return "it holds a whole U-Net: leave model.lora_rank out"
+    return "load it with the model and settings it was trained with"

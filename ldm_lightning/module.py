@@ -223,6 +223,7 @@ class LatentDiffusionModule(LightningModule):
             raise UserError("model.lora: give either a LoRA to apply (model.lora) or one to train (model.lora_rank)")
         if lora:
             load_lora(self.unet, lora, lora_scale)
+            merge_lora(self.unet)  # a plain U-Net again, which a whole-U-Net fit trains and exports as any other
         if lora_rank is not None:
             add_lora(self.unet, lora_rank, lora_alpha, lora_target_modules)
         factor = vae_scale_factor(self.vae)
@@ -591,7 +592,6 @@ class LatentDiffusionModule(LightningModule):
                     row_metadata(row)
         if stage == "fit":
             if self.hparams.lora_rank is None:
-                merge_lora(self.unet)  # an applied model.lora becomes part of the weights that train
                 self.unet.requires_grad_(True)  # else only the adapters train (`add_lora` froze the rest)
             self.unet.train()  # the frozen VAE and text encoder stay in eval mode
             if self.hparams.gradient_checkpointing:
@@ -687,7 +687,7 @@ class LatentDiffusionModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The frozen parts left out on save, from this module as loaded; tensors with no place here are refused.
-        prepare_checkpoint(checkpoint, self, self.unet)
+        prepare_checkpoint(checkpoint, self.state_dict())
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """The model as a complete diffusers folder, written from the components in memory (see `save_pipeline`)."""

@@ -1,10 +1,10 @@
-"""`fit`'s export: a LoRA applied with `model.lora` is merged before a whole-U-Net fit, and the exported folder holds
-diffusers' own key names, so that diffusers' pipeline draws from it what the trained module draws."""
+"""`fit`'s export: a LoRA applied with `model.lora` is fused into the U-Net, so that a whole-U-Net fit (EMA included)
+trains plain weights and exports diffusers' own key names; diffusers' pipeline draws from it what the module draws."""
 
 import pytest
 import torch
 from helpers import diffusers_images, quiet_trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from safetensors import safe_open
 from test_sampling import NEGATIVES, PROMPTS, SEEDS, batch_of
 
@@ -38,7 +38,8 @@ def test_a_lora_then_whole_unet_fit_exports_a_folder_diffusers_draws_the_same_fr
     with_lora = module.sample(batch).images
     base = LatentDiffusionModule(tiny_model, **SETTINGS).sample(batch).images
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt")
-    trainer = quiet_trainer(max_steps=2, enable_checkpointing=True, callbacks=[checkpoints], default_root_dir=tmp_path)
+    callbacks = [checkpoints, EMAWeightAveraging(decay=0.5)]  # the average is taken over the merged U-Net too
+    trainer = quiet_trainer(max_steps=2, enable_checkpointing=True, callbacks=callbacks, default_root_dir=tmp_path)
     trainer.fit(module, ShapesDataModule(batch_size=4, num_samples=8, seed=0))
     assert not has_adapters(module.unet)  # merged: the whole U-Net trained, the LoRA is part of its weights
     trained = module.sample(batch).images
@@ -51,7 +52,7 @@ def test_a_lora_then_whole_unet_fit_exports_a_folder_diffusers_draws_the_same_fr
     reference = diffusers_images(exported, batch, steps=4, size=32, guidance_scale=3.0)
     assert (to_uint8(trained).int() - to_uint8(reference).int()).abs().max() <= 1  # one 8-bit level at most
 
-    # The checkpoint reloads into a module that applies the same LoRA: merged first, then the trained weights.
+    # The checkpoint reloads into a module that applies the same LoRA (fused, as in training).
     reloaded = LatentDiffusionModule.load_from_checkpoint(checkpoints.best_model_path)
     assert (reloaded.sample(batch).images - trained).abs().max() <= 1e-5
 

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from ldm_lightning.errors import UserError
-from ldm_lightning.finetune.lora import has_adapters, merge_lora
 
 # The state tables Lightning (state_dict) and its WeightAveraging callback (current_model_state) write.
 STATE_KEYS = ("state_dict", "current_model_state")
@@ -37,18 +36,11 @@ def fill_frozen(checkpoint: dict[str, Any], module_state: dict[str, torch.Tensor
             checkpoint[key] = {**module_state, **checkpoint[key]}
 
 
-def prepare_checkpoint(checkpoint: dict[str, Any], module: torch.nn.Module, unet: torch.nn.Module) -> None:
-    """Make a checkpoint's state tables fit `module` before Lightning loads them, in place, or refuse in one line.
-
-    A whole-U-Net fit over an applied LoRA (`model.lora`) trained the merged U-Net, so the module's applied
-    adapters are merged the same way first. Frozen tensors left out on save come from the module itself.
-    """
-    applied = has_adapters(unet) and not any(p.requires_grad for n, p in unet.named_parameters() if "lora_" in n)
-    if applied and not any("lora_" in k for k in checkpoint["state_dict"]):
-        merge_lora(unet)
-    state = module.state_dict()
-    check_every_tensor_fits(checkpoint, state)
-    fill_frozen(checkpoint, state)
+def prepare_checkpoint(checkpoint: dict[str, Any], module_state: dict[str, torch.Tensor]) -> None:
+    """Make a checkpoint's state tables fit the module whose `module_state` is given before Lightning loads them,
+    in place: the frozen tensors left out on save come from the module; a tensor with no place in it is refused."""
+    check_every_tensor_fits(checkpoint, module_state)
+    fill_frozen(checkpoint, module_state)
 
 
 def check_every_tensor_fits(checkpoint: dict[str, Any], module_state: dict[str, torch.Tensor]) -> None:

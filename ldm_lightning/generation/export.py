@@ -7,6 +7,7 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from ldm_lightning.errors import UserError
+from ldm_lightning.finetune.lora import has_adapters, save_lora
 from ldm_lightning.generation.components import SD1_CLASSES, Components
 
 
@@ -24,8 +25,6 @@ class ExportDiffusers(Callback):
             return
         root = Path(trainer.log_dir or trainer.default_root_dir)
         if getattr(pl_module.hparams, "lora_rank", None):
-            from ldm_lightning.finetune.lora import save_lora
-
             path = save_lora(pl_module.unet, root / "lora")
             rank_zero_info(f"trained LoRA saved in diffusers' format: {path} (load it with --model.lora)")
         else:
@@ -40,8 +39,6 @@ def save_pipeline(components: Components, folder: str | Path, prediction_type: s
 
     `prediction_type`, when given, goes into the scheduler config: samplers read what the U-Net predicts from it.
     """
-    from ldm_lightning.finetune.lora import has_adapters
-
     if has_adapters(components.unet):  # peft's key names would reload as fresh random projections
         raise UserError(
             "save_pretrained: the U-Net carries LoRA adapters; merge them into its weights first "

@@ -14,8 +14,22 @@ from ldm_lightning.generation.export import save_pipeline
 from ldm_lightning.generation.sampling import to_uint8
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.shapes.data import ShapesDataModule
+from ldm_lightning.testing import reference_pipeline
 
 SETTINGS = {"num_inference_steps": 4, "height": 32, "width": 32, "guidance_scale": 3.0}
+
+
+def pipeline_call(batch: dict) -> dict:
+    """The arguments that make diffusers' pipeline draw `batch` as our sampler does with SETTINGS."""
+    return {
+        "prompt": batch["prompt"],
+        "negative_prompt": batch["negative_prompt"],
+        "generator": [torch.Generator("cpu").manual_seed(s) for s in batch["seed"]],
+        "num_inference_steps": 4,
+        "guidance_scale": 3.0,
+        "height": 32,
+        "width": 32,
+    }
 
 
 def random_lora(tiny_model, folder) -> str:
@@ -37,6 +51,11 @@ def test_a_lora_then_whole_unet_fit_exports_a_folder_diffusers_draws_the_same_fr
     batch = batch_of(PROMPTS, NEGATIVES, SEEDS)
     with_lora = module.sample(batch).images
     base = LatentDiffusionModule(tiny_model, **SETTINGS).sample(batch).images
+    pipe = reference_pipeline(LatentDiffusionModule(tiny_model, **SETTINGS).components, "ddim")
+    pipe.load_lora_weights(str(tmp_path / "lora"), adapter_name="applied")
+    pipe.set_adapters(["applied"], adapter_weights=[0.7])  # fused at the scale it is applied with
+    reference = pipe(**pipeline_call(batch), output_type="pt").images
+    assert (to_uint8(with_lora).int() - to_uint8(reference).int()).abs().max() <= 1
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt")
     callbacks = [checkpoints, EMAWeightAveraging(decay=0.5)]  # the average is taken over the merged U-Net too
     trainer = quiet_trainer(max_steps=2, enable_checkpointing=True, callbacks=callbacks, default_root_dir=tmp_path)

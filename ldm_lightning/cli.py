@@ -234,7 +234,8 @@ def part_init_error(text: str) -> str | None:
     ]
     if not reasons:
         return None
-    return f"{found[1]}: {reasons[0].rstrip('.')}; give the init args it needs (--help names them: --model.<part>.help {found[1]})"
+    reason = reasons[0].rstrip(".")
+    return f"{found[1]}: {reason}; give the init args it needs (`--model.<part>.help {found[1]}` lists them)"
 
 
 def name_bad_config(message: str, args: list[str]) -> str:

@@ -19,7 +19,6 @@ import warnings
 
 from ldm_lightning.errors import DISK_FULL, NOT_WRITABLE
 
-
 GUIDERS_LOG = "diffusers.guiders.guider_utils"  # "Guiders are currently an experimental feature …" per guider
 
 

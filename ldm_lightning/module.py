@@ -359,10 +359,10 @@ class LatentDiffusionModule(LightningModule):
         keep_trained(checkpoint, names)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from ldm_lightning.finetune.checkpoint import fill_frozen
+        from ldm_lightning.finetune.checkpoint import prepare_checkpoint
 
-        # The frozen parts left out on save, from this module as loaded: resuming with EMA loads strictly.
-        fill_frozen(checkpoint, self.state_dict())
+        # The frozen parts left out on save, from this module as loaded; tensors with no place here are refused.
+        prepare_checkpoint(checkpoint, self.state_dict())
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """The model as a complete diffusers folder: every component from memory, the U-Net as trained."""

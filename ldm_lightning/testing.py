@@ -6,7 +6,9 @@ sampling, parity and multi-process behaviour can be tested in seconds with no do
 reference is diffusers' own `StableDiffusionPipeline` on the same components.
 """
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -98,6 +100,27 @@ def build_tiny_random(folder: str | Path, seed: int = 0, max_length: int = 32) -
     sd14_scheduler().save_pretrained(folder / "scheduler")
     write_model_index(folder)
     return folder
+
+
+def save_as_hub_cache(folder: str | Path, cache: str | Path, repo_id: str, leave_out: tuple[str, ...] = ()) -> str:
+    """Lay a model folder out in a Hugging Face hub cache as `hf download repo_id` leaves it: each file a blob
+    named by its hash under `models--org--name/blobs/`, linked from `snapshots/<commit>/`, and `refs/main`
+    naming the commit. `leave_out` lists files (relative paths) the repository does not have. Returns the commit.
+    """
+    folder, repo = Path(folder), Path(cache) / ("models--" + repo_id.replace("/", "--"))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and str(p.relative_to(folder)) not in leave_out)
+    commit = hashlib.sha1("".join(str(p.relative_to(folder)) for p in files).encode()).hexdigest()
+    for file in files:
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = repo / "snapshots" / commit / file.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return commit
 
 
 def build_tiny_clip(folder: str | Path, seed: int = 0, max_length: int = 32) -> Path:

@@ -178,3 +178,26 @@ def compile_without_codegen(monkeypatch) -> None:
         return {**chosen, "compile": {**chosen["compile"], "backend": "eager"}}
 
     monkeypatch.setattr(fast, "fast_settings", settings)
+
+
+def diffusers_images(folder: str | Path, batch: dict, steps: int, size: int, guidance_scale: float, scheduler="ddim"):
+    """`batch`'s prompts and seeds drawn by diffusers' own `StableDiffusionPipeline`, loaded from `folder` as a user
+    would load it (with our sampler's scheduler, built from the folder's config): images in [0, 1], (B, 3, H, W)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from ldm_lightning.generation.schedulers import build_scheduler
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder))
+    pipe.scheduler = build_scheduler(scheduler, pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        batch["prompt"],
+        negative_prompt=batch["negative_prompt"],
+        generator=[torch.Generator("cpu").manual_seed(s) for s in batch["seed"]],
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        height=size,
+        width=size,
+        output_type="pt",
+    ).images

@@ -32,7 +32,10 @@ class LoraFile:
     scale: float = 1.0
 
     def apply(self, unet) -> None:
+        """Load it and merge it into the U-Net's weights: a plain U-Net again, which a whole-U-Net fit trains and
+        exports as any other (images equal the unmerged adapter's to float rounding)."""
         load_lora(unet, self.path, self.scale)
+        merge_lora(unet)
 
 
 def require_peft(key: str) -> None:
@@ -68,6 +71,19 @@ def add_lora(
             + ", ".join(DEFAULT_TARGET_MODULES)
         ) from None
     return sum(p.numel() for p in unet.parameters() if p.requires_grad)
+
+
+def has_adapters(unet) -> bool:
+    """Whether peft adapters sit on the U-Net (added by `add_lora` or `load_lora`)."""
+    return bool(getattr(unet, "peft_config", None))
+
+
+def merge_lora(unet) -> None:
+    """Fold the adapters into the base weights at the scale they are applied with, and remove them: a plain
+    U-Net again, whose parameters and saved keys are diffusers' own (`to_q.weight`, not peft's `base_layer`)."""
+    if has_adapters(unet):
+        unet.fuse_lora()
+        unet.unload_lora()
 
 
 def lora_state_dict(unet) -> dict[str, torch.Tensor]:

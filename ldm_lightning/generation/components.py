@@ -1,12 +1,15 @@
 """Loading the frozen Stable Diffusion components (tokenizer, text encoder, U-Net, VAE, scheduler config)."""
 
+import importlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from huggingface_hub import hf_hub_download
+from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from ldm_lightning.errors import UserError, first_line
 from ldm_lightning.locations import is_local
@@ -49,6 +52,17 @@ def resolve(name_or_path: str) -> str:
 
 PARTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 WEIGHT_PARTS = ("text_encoder", "unet", "vae")
+# SD v1.4's own model_index.json: the (library, class) that loads each part.
+SD1_CLASSES = {
+    "scheduler": ("diffusers", "PNDMScheduler"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "unet": ("diffusers", "UNet2DConditionModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+}
+# A local folder without model_index.json: its tokenizer_config.json names the tokenizer's class.
+FOLDER_CLASSES = {**SD1_CLASSES, "tokenizer": ("transformers", "AutoTokenizer")}
+LIBRARIES = ("transformers", "diffusers")
 
 
 def check_model_folder(folder: Path, variant: str | None, allow_pickle: bool) -> None:
@@ -104,26 +118,34 @@ def load_components(
         check_model_folder(folder, variant, allow_pickle)
     hub = {"revision": revision}
     weights = {**hub, "variant": variant, "use_safetensors": None if allow_pickle else True}
+    advice = (
+        "the files in {part} are unreadable or incomplete; copy the folder again"
+        if local
+        else " ".join(HOW_TO_GET_WEIGHTS.split())
+    )
+    try:
+        index = model_index(root, local, revision)
+    except Exception as err:  # the hub's errors (not cached offline, no connection, no such repository) and json's
+        raise UserError(
+            f"model.pretrained_model_name_or_path: could not load model_index.json of {root!r} ({first_line(err)}); "
+            + advice.format(part="model_index.json")
+        ) from None
+    classes = part_classes(index)
     loaders = {
-        "tokenizer": lambda: AutoTokenizer.from_pretrained(root, subfolder="tokenizer", **hub),
-        "text_encoder": lambda: CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **weights),
-        "unet": lambda: UNet2DConditionModel.from_pretrained(root, subfolder="unet", **weights),
-        "vae": lambda: AutoencoderKL.from_pretrained(root, subfolder="vae", **weights),
-        # Any scheduler class reads any scheduler config file; PNDM is SD v1.4's own.
-        "scheduler": lambda: dict(PNDMScheduler.load_config(root, subfolder="scheduler", **hub)),
+        "tokenizer": lambda cls: cls.from_pretrained(root, subfolder="tokenizer", **hub),
+        "text_encoder": lambda cls: cls.from_pretrained(root, subfolder="text_encoder", **weights),
+        "unet": lambda cls: cls.from_pretrained(root, subfolder="unet", **weights),
+        "vae": lambda cls: cls.from_pretrained(root, subfolder="vae", **weights),
+        "scheduler": lambda cls: dict(cls.load_config(root, subfolder="scheduler", **hub)),
     }
     loaded = {}
     for part, load in loaders.items():
         try:
-            loaded[part] = load()
+            loaded[part] = load(classes[part])
         except Exception as err:  # safetensors, torch, json and the hub each raise their own kinds
-            advice = (
-                f"the files in {part}/ are unreadable or incomplete; copy the folder again"
-                if local
-                else " ".join(HOW_TO_GET_WEIGHTS.split())
-            )
             raise UserError(
-                f"model.pretrained_model_name_or_path: could not load {part}/ of {root!r} ({first_line(err)}); {advice}"
+                f"model.pretrained_model_name_or_path: could not load {part}/ of {root!r} ({first_line(err)}); "
+                + advice.format(part=f"{part}/")
             ) from None
     tokenizer, text_encoder, unet, vae = (loaded[k] for k in ("tokenizer", "text_encoder", "unet", "vae"))
     scheduler_config = loaded["scheduler"]
@@ -134,6 +156,37 @@ def load_components(
     for part in (text_encoder, unet, vae):
         part.requires_grad_(False).eval()
     return Components(tokenizer, text_encoder, unet, vae, scheduler_config)
+
+
+def model_index(root: str, local: bool, revision: str | None = None) -> dict[str, Any] | None:
+    """The model's `model_index.json`, from its folder or the hub (or the hub cache); None for a folder without one."""
+    if local:
+        index_file = Path(root) / "model_index.json"
+        if not index_file.is_file():
+            return None
+    else:
+        index_file = Path(hf_hub_download(root, "model_index.json", revision=revision))
+    return json.loads(index_file.read_text())
+
+
+def part_classes(index: dict[str, Any] | None) -> dict[str, type]:
+    """The class that loads each part, as `model_index.json` names it: diffusers' own rule, which hub
+    repositories are written for (SD v1.4's tokenizer folder is a CLIPTokenizer's, with no config.json
+    for `AutoTokenizer` to read)."""
+    if index is None:
+        return {part: import_class(part, *named) for part, named in FOLDER_CLASSES.items()}
+    return {part: import_class(part, *(index.get(part) or SD1_CLASSES[part])) for part in PARTS}
+
+
+def import_class(part: str, library: str, name: str) -> type:
+    """`library.name` (e.g. transformers.CLIPTokenizer), from the libraries whose parts an SD folder holds."""
+    where = f"model.pretrained_model_name_or_path: model_index.json names {library}.{name} for {part}/"
+    if library not in LIBRARIES:
+        raise UserError(f"{where}; only {' and '.join(LIBRARIES)} classes load (no code from the model runs)")
+    cls = getattr(importlib.import_module(library), name, None)
+    if cls is None:
+        raise UserError(f"{where}, which {library} {importlib.import_module(library).__version__} does not have")
+    return cls
 
 
 def vae_scale_factor(vae: AutoencoderKL) -> int:

@@ -45,7 +45,7 @@ def assemble(clip_dir: Path, vae_dir: Path, out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tiny_unet(text_encoder.config.hidden_size).save_pretrained(out / "unet")
     # A word-level tokenizer: named CLIPTokenizer it would load as byte-level BPE and map every word to <unk>.
-    write_model_index(out, tokenizer_class="PreTrainedTokenizerFast")
+    write_model_index(out, {"tokenizer": ("transformers", "PreTrainedTokenizerFast")})
     return out
 
 

@@ -15,19 +15,18 @@ from diffusers.guiders.guider_utils import BaseGuidance
 from lightning import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 
-from ldm_lightning.errors import UserError
 from ldm_lightning.evaluation.metrics import ImageMetric, SetMetric
 from ldm_lightning.evaluation.rows import FeatureRows, ResultRows
 from ldm_lightning.evaluation.scoring import Scoring, resolve_metrics
 from ldm_lightning.finetune.lora import LoraFile
 from ldm_lightning.finetune.method import FineTuning, FullUNet, WarmupCosine
-from ldm_lightning.generation.components import Components, load_components, resolve
-from ldm_lightning.generation.guidance import ClassifierFreeGuidance, DiffusersGuider, Guidance, as_guidance
+from ldm_lightning.generation.components import Components, load_components
+from ldm_lightning.generation.guidance import ClassifierFreeGuidance, Guidance, as_guidance
 from ldm_lightning.generation.image_rows import healthy, image_rows, prompt_rows, with_views
 from ldm_lightning.generation.sampler import Sampling
 from ldm_lightning.generation.sampling import to_uint8
 from ldm_lightning.inspection.batch import Inspection
-from ldm_lightning.interfaces import PromptSource, ReferenceSource
+from ldm_lightning.interfaces import PromptSource
 from ldm_lightning.memory import peak_memory_mb
 
 DEFAULT_MODEL = "tiny-shapes"
@@ -45,7 +44,7 @@ class LatentDiffusionModule(LightningModule):
         lora: LoraFile | None = None,
         sampling: Sampling | None = None,
         guidance: Guidance | BaseGuidance | None = None,
-        metrics: list[str | ImageMetric | SetMetric] | None = None,
+        metrics: list[ImageMetric | SetMetric | str] | None = None,
         finetune: FineTuning | None = None,
         inspect: Inspection | None = None,
     ):
@@ -75,11 +74,6 @@ class LatentDiffusionModule(LightningModule):
         self.finetune = finetune or FullUNet()
         self.inspect = inspect or Inspection()
         self.lora = lora
-        if self.sampling.fast and self.inspect.views:
-            raise UserError(
-                "model.inspect: records inside the U-Net, which fast mode compiles; use one of model.inspect "
-                "and model.sampling.fast at a time"
-            )
         default_clip = "tiny-clip" if pretrained_model_name_or_path == DEFAULT_MODEL else None
         self.scoring = Scoring(resolve_metrics(metrics), default_clip or "openai/clip-vit-large-patch14")
         self.components = self._components or load_components(
@@ -87,14 +81,13 @@ class LatentDiffusionModule(LightningModule):
         )
         # Registered as submodules so that Lightning moves and casts them.
         self.unet, self.vae, self.text_encoder = self.components.unet, self.components.vae, self.components.text_encoder
-        if self.finetune.prediction_type is not None:  # sampling reads the same config, so it follows the new target
-            config = self.components.scheduler_config
-            self.components.scheduler_config = {**config, "prediction_type": self.finetune.prediction_type}
+        # Sampling reads the same config, so it follows a new prediction target.
+        self.components.scheduler_config = self.finetune.scheduler_config(self.components.scheduler_config)
         if lora is not None:
             lora.apply(self.unet)
         self.finetune.attach(self.unet)
         self.height, self.width = self.sampling.size(self.components)
-        self.inspect.check(self.unet)
+        self.inspect.check(self.unet, self.sampling.fast)
         self.results = ResultRows(self.scoring.names)  # `test`'s rows and features, as metric state
         self.features = FeatureRows(self.scoring.feature_names)
         self.val_results = ResultRows()  # validation's CLIPScores, gathered as `test`'s are
@@ -120,28 +113,12 @@ class LatentDiffusionModule(LightningModule):
     def run_settings(self, precision: str, stage: str) -> dict[str, Any]:
         """Everything besides the prompt rows that changes this run's images under a Trainer of `precision`, read
         from the parts (`provenance.py`), and for `test` the metrics."""
-        from ldm_lightning.generation.provenance import FORMAT, part_config, part_name, prefixed, weights_stamp
+        from ldm_lightning.generation.provenance import image_settings
 
         hp = self.hparams
-        guidance = self.guidance.guider if isinstance(self.guidance, DiffusersGuider) else self.guidance
-        settings = {
-            "format": FORMAT,
-            "model": hp.pretrained_model_name_or_path,
-            "revision": hp.revision,
-            "variant": hp.variant,
-            "weights": weights_stamp(resolve(hp.pretrained_model_name_or_path), hp.revision),
-            **prefixed(part_config(self.sampling), ""),
-            "height": self.height,
-            "width": self.width,
-            "decode_fp32": self.sampling.decodes_in_fp32(str(precision)),
-            "guidance": part_name(guidance),
-            **prefixed(part_config(guidance), "guidance_"),
-            "precision": str(precision),
-            "inspect": self.inspect.describe() or None,
-            "prediction_type": self.finetune.prediction_type,
-            **({"lora": str(self.lora.path), "lora_scale": self.lora.scale} if self.lora else {}),
-            **({"lora_weights": weights_stamp(str(self.lora.path))} if self.lora else {}),
-        }
+        source = (hp.pretrained_model_name_or_path, hp.revision, hp.variant)
+        parts = (self.sampling, self.guidance, self.inspect, self.finetune, self.lora)
+        settings = image_settings(source, parts, (self.height, self.width), str(precision))
         if stage == "test":
             settings["clip_model"] = self.scoring.clip_name
             settings["metrics"] = self.scoring.describe()
@@ -236,15 +213,9 @@ class LatentDiffusionModule(LightningModule):
         pixels = to_uint8(samples.images)
         rows = with_views(image_rows(batch, samples, pixels), views)
         sampled = time.perf_counter()
-        columns = self.scoring.score(pixels, list(batch["prompt"]), prompt_rows(batch), [healthy(r) for r in rows])
-        features = self.scoring.features(pixels)
+        features = self.scoring.score_rows(rows, pixels, prompt_rows(batch))
         n, memory = len(rows), peak_memory_mb(self.device)
-        for i, row in enumerate(rows):
-            row.update({name: values[i] for name, values in columns.items()})
-            if features:  # for a run folder's resume; the metric state below holds them too
-                row["features"] = {name: values[i] for name, values in features.items()}
-            if "prompt_index" in batch:  # several images per prompt
-                row["prompt_index"] = int(batch["prompt_index"][i])
+        for row in rows:
             row["seconds"] = (time.perf_counter() - start) / n  # sampling + scoring, per image
             row["sampling_seconds"] = (sampled - start) / n
             row["first_batch"] = batch_idx == 0  # this process's first: pays warm-up and compilation
@@ -253,35 +224,24 @@ class LatentDiffusionModule(LightningModule):
         self.features.update([r["index"] for r in rows], features)
         # Per-process, per-step values: no sync_dist here (it deadlocks when processes run different
         # numbers of steps); the scores are gathered once, at epoch end, by the metrics above.
-        metrics = {
-            "test/seconds_per_image": rows[0]["seconds"],
-            "test/sampling_seconds_per_image": rows[0]["sampling_seconds"],
-            "test/steps_per_second": self.sampling.num_inference_steps / rows[0]["sampling_seconds"],
-            "test/peak_memory_mb": memory,
-        }
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=n)
+        seconds, sampling = rows[0]["seconds"], rows[0]["sampling_seconds"]
+        metrics = {"test/seconds_per_image": seconds, "test/sampling_seconds_per_image": sampling}
+        metrics.update({"test/steps_per_second": self.sampling.num_inference_steps / sampling})
+        self.log_dict({**metrics, "test/peak_memory_mb": memory}, on_step=True, on_epoch=False, batch_size=n)
         return rows
 
     def on_test_epoch_end(self) -> None:
         """Gather every process's rows once and log the summary (`Scoring.summarize`): `test/<metric>` for each
         per-image mean and set metric, CLIPScore's spread and interval, `test/n`. The whole summary is
         `self.summary`."""
-        from ldm_lightning.run_folder.scoreboard import log_test_run, run_scores
+        from ldm_lightning.run_folder.scoreboard import log_test_run, logged_scores
 
         datamodule = self.trainer.datamodule
         source = datamodule if isinstance(datamodule, PromptSource) else None
-        reference = datamodule if isinstance(datamodule, ReferenceSource) else None
         rows = self.results.compute()
         generated = self.features.compute() if self.scoring.feature_names else None
-        summary = self.scoring.summarize(rows, source, reference, generated, self._reference, self.trainer)
-        self.summary = summary
-        logged = {
-            **run_scores(summary),
-            "test/clip_score_std": summary["clip_score_std"],
-            "test/clip_score_ci95_low": summary["clip_score_ci95"][0],
-            "test/clip_score_ci95_high": summary["clip_score_ci95"][1],
-            "test/n": float(summary["n"]),
-        }
+        self.summary = summary = self.scoring.summarize(rows, source, generated, self._reference, self.trainer)
+        logged = logged_scores(summary)
         # float64 tensors: Lightning would store plain floats as float32 (7 digits). The same values on every
         # process (gathered above); the mean reduction only keeps Lightning quiet.
         self.log_dict(
@@ -330,16 +290,8 @@ class LatentDiffusionModule(LightningModule):
         if latents is None:
             with torch.no_grad():
                 latents = encode_images(self.vae, batch["pixel_values"])
-        loss = diffusion_loss(
-            self.unet,
-            self.text_encoder,
-            self.components.tokenizer,
-            self.noise_schedule,
-            latents,
-            batch["prompt"],
-            self.finetune.snr_gamma,
-            self.finetune.noise_offset,
-        )
+        parts, method = (self.unet, self.text_encoder, self.components.tokenizer, self.noise_schedule), self.finetune
+        loss = diffusion_loss(*parts, latents, batch["prompt"], method.snr_gamma, method.noise_offset)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -355,8 +307,7 @@ class LatentDiffusionModule(LightningModule):
         from ldm_lightning.finetune.checkpoint import keep_trained, trained_names
 
         # Only what trains (with EMA, its average too): the frozen parts come from the pretrained model again.
-        names = trained_names(self) or {k for k in checkpoint["state_dict"] if k.startswith("unet.")}
-        keep_trained(checkpoint, names)
+        keep_trained(checkpoint, trained_names(self) or {k for k in checkpoint["state_dict"] if k.startswith("unet.")})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from ldm_lightning.finetune.checkpoint import prepare_checkpoint

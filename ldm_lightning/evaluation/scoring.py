@@ -111,6 +111,22 @@ class Scoring:
                 columns.update(metric.extra_columns())
         return columns
 
+    def score_rows(self, rows: list[dict[str, Any]], pixels: torch.Tensor, prompts: list[dict[str, Any]]) -> dict:
+        """Score a sampled batch's image rows in place (each per-image column; `features` per row for a run folder's
+        resume; `prompt_index` with several images per prompt) and return the batch's features per feature set."""
+        from ldm_lightning.generation.image_rows import healthy
+
+        texts = [p["prompt"] for p in prompts]
+        columns = self.score(pixels, texts, prompts, [healthy(r) for r in rows])
+        features = self.features(pixels)
+        for i, (row, prompt) in enumerate(zip(rows, prompts)):
+            row.update({name: values[i] for name, values in columns.items()})
+            if features:
+                row["features"] = {name: values[i] for name, values in features.items()}
+            if prompt.get("prompt_index") is not None:
+                row["prompt_index"] = int(prompt["prompt_index"])
+        return features
+
     def features(self, pixels: torch.Tensor) -> dict[str, np.ndarray]:
         """Each feature set's per-image features of a batch."""
         from ldm_lightning.evaluation.features import extract
@@ -133,9 +149,7 @@ class Scoring:
             out.update(metric.compute(generated[metric.features], reference[metric.features]))
         return out
 
-    def summarize(
-        self, rows, source, reference_source, generated, reference: dict[str, Any], trainer
-    ) -> dict[str, Any]:
+    def summarize(self, rows, source, generated, reference: dict[str, Any], trainer) -> dict[str, Any]:
         """The run's summary from every process's rows (gathered): CLIPScore's (`summary.summarize`), each
         per-image metric's mean and interval, per prompt with several images per prompt, GenEval's tasks, the set
         metrics (computed on rank 0 and broadcast), the groups, and which metrics it holds.
@@ -143,7 +157,6 @@ class Scoring:
         Args:
             rows: every scored row, by index (`ResultRows.compute`).
             source: the `PromptSource` (prompt columns for groups), or None.
-            reference_source: the `ReferenceSource`, or None.
             generated: the generated images' features (`FeatureRows.compute`), or None without set metrics.
             reference: `reference.load_reference`'s result on rank 0.
             trainer: the Trainer (rank and broadcast).

@@ -34,6 +34,10 @@ class FineTuning(ABC):
         """Whether `fit` trains adapters (exported as a LoRA file) rather than the U-Net (a model folder)."""
         return False
 
+    def scheduler_config(self, config: dict) -> dict:
+        """The checkpoint's scheduler config with this method's prediction target, when it sets one."""
+        return config if self.prediction_type is None else {**config, "prediction_type": self.prediction_type}
+
 
 @dataclass
 class FullUNet(FineTuning):

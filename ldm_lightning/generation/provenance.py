@@ -65,3 +65,42 @@ def weights_stamp(source: str, revision: str | None = None) -> str:
         path = Path(cached).parent if isinstance(cached, str) else path
     stamp = file_stamp(path)
     return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16] if stamp else "not cached"
+
+
+def image_settings(source: tuple, parts: tuple, size: tuple[int, int], precision: str) -> dict[str, Any]:
+    """Everything besides the prompt rows that changes an image, flat: the model (name, revision, variant and a stamp
+    of its weight files), every `Sampling` field with the size and decode precision resolved, the guidance method's
+    class and fields (`guidance_*`), inspection, the prediction target, the applied LoRA (path, scale, stamp) and the
+    Trainer's precision.
+
+    Args:
+        source: (name or path, revision, variant) of the model.
+        parts: the module's (sampling, guidance, inspection, fine-tuning method, LoRA file or None).
+        size: (height, width) in pixels.
+        precision: the Trainer's precision.
+    """
+    from ldm_lightning.generation.components import resolve
+    from ldm_lightning.generation.guidance import DiffusersGuider
+
+    name, revision, variant = source
+    sampling, guidance, inspection, finetune, lora = parts
+    guidance = guidance.guider if isinstance(guidance, DiffusersGuider) else guidance
+    settings = {
+        "format": FORMAT,
+        "model": name,
+        "revision": revision,
+        "variant": variant,
+        "weights": weights_stamp(resolve(name), revision),
+        **prefixed(part_config(sampling), ""),
+        "height": size[0],
+        "width": size[1],
+        "decode_fp32": sampling.decodes_in_fp32(precision),
+        "guidance": part_name(guidance),
+        **prefixed(part_config(guidance), "guidance_"),
+        "precision": precision,
+        "inspect": inspection.describe() or None,
+        "prediction_type": finetune.prediction_type,
+    }
+    if lora is not None:
+        settings.update(lora=str(lora.path), lora_scale=lora.scale, lora_weights=weights_stamp(str(lora.path)))
+    return settings

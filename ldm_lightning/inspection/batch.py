@@ -68,8 +68,13 @@ class Inspection:
                 "e.g. [0, 1000] for every step"
             )
 
-    def check(self, unet) -> None:
-        """Fail early when `attention_factors` names layers this U-Net does not have."""
+    def check(self, unet, fast: bool = False) -> None:
+        """Fail early when `attention_factors` names layers this U-Net does not have, or fast mode compiles it."""
+        if fast and self.views:
+            raise UserError(
+                "model.inspect: records inside the U-Net, which fast mode compiles; use one of model.inspect "
+                "and model.sampling.fast at a time"
+            )
         available = sorted(set(cross_attention_factors(unet).values()))
         if self.attention_factors and not set(self.attention_factors) <= set(available):
             raise UserError(

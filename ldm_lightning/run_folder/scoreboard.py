@@ -35,6 +35,17 @@ def run_scores(summary: dict[str, Any]) -> dict[str, float]:
     return {name: float(value) for name, value in scores.items()}
 
 
+def logged_scores(summary: dict[str, Any]) -> dict[str, float]:
+    """What `trainer.test` returns: `run_scores` and CLIPScore's spread, interval and N."""
+    return {
+        **run_scores(summary),
+        "test/clip_score_std": summary["clip_score_std"],
+        "test/clip_score_ci95_low": summary["clip_score_ci95"][0],
+        "test/clip_score_ci95_high": summary["clip_score_ci95"][1],
+        "test/n": float(summary["n"]),
+    }
+
+
 def prompt_set(prompts: str | list[str] | None) -> str:
     """The prompts' name as the table's narrow column can show it: a file's or folder's name ("shapes-48.txt"), a hub
     dataset's id, "inline list" or "example prompts"."""

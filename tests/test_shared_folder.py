@@ -16,11 +16,13 @@ PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow cross", "a
 SETTINGS = {"num_inference_steps": 2, "height": 32, "width": 32}
 
 # DDP starts this script once per process (Lightning's launcher runs it again for rank 1). It records, per rank,
-# the files it appended to, the PNGs it decoded and the npz files it loaded while the writer set up, and its error.
+# the files it appended to, the PNGs it decoded and the npz files it loaded while the writer set up, and its error
+# with the time it was raised.
 SCRIPT = """
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ from ldm_lightning.errors import UserError
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
-    seen = {"decoded": [], "loaded": [], "appended": [], "error": None}
+    seen = {"decoded": [], "loaded": [], "appended": [], "error": None, "error_at": None}
     in_setup = []
     open_image, load, open_file = PIL.Image.open, np.load, os.open
 
@@ -75,7 +77,7 @@ if __name__ == "__main__":
     try:
         trainer.test(module, datamodule=data, verbose=False)
     except UserError as err:
-        seen["error"] = str(err)
+        seen["error"], seen["error_at"] = str(err), time.time()
         sys.exit(2)
     finally:
         record = Path(spec["record"]) / f"rank{trainer.global_rank}.json"
@@ -84,19 +86,17 @@ if __name__ == "__main__":
 """
 
 
-def run_two_processes(folder: Path, spec: dict, timeout: int = 180) -> tuple[subprocess.CompletedProcess, float]:
-    """SCRIPT on two DDP processes with `spec`, recording into `folder`; the finished run and its wall seconds."""
+def run_two_processes(folder: Path, spec: dict, timeout: int = 180) -> subprocess.CompletedProcess:
+    """SCRIPT on two DDP processes with `spec`, recording into `folder` (see `records`)."""
     folder.mkdir()
     script = folder / "two_processes.py"
     script.write_text(SCRIPT)
     args = [sys.executable, str(script), json.dumps({**spec, "record": str(folder)})]
-    start = time.monotonic()
-    done = subprocess.run(["timeout", "-k", "10", str(timeout), *args], capture_output=True, text=True, cwd=folder)
-    return done, time.monotonic() - start
+    return subprocess.run(["timeout", "-k", "10", str(timeout), *args], capture_output=True, text=True, cwd=folder)
 
 
 def records(folder: Path) -> list[dict]:
-    """What each rank appended to, decoded and loaded, and its error (see SCRIPT)."""
+    """What each rank appended to, decoded and loaded, and its error (see SCRIPT), rank by rank."""
     return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 
@@ -116,13 +116,15 @@ def test_a_refused_folder_stops_both_processes_with_the_one_line(tiny_model, tin
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"fingerprint": "another run", "stage": "test"}))
-    done, seconds = run_two_processes(tmp_path / "records", spec_for(tiny_model, tiny_clip, out))
+    done = run_two_processes(tmp_path / "records", spec_for(tiny_model, tiny_clip, out))
+    ended = time.time()
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     rank0, rank1 = records(tmp_path / "records")
     assert rank0["error"] == rank1["error"]  # the same one line on both
     assert rank0["error"].startswith(f"output_dir: {out} holds another run") and "\n" not in rank0["error"]
-    assert seconds < 90  # start-up takes seconds; the process group's timeout, half an hour
+    # Both stop together and the run ends in seconds, instead of rank 1 waiting for the process group's timeout.
+    assert abs(rank0["error_at"] - rank1["error_at"]) < 5 and ended - max(rank0["error_at"], rank1["error_at"]) < 30
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +155,7 @@ def resumed_on_two_processes(tiny_model, tiny_clip, tmp_path_factory) -> tuple[P
         # As conftest does for tests marked `ddp`: no other multi-process run beside this one.
         with open(tmp_path_factory.getbasetemp().parent / "ddp.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            done, _ = run_two_processes(root / "records", {**spec, "out": str(cut)})
+            done = run_two_processes(root / "records", {**spec, "out": str(cut)})
     assert done.returncode == 0, done.stderr[-2000:]
     return root / "whole", cut, records(root / "records")
 

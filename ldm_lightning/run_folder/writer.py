@@ -90,14 +90,11 @@ class ImageWriter(BasePredictionWriter):
         run_fingerprint = fingerprint(self.settings, datamodule.rows)
         self.rank = trainer.global_rank
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        done = self._open_together(trainer, run_fingerprint, stage)  # the finished rows, on rank 0 only
+        restored = self._open_together(trainer, pl_module, run_fingerprint, stage)
         check_shared_folder(trainer, self.run_dir)
         datamodule.skip_rows(self.finished)
-        if done and stage == "test":
-            # Only rank 0 adds earlier rows to the summary (the module's `restore_results`): only it reads them.
-            indices = sorted(done)
-            features = load_features(self.run_dir, indices) if pl_module.feature_names else {}
-            pl_module.restore_results([done[i] for i in indices], features)
+        if restored is not None:  # on rank 0, which alone adds earlier rows to the summary (`restore_results`)
+            pl_module.restore_results(*restored)
         self.columns = {r["index"]: {k: v for k, v in r.items() if k not in ROW_KEYS} for r in datamodule.rows}
         total, finished = len(datamodule.rows), len(self.finished)
         if finished and finished >= total:
@@ -107,15 +104,23 @@ class ImageWriter(BasePredictionWriter):
             rank_zero_info(f"Resuming {self.run_dir}: {finished} of {total} images already done.")
         self.started = time.perf_counter()
 
-    def _open_together(self, trainer: Trainer, run_fingerprint: str, stage: str) -> dict[int, dict[str, Any]]:
-        """Rank 0 claims the folder and reads what it holds; every rank learns the finished rows, or raises the error
-        rank 0 met (a refused folder, a damaged file), so that no rank waits for a partner that has given up."""
+    def _open_together(
+        self, trainer: Trainer, pl_module: LightningModule, run_fingerprint: str, stage: str
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """Rank 0 claims the folder and reads what it holds; every rank learns which rows are finished (`finished`),
+        or raises the error rank 0 met (a refused folder, a damaged file), so that no rank waits for a partner that
+        has given up. Returns, on rank 0 when testing, the finished rows and their stored features."""
         done: dict[int, dict[str, Any]] = {}
+        restored = None
         failure: BaseException | None = None
         if trainer.is_global_zero:
             try:
                 self._claim(run_fingerprint, stage)
                 done = self._merge(stage)
+                if stage == "test" and done:
+                    indices = sorted(done)
+                    features = load_features(self.run_dir, indices) if pl_module.feature_names else {}
+                    restored = ([done[i] for i in indices], features)
             except Exception as err:
                 failure = err
         shared = failure if isinstance(failure, UserError | OSError) else None
@@ -127,7 +132,7 @@ class ImageWriter(BasePredictionWriter):
         if error is not None:
             raise error
         self.finished = set(finished)
-        return done
+        return restored
 
     def _claim(self, run_fingerprint: str, stage: str) -> None:
         """Record the run in `run.json`, or check that the folder holds this very run."""

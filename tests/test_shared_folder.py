@@ -194,3 +194,21 @@ def test_a_damaged_manifest_line_stops_the_run_naming_file_and_line(tiny_model, 
     assert code == 2
     line = err[err.rindex("error:") :].strip()
     assert line.startswith(f"error: {path}: line 2 is not a JSON row (") and "\n" not in line
+
+
+def test_one_process_resumes_what_two_left_in_their_own_files(tiny_model, tmp_path):
+    module = LatentDiffusionModule(tiny_model, **SETTINGS)
+    out = tmp_path / "run"
+    quiet_trainer(callbacks=[ImageWriter(out)]).predict(module, datamodule=PromptDataModule(prompts=PROMPTS))
+    # Two processes were stopped: rank 0 had written rows 0-2, rank 1 rows 3 and 4 (and was killed writing row 5).
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    (out / "manifest.jsonl").write_text("".join(lines[:3]))
+    (out / "manifest-rank1.jsonl").write_text("".join(lines[3:5]) + lines[5][:30])
+    images = [json.loads(line)["image"] for line in lines[:5]]
+    written = {name: (out / name).stat().st_mtime_ns for name in images}
+    data = PromptDataModule(prompts=PROMPTS)
+    quiet_trainer(callbacks=[ImageWriter(out)]).predict(module, datamodule=data)
+    assert data.skip == {0, 1, 2, 3, 4}  # rank 1's rows count as finished
+    assert [r["index"] for r in manifest(out)] == list(range(len(PROMPTS)))
+    assert not list(out.glob("*-rank*"))
+    assert {name: (out / name).stat().st_mtime_ns for name in written} == written  # rows 0-4 were not made again

@@ -1,4 +1,5 @@
-"""The output folder: safe file names, atomic writes, the manifest, and which run a folder belongs to.
+"""The output folder: safe file names, atomic writes, the manifest and results (one file per process, merged by rank
+0), feature shards, and which run a folder belongs to.
 
 A folder holds one run: `run.json` records its fingerprint (the settings that change pixels and
 the prompt rows). Starting the same run again resumes it; a different run never lands in the same
@@ -113,7 +114,11 @@ def png_bytes(pixels) -> bytes:
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line with a single `write` on an O_APPEND file, so lines from several ranks never interleave."""
+    """Append one JSON line with a single `write`, fsynced: a row on disk is whole or, after a kill, a torn last line.
+
+    One process appends to a file (see `rank_file`): O_APPEND keeps lines of several writers apart on a local
+    disk, but not on NFS, where each client computes the end of the file itself.
+    """
     line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # as `open(path, "a")`: the umask decides
     try:
@@ -131,16 +136,56 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSONL file; a torn last line (a killed run) is dropped."""
+    """The rows of a JSONL file. A torn last line (a run killed while appending) is dropped; a line that is not a
+    JSON object anywhere else is damage no kill leaves, and an error naming the file and the line."""
     if not path.is_file():
         return []
+    # Bytes split only at \n and \r: `str.splitlines` would also split at U+2028, which a prompt may hold.
+    lines = path.read_bytes().splitlines()
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+            if number == len(lines):
+                break
+            reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+            raise UserError(
+                f"{path}: line {number} is not a JSON row ({reason}); repair or delete that line (a run folder "
+                "makes a deleted row's image again when the run resumes)"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: line {number} is not a JSON object; repair or delete that line")
+        rows.append(row)
     return rows
+
+
+def rank_file(path: Path, rank: int) -> Path:
+    """The file process `rank` appends `path`'s rows to: `path` itself on rank 0, `<stem>-rank<R>.jsonl` beside it
+    on the others, so that every file has one writer (`append_jsonl`). Rank 0 merges them (`merge_rank_files`)."""
+    return path if rank == 0 else path.with_name(f"{path.stem}-rank{rank}{path.suffix}")
+
+
+def rank_files(path: Path) -> list[Path]:
+    """`path` and the other ranks' files of it (`rank_file`) that exist, rank 0's first."""
+    pattern = re.compile(rf"{re.escape(path.stem)}-rank(\d+){re.escape(path.suffix)}")
+    others = {int(m[1]): p for p in path.parent.iterdir() if (m := pattern.fullmatch(p.name))}
+    return [path, *(others[rank] for rank in sorted(others))]
+
+
+def read_rank_files(path: Path) -> list[dict[str, Any]]:
+    """The rows of `path` and of every other rank's file of it, rank by rank."""
+    return [row for part in rank_files(path) for row in read_jsonl(part)]
+
+
+def merge_rank_files(path: Path, rows: dict[int, dict[str, Any]]) -> None:
+    """Replace `path` with `rows` in index order and remove the other ranks' files of it (their rows are in
+    `rows`). Only rank 0 calls it, while no process appends: when a run starts and when it ends."""
+    rewrite_sorted(path, rows)
+    for part in rank_files(path)[1:]:
+        part.unlink(missing_ok=True)
 
 
 def finished_rows(folder: Path, rows: list[dict[str, Any]], decode: bool = True) -> dict[int, dict[str, Any]]:
@@ -190,17 +235,26 @@ def save_features(folder: Path, rank: int, rows: list[dict[str, Any]]) -> None:
 
 
 def load_features(folder: Path, indices: list[int]) -> dict[str, Any]:
-    """The stored features of rows `indices`, in that order, from every rank's shards (any duplicate wins once)."""
+    """The stored features of rows `indices`, in that order, from every rank's shards (of duplicates the last shard
+    in name order wins). Each shard is read once: an npz member is decompressed again at every access."""
     import numpy as np
 
-    by_index: dict[int, dict[str, np.ndarray]] = {}
+    position = {index: i for i, index in enumerate(indices)}
+    out: dict[str, np.ndarray] = {}
+    found = np.zeros(len(indices), dtype=bool)
     for shard in sorted((folder / FEATURES_DIR).glob("rank*.npz")):
         with np.load(shard) as stored:
-            names = [n for n in stored.files if n != "index"]
-            for i, index in enumerate(stored["index"].tolist()):
-                by_index[index] = {n: stored[n][i] for n in names}
-    missing = [i for i in indices if i not in by_index]
-    if missing:
+            arrays = {name: stored[name] for name in stored.files}
+        pairs = [(row, position[index]) for row, index in enumerate(arrays.pop("index").tolist()) if index in position]
+        if not pairs:
+            continue
+        rows, targets = (np.array(side) for side in zip(*pairs))
+        for name, values in arrays.items():
+            if name not in out:
+                out[name] = np.empty((len(indices), *values.shape[1:]), dtype=values.dtype)
+            out[name][targets] = values[rows]
+        found[targets] = True
+    if not found.all():
+        missing = [indices[i] for i in np.flatnonzero(~found)]
         raise RuntimeError(f"{folder / FEATURES_DIR}: no stored features for rows {missing[:5]}")
-    names = list(by_index[indices[0]]) if indices else []
-    return {n: np.stack([by_index[i][n] for i in indices]) for n in names}
+    return out

@@ -8,6 +8,12 @@ writes `<index>-<prompt>.png`, `manifest.jsonl`, and for `test` `results.jsonl` 
 resumes it, doing only the rows it does not hold yet; a different run is refused, so nothing is mixed
 or overwritten. The writer only writes: the module scores and summarizes, the data module skips
 finished rows, the metric state gathers them across processes.
+
+Each process appends its rows to files of its own (rank 0 to `manifest.jsonl` and `results.jsonl`, rank R to
+`manifest-rankR.jsonl` and `results-rankR.jsonl`), since appends of several machines to one file on a shared
+filesystem such as NFS can interleave or overwrite each other. Rank 0 alone merges them into the two sorted files
+when the run ends and when it resumes, and only it reads what an earlier run left (PNGs, feature shards); what it
+finds, or the error it meets, it tells every rank, so all of them go on or stop together.
 """
 
 import json
@@ -38,9 +44,11 @@ from ldm_lightning.run_folder.files import (
     finished_rows,
     image_name,
     load_features,
+    merge_rank_files,
     png_bytes,
-    read_jsonl,
-    rewrite_sorted,
+    rank_file,
+    rank_files,
+    read_rank_files,
     save_features,
 )
 
@@ -63,6 +71,8 @@ class ImageWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.run_dir = Path(output_dir)
         self.manifest = self.run_dir / MANIFEST
+        self.results = self.run_dir / RESULTS
+        self.rank = 0  # this process's rank: it appends to its own manifest and results files (`rank_file`)
         self.settings: dict[str, Any] = {}
         self.started = 0.0
         self.columns: dict[int, dict[str, Any]] = {}  # a prompt table's other columns, by row index
@@ -79,25 +89,51 @@ class ImageWriter(BasePredictionWriter):
             )
         self.settings = pl_module.run_settings(str(trainer.precision), stage)
         run_fingerprint = fingerprint(self.settings, datamodule.rows)
+        self.rank = trainer.global_rank
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if trainer.is_global_zero:
-            self._claim(run_fingerprint, stage)
+        restored = self._open_together(trainer, pl_module, run_fingerprint, stage)
         check_shared_folder(trainer, self.run_dir)
-        done = finished_rows(self.run_dir, read_jsonl(self.done_file(stage)))
-        self.finished = set(done)
         datamodule.skip_rows(self.finished)
-        if stage == "test" and done:
-            indices = sorted(done)
-            features = load_features(self.run_dir, indices) if pl_module.stored_features() else {}
-            pl_module.restore_results([done[i] for i in indices], features)
+        if restored is not None:  # on rank 0, which alone adds earlier rows to the summary (`restore_results`)
+            pl_module.restore_results(*restored)
         self.columns = {r["index"]: {k: v for k, v in r.items() if k not in ROW_KEYS} for r in datamodule.rows}
-        total = len(datamodule.rows)
-        if done and len(done) >= total:
+        total, finished = len(datamodule.rows), len(self.finished)
+        if finished and finished >= total:
             again = " (scoring one image again to report the scores of all)" if stage == "test" else ""
             rank_zero_info(f"Nothing left to do: all {total} samples are finished in {self.run_dir}{again}.")
-        elif done:
-            rank_zero_info(f"Resuming {self.run_dir}: {len(done)} of {total} images already done.")
+        elif finished:
+            rank_zero_info(f"Resuming {self.run_dir}: {finished} of {total} images already done.")
         self.started = time.perf_counter()
+
+    def _open_together(
+        self, trainer: Trainer, pl_module: LightningModule, run_fingerprint: str, stage: str
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+        """Rank 0 claims the folder and reads what it holds; every rank learns which rows are finished (`finished`),
+        or raises the error rank 0 met (a refused folder, a damaged file), so that no rank waits for a partner that
+        has given up. Returns, on rank 0 when testing, the finished rows and their stored features."""
+        done: dict[int, dict[str, Any]] = {}
+        restored = None
+        failure: BaseException | None = None
+        if trainer.is_global_zero:
+            try:
+                self._claim(run_fingerprint, stage)
+                done = self._merge(stage)
+                if stage == "test" and done:
+                    indices = sorted(done)
+                    features = load_features(self.run_dir, indices) if pl_module.stored_features() else {}
+                    restored = ([done[i] for i in indices], features)
+            except Exception as err:
+                failure = err
+        shared = failure if isinstance(failure, UserError | OSError) else None
+        if failure is not None and shared is None:  # a bug: its traceback stays on rank 0
+            shared = RuntimeError(f"rank 0 could not open {self.run_dir}: {type(failure).__name__}: {failure}")
+        error, finished = trainer.strategy.broadcast((shared, sorted(done)), src=0)
+        if failure is not None:
+            raise failure
+        if error is not None:
+            raise error
+        self.finished = set(finished)
+        return restored
 
     def _claim(self, run_fingerprint: str, stage: str) -> None:
         """Record the run in `run.json`, or check that the folder holds this very run."""
@@ -112,15 +148,24 @@ class ImageWriter(BasePredictionWriter):
         else:
             run = {"fingerprint": run_fingerprint, "stage": stage, "settings": self.settings}
             atomic_write(run_file, json.dumps(run, indent=2).encode())
-        # A run stopped by a full disk or a kill may have left a torn last line, which a new row
-        # appended after it would join; keep only whole rows before anything is appended.
-        for name in (MANIFEST, RESULTS):
-            if (self.run_dir / name).is_file():
-                rewrite_sorted(self.run_dir / name, {i: r for i, r in enumerate(read_jsonl(self.run_dir / name))})
+
+    def _merge(self, stage: str) -> dict[int, dict[str, Any]]:
+        """Fold every rank's manifest and results files of earlier runs into the folder's own, one whole row per
+        image on disk, and return the finished rows (their PNGs decoded: a run killed mid-write may have left one
+        torn). Afterwards every file is free of torn last lines, so rows appended later stay whole."""
+        done: dict[int, dict[str, Any]] = {}
+        for path in (self.manifest, self.results):
+            if not any(part.is_file() for part in rank_files(path)):
+                continue
+            kept = finished_rows(self.run_dir, read_rank_files(path), decode=path == self.done_file(stage))
+            merge_rank_files(path, kept)
+            if path == self.done_file(stage):
+                done = kept
+        return done
 
     def done_file(self, stage: str) -> Path:
         """The file whose rows mark a sample finished: the manifest, or the scores when testing."""
-        return self.run_dir / (RESULTS if stage == "test" else MANIFEST)
+        return self.results if stage == "test" else self.manifest
 
     def manifest_row(self, row: dict[str, Any]) -> dict[str, Any]:
         """The JSON row of one image: prompt row, file name, settings and health flags."""
@@ -128,9 +173,10 @@ class ImageWriter(BasePredictionWriter):
         kept = {k: v for k, v in row.items() if k not in ("pixels", "features", "inspection")}
         return {**self.columns.get(row["index"], {}), **kept, "image": name, **self.settings}
 
-    def write_rows(self, rows: list[dict[str, Any]], extra_file: Path | None = None) -> None:
-        """Save each row's image, then its manifest row (the image is on disk before its row). A row the folder
-        already held (a finished run scored again) is left as it is."""
+    def write_rows(self, rows: list[dict[str, Any]], results: bool = False) -> None:
+        """Save each row's image, then its manifest row (and with `results` its results row) in this rank's files:
+        the image is on disk before its row. A row the folder already held (a finished run scored again) is left
+        as it is."""
         for row in rows:
             if row["index"] in self.finished:
                 continue
@@ -139,9 +185,9 @@ class ImageWriter(BasePredictionWriter):
             for suffix, data in inspection_files(row.get("inspection") or {}).items():
                 atomic_write(self.run_dir / out["image"].replace(".png", suffix), data)
             atomic_write(self.run_dir / out["image"], png_bytes(row["pixels"]))
-            append_jsonl(self.manifest, out)
-            if extra_file is not None:
-                append_jsonl(extra_file, out)
+            append_jsonl(rank_file(self.manifest, self.rank), out)
+            if results:
+                append_jsonl(rank_file(self.results, self.rank), out)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         self.write_rows(prediction)
@@ -155,20 +201,21 @@ class ImageWriter(BasePredictionWriter):
         and `test` between batches, but not `predict`; stopping here covers both, with the reason.
         """
         if trainer.received_sigterm:
-            done = len(finished_rows(self.run_dir, read_jsonl(self.manifest), decode=False))
+            done = len(finished_rows(self.run_dir, read_rank_files(self.manifest), decode=False))
             raise SIGTERMException(f"SIGTERM received; {done} finished images are kept in {self.run_dir}")
 
     def finish(self, trainer: Trainer, results: bool = False) -> None:
-        """After all processes: sort the manifest (and results), draw the grid."""
+        """After all processes: merge the ranks' manifests (and results) into one sorted file each, draw the grid."""
         trainer.strategy.barrier("ldm_lightning.writer.finish")
-        done = finished_rows(self.run_dir, read_jsonl(self.manifest), decode=False)  # decoded at setup or written whole
-        if trainer.is_global_zero and done:
-            rewrite_sorted(self.manifest, done)
+        if not trainer.is_global_zero:
+            return
+        done = finished_rows(self.run_dir, read_rank_files(self.manifest), decode=False)  # written whole
+        if done:
+            merge_rank_files(self.manifest, done)
             shown = done
             if results:
-                results_file = self.run_dir / RESULTS
-                shown = finished_rows(self.run_dir, read_jsonl(results_file), decode=False)
-                rewrite_sorted(results_file, shown)
+                shown = finished_rows(self.run_dir, read_rank_files(self.results), decode=False)
+                merge_rank_files(self.results, shown)
             grid = save_grid(self.run_dir, [shown[i] for i in sorted(shown)][:MAX_GRID_IMAGES])
             log_grid(trainer, grid, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
             log_inspection(trainer, self.run_dir, [done[i] for i in sorted(done)][:MAX_INSPECTED_LOGGED])
@@ -182,7 +229,7 @@ class ImageWriter(BasePredictionWriter):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         new = [row for row in outputs if row["index"] not in self.finished]
         save_features(self.run_dir, trainer.global_rank, new)  # before the rows that mark them finished
-        self.write_rows(outputs, extra_file=self.run_dir / RESULTS)
+        self.write_rows(outputs, results=True)
         if trainer.is_global_zero:
             log_batch(trainer, outputs, batch_idx)
         drop_pixels(outputs)

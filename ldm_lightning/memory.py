@@ -85,7 +85,7 @@ def check_fits(module, batch_size: int, accelerator: str | None) -> None:
     )
     if free is not None and need > free:
         raise UserError(
-            f"model.height/model.width: {module.height}×{module.width} images need at least {need / 2**30:,.1f} GiB "
+            f"model.sampling.height/width: {module.height}×{module.width} images need at least {need / 2**30:,.1f} GiB "
             f"for a batch of {batch_size} (latents and the VAE decoder's full-size activations), but {device.type} "
             f"has {free / 2**30:,.1f} GiB free; use a smaller size or --data.batch_size"
         )

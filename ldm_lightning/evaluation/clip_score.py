@@ -67,7 +67,7 @@ def load_clip(name_or_path: str) -> tuple[FeatureCLIP, TruncatingProcessor]:
     from transformers import AutoProcessor, CLIPModel  # only `test` scores; `predict` starts without it
 
     source = clip_source(name_or_path)
-    key = "model.clip_model_name_or_path"
+    key = "model.metrics: ClipScore.model"
     local = is_local(source)
     if local and not Path(source).expanduser().is_dir():
         raise UserError(f"{key}: {source}: no such folder; give the path of a CLIP folder (config, weights, processor)")

@@ -70,7 +70,7 @@ class Dinov2Features(torch.nn.Module):
             self.processor = AutoImageProcessor.from_pretrained(name_or_path)
         except (OSError, ValueError) as err:
             raise UserError(
-                f"model.dinov2_model_name_or_path: could not load DINOv2 {name_or_path!r} (needed by fd_dinov2): "
+                f"model.metrics: FDDinov2.model: could not load DINOv2 {name_or_path!r} (needed by fd_dinov2): "
                 f"{first_line(err)}; download it on a connected machine "
                 f"(hf download {DEFAULT_DINOV2} --local-dir dinov2-large) and pass the folder"
             ) from None
@@ -93,18 +93,18 @@ def load_inception(path: str | None) -> InceptionFeatures:
     where = (
         f"download {INCEPTION_FILE} (TorchScript, used by StyleGAN2-ADA, clean-fid and EDM) from {INCEPTION_URL} "
         f"(the pickle at {INCEPTION_PICKLE_URL} does not load without the StyleGAN code) and pass "
-        "--model.inception_weights PATH"
+        "--model.metrics+=FID --model.metrics.inception_weights PATH (KID likewise)"
     )
     if not path:
-        raise UserError(f"model.inception_weights: fid and kid need the FID Inception network; {where}")
+        raise UserError(f"model.metrics: FID.inception_weights: fid and kid need the FID Inception network; {where}")
     if not Path(path).is_file():
-        raise UserError(f"model.inception_weights: no file at {path!r}; {where}")
+        raise UserError(f"model.metrics: FID.inception_weights: no file at {path!r}; {where}")
     try:
         return InceptionFeatures(path)
     except RuntimeError as err:
         # torch's own message runs on for sentences about corrupted checkpoints; its first sentence says it.
         first = first_line(err).split(". ")[0]
-        raise UserError(f"model.inception_weights: {path!r} is not a TorchScript file ({first}); {where}") from None
+        raise UserError(f"model.metrics: FID.inception_weights: {path!r} is not a TorchScript file ({first}); {where}") from None
 
 
 def extract(extractors: dict[str, torch.nn.Module], images: torch.Tensor) -> dict[str, torch.Tensor]:

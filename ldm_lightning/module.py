@@ -19,7 +19,7 @@ from ldm_lightning.evaluation.metrics import ImageMetric, SetMetric
 from ldm_lightning.evaluation.rows import FeatureRows, ResultRows
 from ldm_lightning.evaluation.scoring import Scoring, resolve_metrics
 from ldm_lightning.finetune.lora import LoraFile
-from ldm_lightning.finetune.method import FineTuning, FullUNet, WarmupCosine
+from ldm_lightning.finetune.method import FineTuning, FullUNet, WarmupCosine, validates
 from ldm_lightning.generation.components import Components, load_components
 from ldm_lightning.generation.guidance import ClassifierFreeGuidance, Guidance, as_guidance
 from ldm_lightning.generation.image_rows import healthy, image_rows, prompt_rows, with_views
@@ -180,7 +180,7 @@ class LatentDiffusionModule(LightningModule):
             self.finetune.train(self.unet)  # the frozen VAE and text encoder stay in eval mode
             # The forward process uses the checkpoint's own noise schedule (betas).
             self.noise_schedule = DDPMScheduler.from_config(self.components.scheduler_config)
-        if stage in ("fit", "validate"):
+        if stage in ("fit", "validate") and validates(self._trainer):
             # Now, so that a CLIP that cannot load fails before training rather than at the first validation.
             self.scoring.image_metrics[0].load(self.scoring.networks)
 

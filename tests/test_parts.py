@@ -100,7 +100,9 @@ def test_apg_differs_from_cfg_and_does_not_depend_on_the_batch(components):
 
     # eta 0 drops the update's component parallel to the conditional estimate (Sadat et al. 2024). diffusers' default
     # eta 1 keeps it, and on a latent this small the update's norm stays under the rescale threshold, so it equals CFG.
-    apg = module_on(components, guidance=AdaptiveProjectedGuidance(5.0, adaptive_projected_guidance_rescale=1.0, eta=0.0))
+    apg = module_on(
+        components, guidance=AdaptiveProjectedGuidance(5.0, adaptive_projected_guidance_rescale=1.0, eta=0.0)
+    )
     cfg = module_on(components, guidance=ClassifierFreeGuidance(guidance_scale=5.0))
     together = apg.sample(batch_of())[0].images
     alone = torch.cat([apg.sample(batch_of(i, 1))[0].images for i in range(3)])
@@ -218,3 +220,52 @@ def test_building_parts_and_the_module_changes_nothing_global(tiny_model, tiny_c
     assert threading.excepthook is hook_before
     assert transformers_logging.is_progress_bar_enabled() == bars_before
     assert {name: list(logging.getLogger(name).filters) for name in loggers} == logger_filters
+
+
+def test_fit_takes_an_image_folder_as_a_user_first_types_it(tiny_model, tiny_clip, tmp_path):
+    from helpers import metrics_arg, run_cli
+
+    from ldm_lightning.shapes.folder import write_folder
+
+    folder = write_folder(tmp_path / "my_images", [("red", "circle")], num_images=8, seed=0)
+    args = [
+        "fit",
+        f"--model.pretrained_model_name_or_path={tiny_model}",
+        f"--data.path={folder}",
+        "--data.resolution=32",
+        "--data.batch_size=4",
+        f"--model.metrics={metrics_arg(clip=tiny_clip)}",  # validation's CLIPScore
+        "--model.finetune=LoRA",
+        "--model.finetune.rank=2",
+        "--optimizer=AdamW",
+        "--optimizer.lr=0.001",
+        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
+        "--lr_scheduler.warmup_steps=1",
+        "--trainer.max_steps=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_checkpointing=false",
+        f"--output_dir={tmp_path / 'fit'}",
+    ]
+    assert run_cli(args)[0] == 0
+    assert list((tmp_path / "fit").rglob("lora/pytorch_lora_weights.safetensors"))
+
+
+def test_batch_size_resumes_the_folder_and_decode_precision_does_not(tiny_model, tmp_path, capsys):
+    from helpers import manifest, run_cli
+
+    base = [
+        "predict",
+        f"--model.pretrained_model_name_or_path={tiny_model}",
+        "--model.sampling.num_inference_steps=2",
+        "--model.sampling.height=32",
+        "--model.sampling.width=32",
+        "--trainer.precision=bf16-mixed",
+        "--trainer.enable_progress_bar=false",
+        f"--output_dir={tmp_path / 'run'}",
+    ]
+    assert run_cli([*base, "--data.batch_size=4", "--model.sampling.decode_fp32=never"])[0] == 0
+    assert run_cli([*base, "--data.batch_size=2", "--model.sampling.decode_fp32=never"])[0] == 0
+    assert not (tmp_path / "run-1").exists()  # another batch size: the same images, the same folder
+    assert run_cli([*base, "--data.batch_size=4", "--model.sampling.decode_fp32=always"])[0] == 0
+    assert {r["decode_fp32"] for r in manifest(tmp_path / "run-1")} == {True}
+    assert {r["decode_fp32"] for r in manifest(tmp_path / "run")} == {False}

@@ -104,7 +104,9 @@ def load_inception(path: str | None) -> InceptionFeatures:
     except RuntimeError as err:
         # torch's own message runs on for sentences about corrupted checkpoints; its first sentence says it.
         first = first_line(err).split(". ")[0]
-        raise UserError(f"model.metrics: FID.inception_weights: {path!r} is not a TorchScript file ({first}); {where}") from None
+        raise UserError(
+            f"model.metrics: FID.inception_weights: {path!r} is not a TorchScript file ({first}); {where}"
+        ) from None
 
 
 def extract(extractors: dict[str, torch.nn.Module], images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -111,6 +111,18 @@ class LoRA(FullUNet):
         return True
 
 
+def validates(trainer) -> bool:
+    """Whether a `fit` or `validate` run has validation batches to sample and score."""
+    from lightning import LightningDataModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if trainer is None:  # set up by hand, outside a Trainer
+        return False
+    datamodule = trainer.datamodule
+    has_data = datamodule is not None and is_overridden("val_dataloader", datamodule, LightningDataModule)
+    return has_data and trainer.limit_val_batches != 0
+
+
 class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
     """Linear warm-up over `warmup_steps`, then cosine decay to 0 at the run's last step (or constant).
 

@@ -66,7 +66,8 @@ class SetMetric(ABC):
 
     @abstractmethod
     def extractor(self, networks: "Networks") -> torch.nn.Module:
-        """A module mapping uint8 (B, 3, H, W) images to float (B, D) features."""
+        """A module mapping uint8 (B, 3, H, W) images to float (B, D) features. Only the first metric of each
+        `features` name is asked; the others share its features (and its `identity` and `preprocessing`)."""
 
     def identity(self) -> str:
         """What the reference features' cache is keyed on besides the files: the extractor's weights."""
@@ -305,18 +306,20 @@ class FID(SetMetric):
 
     Args:
         inception_weights: local TorchScript file of the FID Inception network, inception-2015-12-05.pt
-            (StyleGAN2-ADA / clean-fid / EDM).
+            (StyleGAN2-ADA / clean-fid / EDM). FID and KID share one extraction: give it to the first of them.
     """
 
     name, features = "fid", "inception"
 
     def __init__(self, inception_weights: str | None = None) -> None:
-        from ldm_lightning.evaluation.features import load_inception
-
         self.inception_weights = inception_weights
-        self._net = load_inception(inception_weights)  # now: a missing file fails before any sampling
+        self._net = None
 
     def extractor(self, networks):
+        from ldm_lightning.evaluation.features import load_inception
+
+        if self._net is None:
+            self._net = load_inception(self.inception_weights)
         return self._net
 
     def identity(self) -> str:

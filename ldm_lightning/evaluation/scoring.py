@@ -11,31 +11,36 @@ from ldm_lightning.evaluation.metrics import BUILT_IN, ClipScore, ImageMetric, N
 
 
 def resolve_metrics(metrics: list | None) -> list[ImageMetric | SetMetric]:
-    """`model.metrics` as metric objects: names of built-ins become their default instances; CLIPScore is
-    always there, first; every name appears once."""
-    resolved = []
-    for metric in metrics or []:
-        if isinstance(metric, str):
-            if metric not in BUILT_IN:
-                raise UserError(
-                    f"model.metrics: unknown {metric!r}; choose from {', '.join(BUILT_IN)}, or give a class path "
-                    "(--model.metrics+=your_module.YourMetric)"
-                )
-            metric = BUILT_IN[metric]()
+    """`model.metrics` as metric objects: CLIPScore always, first; the metrics given as objects (class path and init
+    args), in order; then the built-ins given by name, as default instances, unless an object of the same name is
+    given too (`--model.metrics '[clip_score, fid, kid]' --model.metrics+=FID --model.metrics.inception_weights F`
+    configures the FID, whose Inception then serves KID too)."""
+    given = [m for m in metrics or [] if not isinstance(m, str)]
+    for metric in given:
         if not isinstance(metric, (ImageMetric, SetMetric)):
             raise UserError(
                 f"model.metrics: {type(metric).__name__} is neither an ImageMetric nor a SetMetric "
                 "(ldm_lightning.evaluation.metrics); subclass one of them"
             )
-        resolved.append(metric)
-    if not any(isinstance(m, ClipScore) for m in resolved):
-        resolved.insert(0, ClipScore())
-    resolved.sort(key=lambda m: not isinstance(m, ClipScore))
-    names = [m.name for m in resolved]
+    names = [m.name for m in given]
+    for name in metrics or []:
+        if not isinstance(name, str) or name in names:
+            continue
+        if name not in BUILT_IN:
+            raise UserError(
+                f"model.metrics: unknown {name!r}; choose from {', '.join(BUILT_IN)}, or give a class path "
+                "(--model.metrics+=your_module.YourMetric)"
+            )
+        given.append(BUILT_IN[name]())
+        names.append(name)
+    if not any(isinstance(m, ClipScore) for m in given):
+        given.insert(0, ClipScore())
+    given.sort(key=lambda m: not isinstance(m, ClipScore))
+    names = [m.name for m in given]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated or not all(names):
         raise UserError(f"model.metrics: each metric needs its own non-empty name; repeated: {repeated or ['']}")
-    return resolved
+    return given
 
 
 class Scoring:
@@ -55,6 +60,7 @@ class Scoring:
         self.set_metrics = [m for m in metrics if isinstance(m, SetMetric)]
         self.networks = Networks(self.image_metrics[0].model or default_clip)  # ClipScore's CLIP scores by default
         self.extractors: dict[str, torch.nn.Module] = {}
+        self.builders: dict[str, SetMetric] = {}  # the metric whose extractor each feature set uses
         self.loaded = False
 
     @property
@@ -80,6 +86,7 @@ class Scoring:
         for metric in self.set_metrics:
             if metric.features not in self.extractors:
                 self.extractors[metric.features] = metric.extractor(self.networks).eval().requires_grad_(False)
+                self.builders[metric.features] = metric
         self.loaded = True
 
     def to(self, device: torch.device) -> None:
@@ -137,9 +144,7 @@ class Scoring:
         """The reference images' features for each feature set (cached), and the unreadable files skipped."""
         from ldm_lightning.evaluation.real_images import reference_features
 
-        identities = {}
-        for metric in self.set_metrics:
-            identities.setdefault(metric.features, metric.identity())
+        identities = {name: metric.identity() for name, metric in self.builders.items()}
         return reference_features(files, self.extractors, cache_dir, device, identities)
 
     def summarize_sets(self, generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -205,8 +210,8 @@ class Scoring:
             "n_reference": n_reference,
             "n_reference_skipped": len(reference["skipped"]),
             "reference": reference["spec"],
-            "extractors": {m.features: m.identity() for m in self.set_metrics},
-            "resize": {m.features: m.preprocessing() for m in self.set_metrics},
+            "extractors": {name: metric.identity() for name, metric in self.builders.items()},
+            "resize": {name: metric.preprocessing() for name, metric in self.builders.items()},
         }
 
     def logged_keys(self) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from ldm_lightning.run_folder.writer import ImageWriter
 
 TRAINER_KEYS = ("accelerator", "strategy", "devices", "num_nodes", "precision")
 PROMPT_DATA = "ldm_lightning.data.PromptDataModule"
+WORKER_TERMINATED = re.compile(r"DataLoader worker \(pid[^)]*\) is killed by signal: Terminated")
 FIT_DATA = "ldm_lightning.finetune.images.ImageCaptionDataModule"
 # The default guidance (the embedded model's scale); SD v1.4's configs set 7.5.
 DEFAULT_GUIDANCE = {
@@ -157,12 +158,12 @@ class SaveConfigToRunFolder(SaveConfigCallback):
         return next((c for c in trainer.callbacks if isinstance(c, ImageWriter)), None)
 
 
-def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
+def make_cli(args: list[str] | None = None, stage: str | None = None, cli_class: type[LdmCLI] | None = None) -> LdmCLI:
     """The CLI on `args`. With `stage` ("predict", "test" or "fit") it only builds model, data and
     Trainer for that stage and returns them on the CLI object, for Python callers such as sweeps."""
     quiet_known_noise()
     quiet_seed_message()
-    return LdmCLI(
+    return (cli_class or LdmCLI)(
         LatentDiffusionModule,
         LightningDataModule,
         subclass_mode_data=True,
@@ -175,26 +176,18 @@ def make_cli(args: list[str] | None = None, stage: str | None = None) -> LdmCLI:
     )
 
 
+class ParseOnly(LdmCLI):
+    """The command line parsed and checked, nothing built."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
 def parse_config(args: list[str], stage: str = "test"):
     """The configuration `args` describe (YAML files and overrides, type-checked), without building anything:
     a jsonargparse Namespace with `model` (constructor arguments), `data` (`class_path`, `init_args`),
     `trainer` and `output_dir`. For Python callers that build many runs from one command line (sweeps)."""
-
-    class ParseOnly(LdmCLI):
-        def instantiate_classes(self) -> None:
-            pass
-
-    quiet_known_noise()
-    cli = ParseOnly(
-        LatentDiffusionModule,
-        LightningDataModule,
-        subclass_mode_data=True,
-        args=args,
-        run=False,
-        stage=stage,
-        seed_everything_default=0,
-    )
-    return cli.config
+    return make_cli(args, stage, ParseOnly).config
 
 
 def user_message(err: BaseException, args: list[str]) -> str | None:
@@ -257,8 +250,17 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     try:
         make_cli(args)
-    except SIGTERMException as stop:
-        print(f"stopped: {stop or 'SIGTERM received'}; run the same command again to resume", file=sys.stderr)
+    except (SIGTERMException, RuntimeError) as stop:
+        if isinstance(stop, RuntimeError) and not WORKER_TERMINATED.search(str(stop)):
+            raise
+        # DataLoader workers share the process group and get the SIGTERM too: their death is the same stop.
+        reason = str(stop) if isinstance(stop, SIGTERMException) and str(stop) else "SIGTERM received"
+        again = (
+            "resume from the last checkpoint with the same command and --ckpt_path last"
+            if "fit" in argv
+            else "run the same command again to resume"
+        )
+        print(f"stopped: {reason}; {again}", file=sys.stderr)
         sys.exit(143)  # 128 + SIGTERM, as a shell reports a terminated process
     except Exception as err:
         message = user_message(err, argv)

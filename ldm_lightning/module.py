@@ -24,7 +24,7 @@ from ldm_lightning.generation.components import Components, load_components
 from ldm_lightning.generation.guidance import ClassifierFreeGuidance, Guidance, as_guidance
 from ldm_lightning.generation.image_rows import healthy, image_rows, prompt_rows, with_views
 from ldm_lightning.generation.sampler import Sampling
-from ldm_lightning.generation.sampling import to_uint8
+from ldm_lightning.generation.sampling import report_unknown_words, to_uint8
 from ldm_lightning.inspection.batch import Inspection
 from ldm_lightning.interfaces import PromptSource
 from ldm_lightning.memory import peak_memory_mb
@@ -166,6 +166,8 @@ class LatentDiffusionModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if stage in ("predict", "test") and isinstance(datamodule, PromptSource):
+            report_unknown_words(self.components.tokenizer, [r["prompt"] for r in datamodule.load_rows()])
         if stage == "test":
             self.scoring.load()
             if isinstance(datamodule, PromptSource):

@@ -269,3 +269,45 @@ def test_batch_size_resumes_the_folder_and_decode_precision_does_not(tiny_model,
     assert run_cli([*base, "--data.batch_size=4", "--model.sampling.decode_fp32=always"])[0] == 0
     assert {r["decode_fp32"] for r in manifest(tmp_path / "run-1")} == {True}
     assert {r["decode_fp32"] for r in manifest(tmp_path / "run")} == {False}
+
+
+@pytest.mark.ddp  # a process of its own, with DataLoader worker processes
+def test_sigterm_during_fit_with_workers_ends_in_the_stopped_line(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ldm_lightning.shapes.folder import write_folder
+
+    folder = write_folder(tmp_path / "imgs", [("red", "circle")], num_images=32, seed=0)
+    args = [
+        "fit",
+        f"--data.path={folder}",
+        "--data.batch_size=4",
+        "--data.num_workers=2",
+        "--trainer.max_steps=100000",
+        "--trainer.limit_val_batches=0",
+        "--trainer.enable_progress_bar=false",
+        f"--output_dir={tmp_path / 'fit'}",
+    ]
+    proc = subprocess.Popen([sys.executable, "-m", "ldm_lightning", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((tmp_path / "fit").glob("lightning_logs/version_0")):
+        time.sleep(0.2)
+    time.sleep(5)  # into the training batches, workers running
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped: SIGTERM received; resume from the last checkpoint" in err
+    assert "Traceback" not in err
+
+
+def test_words_the_embedded_tokenizer_does_not_know_are_named(tiny_model):
+    from ldm_lightning.generation.components import load_components
+    from ldm_lightning.generation.sampling import unknown_words
+
+    embedded = load_components("tiny-shapes").tokenizer
+    found = unknown_words(embedded, ["an orange circle", "a red square", "an orange circle"])
+    assert found == {"an orange circle": ["an", "orange"]}
+    assert unknown_words(load_components(tiny_model).tokenizer, ["an orange circle"]) == {}  # byte-level: knows all

@@ -23,10 +23,8 @@ import numpy as np
 from ldm_lightning.errors import UserError
 from ldm_lightning.evaluation.groups import group_key
 from ldm_lightning.evaluation.stats import holm, paired
-from ldm_lightning.run_folder.files import RUN_FILE, atomic_write, choose_run_dir, read_jsonl
+from ldm_lightning.run_folder.files import RESULTS, RUN_FILE, SUMMARY, atomic_write, choose_run_dir, read_jsonl
 
-RESULTS = "results.jsonl"  # the writer's names; importing them would load Lightning
-SUMMARY = "summary.json"
 KEY = ("prompt", "negative_prompt", "seed")
 EXTREMES = 4  # rows shown in each direction in the side-by-side picture
 

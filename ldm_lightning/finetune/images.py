@@ -97,9 +97,7 @@ def open_image(value: dict[str, Any], name: str) -> Image.Image:
         raise UserError(f"data.path: image {name} is unreadable ({type(err).__name__}); replace or remove it") from None
 
 
-def fit_to(
-    image: Image.Image, height: int, width: int, crop: Crop, flip: bool, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def fit_to(image: Image.Image, height: int, width: int, crop: Crop, flip: bool) -> torch.Tensor:
     """RGB image → (3, height, width) in [-1, 1]: scale so it covers the size, crop, maybe mirror.
 
     The order of diffusers' train_text_to_image.py (Resize, Center/RandomCrop, RandomHorizontalFlip,
@@ -112,12 +110,12 @@ def fit_to(
         image = image.resize(size, Image.Resampling.BILINEAR)
     spare_x, spare_y = image.width - width, image.height - height
     if crop == "random":
-        left = int(torch.randint(spare_x + 1, (), generator=generator))
-        top = int(torch.randint(spare_y + 1, (), generator=generator))
+        left = int(torch.randint(spare_x + 1, ()))
+        top = int(torch.randint(spare_y + 1, ()))
     else:
         left, top = spare_x // 2, spare_y // 2
     image = image.crop((left, top, left + width, top + height))
-    if flip and float(torch.rand((), generator=generator)) < 0.5:
+    if flip and float(torch.rand(())) < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
 

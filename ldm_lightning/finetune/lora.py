@@ -46,9 +46,7 @@ def require_peft(key: str) -> None:
         raise UserError(f"{key}: LoRA needs the peft package; pip install 'ldm_lightning[lora]'") from None
 
 
-def add_lora(
-    unet, rank: int, alpha: float | None = None, target_modules: list[str] | None = None, seed: int | None = None
-) -> int:
+def add_lora(unet, rank: int, alpha: float | None = None, target_modules: list[str] | None = None) -> int:
     """Freeze the U-Net and add trainable rank-`rank` adapters; return their number of parameters.
 
     The adapters start as the identity (peft zeroes the up-projection), so training starts from the model
@@ -61,8 +59,6 @@ def add_lora(
         raise UserError(f"model.finetune.rank: must be at least 1, got {rank}; SD LoRAs commonly use 4 to 128")
     targets = list(target_modules or DEFAULT_TARGET_MODULES)
     unet.requires_grad_(False)
-    if seed is not None:
-        torch.manual_seed(seed)  # the down-projections start random (peft's default Kaiming init)
     try:
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets), adapter_name=ADAPTER)
     except ValueError as err:  # peft names the targets it did not find
@@ -94,19 +90,19 @@ def lora_state_dict(unet) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
 
 
-def save_lora(unet, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+def save_lora(unet, folder: str | Path) -> Path:
     """Write `folder/pytorch_lora_weights.safetensors`, loadable by `StableDiffusionPipeline.load_lora_weights`.
 
     The adapter's config (rank, alpha, targets) rides in the file's metadata, so a LoRA trained with
-    alpha ≠ rank loads at the scale it was trained with. `state_dict` replaces the U-Net's own adapter
-    weights (the averaged ones, when EMA is on).
+    alpha ≠ rank loads at the scale it was trained with. With EMA, the U-Net holds the averaged weights when
+    `fit` ends (the export runs after every callback's end of training), so those are the ones written.
     """
     from diffusers import StableDiffusionPipeline
 
     folder = Path(folder)
     config = unet.peft_config[ADAPTER].to_dict()
     config["target_modules"] = sorted(config["target_modules"])  # a set in peft's dict, not JSON
-    state = lora_state_dict(unet) if state_dict is None else state_dict
+    state = lora_state_dict(unet)
     StableDiffusionPipeline.save_lora_weights(
         save_directory=folder,
         unet_lora_layers={k: v.detach().contiguous().cpu() for k, v in state.items()},

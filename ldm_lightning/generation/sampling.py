@@ -40,6 +40,35 @@ def tokenize(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor,
     return ids.input_ids, lengths, lengths > limit
 
 
+def unknown_words(tokenizer, prompts: list[str]) -> dict[str, list[str]]:
+    """Per prompt, the words the tokenizer maps to its unknown token (a word-level vocabulary such as the embedded
+    model's; CLIP's byte-level BPE knows every word and gives none)."""
+    unk = tokenizer.unk_token_id
+    if unk is None or unk in (tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.pad_token_id):
+        return {}
+    found = {}
+    for prompt in dict.fromkeys(prompts):
+        enc = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        words = [prompt[a:b] for i, (a, b) in zip(enc.input_ids, enc.offset_mapping) if i == unk]
+        if words:
+            found[prompt] = words
+    return found
+
+
+def report_unknown_words(tokenizer, prompts: list[str]) -> None:
+    """Say once which words of which prompts the model's tokenizer does not know (they become its unknown token)."""
+    from lightning.pytorch.utilities import rank_zero_info
+
+    found = unknown_words(tokenizer, prompts)
+    if found:
+        words = ", ".join(repr(w) for w in dict.fromkeys(w for ws in found.values() for w in ws))
+        example = next(iter(found))
+        rank_zero_info(
+            f"note: the model's tokenizer does not know {words} ({len(found)} of {len(set(prompts))} prompts, "
+            f"e.g. {example!r}); it reads them as {tokenizer.unk_token}"
+        )
+
+
 def encode_text(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-token text embeddings (the last hidden state) that the U-Net cross-attends to."""
     embeds = text_encoder(input_ids.to(text_encoder.device))[0]

@@ -11,10 +11,11 @@ from ldm_lightning.generation.sampling import encode_text, tokenize
 TRAINABLE_PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
-def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Images in [-1, 1] -> latents scaled by the VAE's own factor (a sample of the posterior)."""
+def encode_images(vae, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> latents scaled by the VAE's own factor (a sample of the posterior, from torch's
+    global generator, which Lightning's `seed_everything` seeds)."""
     posterior = vae.encode(pixel_values.to(vae.dtype)).latent_dist
-    return posterior.sample(generator) * vae.config.scaling_factor
+    return posterior.sample() * vae.config.scaling_factor
 
 
 def prediction_type(noise_schedule: DDPMScheduler) -> str:

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ldm_lightning.errors import UserError
 from ldm_lightning.generation.sampling import Samples, to_uint8
@@ -30,6 +29,7 @@ from ldm_lightning.inspection.attention import (
 )
 from ldm_lightning.inspection.overlay import overlay_strip
 from ldm_lightning.inspection.trajectory import Trajectory, strip
+from ldm_lightning.png import png_bytes
 
 InspectName = Literal["attention", "trajectory"]
 
@@ -175,13 +175,7 @@ def inspection_files(view: dict[str, Any]) -> dict[str, bytes]:
             **{f"tokens_{f}": attention["token_maps"][f] for f in factors},
         )
         files[".attention.npz"] = buffer.getvalue()
-        files[".attention.png"] = _png(attention["overlay"])
+        files[".attention.png"] = png_bytes(attention["overlay"])
     if trajectory := view.get("trajectory"):
-        files[".trajectory.png"] = _png(trajectory["strip"])
+        files[".trajectory.png"] = png_bytes(trajectory["strip"])
     return files
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()

@@ -21,8 +21,13 @@ from PIL import Image
 
 from ldm_lightning.errors import UserError
 
+# A run folder's files, by name (the writer writes them; `compare` and the tests read them).
 MANIFEST = "manifest.jsonl"
 RUN_FILE = "run.json"
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+GRID = "grid.png"
+GROUPS = "groups.md"
 
 
 def fingerprint(settings: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -104,13 +109,6 @@ def create_temporary(path: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
-
-
-def png_bytes(pixels) -> bytes:
-    """PNG bytes of an HWC uint8 array."""
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

@@ -35,9 +35,14 @@ from ldm_lightning.errors import UserError
 from ldm_lightning.inspection.batch import inspection_files
 from ldm_lightning.inspection.board import log_inspection
 from ldm_lightning.interfaces import PromptSource, RunModule
+from ldm_lightning.png import png_bytes
 from ldm_lightning.run_folder.files import (
+    GRID,
+    GROUPS,
     MANIFEST,
+    RESULTS,
     RUN_FILE,
+    SUMMARY,
     append_jsonl,
     atomic_write,
     fingerprint,
@@ -45,17 +50,12 @@ from ldm_lightning.run_folder.files import (
     image_name,
     load_features,
     merge_rank_files,
-    png_bytes,
     rank_file,
     rank_files,
     read_rank_files,
     save_features,
 )
 
-GRID = "grid.png"
-RESULTS = "results.jsonl"
-SUMMARY = "summary.json"
-GROUPS = "groups.md"
 MAX_GRID_IMAGES = 64
 MAX_INSPECTED_LOGGED = 16  # the grid's first images whose attention maps and trajectories go to TensorBoard
 

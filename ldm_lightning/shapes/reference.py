@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ldm_lightning.data import read_rows
-from ldm_lightning.run_folder.files import atomic_write, image_name, png_bytes
+from ldm_lightning.png import png_bytes
+from ldm_lightning.run_folder.files import atomic_write, image_name
 from ldm_lightning.shapes.data import COLOURS, POSITIONS, SHAPES, SIZES, Shape, parse_caption, render
 
 

@@ -17,22 +17,30 @@ BIG = 8 * 100_000  # pixels per side: a 100,000² latent, more memory than any m
 
 CASES = [
     # sizes
-    ("height-zero", ["--model.height=0"], "model.height"),
-    ("width-negative", ["--model.width=-8"], "model.width"),
-    ("height-not-multiple", ["--model.height=31"], "model.height: 31 is not a multiple"),
-    ("height-not-a-number", ["--model.height=abc"], "model.height"),
-    ("size-beyond-memory", [f"--model.height={BIG}", f"--model.width={BIG}"], "model.height/model.width"),
+    ("height-zero", ["--model.sampling.height=0"], "model.sampling.height"),
+    ("width-negative", ["--model.sampling.width=-8"], "model.sampling.width"),
+    ("height-not-multiple", ["--model.sampling.height=31"], "model.sampling.height: 31 is not a multiple"),
+    ("height-not-a-number", ["--model.sampling.height=abc"], "model.sampling.height"),
+    (
+        "size-beyond-memory",
+        [f"--model.sampling.height={BIG}", f"--model.sampling.width={BIG}"],
+        "model.sampling.height/width",
+    ),
     # steps, guidance, eta
-    ("steps-zero", ["--model.num_inference_steps=0"], "model.num_inference_steps"),
-    ("steps-beyond-training", ["--model.num_inference_steps=1001"], "model.num_inference_steps: 1001 is more"),
-    ("steps-fractional", ["--model.num_inference_steps=2.5"], "model.num_inference_steps"),
-    ("guidance-negative", ["--model.guidance_scale=-1"], "model.guidance_scale"),
-    ("guidance-nan", ["--model.guidance_scale=nan"], "model.guidance_scale"),
-    ("guidance-inf", ["--model.guidance_scale=inf"], "model.guidance_scale"),
-    ("guidance-nan-in-yaml", [f"--config={D}/nan.yaml"], "model.guidance_scale"),
-    ("eta-above-one", ["--model.eta=2"], "model.eta"),
-    ("eta-negative", ["--model.eta=-0.1"], "model.eta"),
-    ("scheduler-unknown", ["--model.scheduler=magic"], "model.scheduler"),
+    ("steps-zero", ["--model.sampling.num_inference_steps=0"], "model.sampling.num_inference_steps"),
+    (
+        "steps-beyond-training",
+        ["--model.sampling.num_inference_steps=1001"],
+        "model.sampling.num_inference_steps: 1001 is",
+    ),
+    ("steps-fractional", ["--model.sampling.num_inference_steps=2.5"], "model.sampling.num_inference_steps"),
+    ("guidance-negative", ["--model.guidance.guidance_scale=-1"], "model.guidance.guidance_scale"),
+    ("guidance-nan", ["--model.guidance.guidance_scale=nan"], "model.guidance.guidance_scale"),
+    ("guidance-inf", ["--model.guidance.guidance_scale=inf"], "model.guidance.guidance_scale"),
+    ("guidance-nan-in-yaml", [f"--config={D}/nan.yaml"], "model.guidance.guidance_scale"),
+    ("eta-above-one", ["--model.sampling.eta=2"], "model.sampling.eta"),
+    ("eta-negative", ["--model.sampling.eta=-0.1"], "model.sampling.eta"),
+    ("scheduler-unknown", ["--model.sampling.scheduler=magic"], "model.sampling.scheduler"),
     # batch size, workers, limit
     ("batch-zero", ["--data.batch_size=0"], "data.batch_size"),
     ("batch-negative", ["--data.batch_size=-3"], "data.batch_size"),
@@ -69,8 +77,12 @@ CASES = [
     ("model-variant-missing", ["--model.variant=fp16"], "model.variant"),
     ("model-pickle-weights", [f"--model.pretrained_model_name_or_path={D}/pickle"], "--model.allow_pickle"),
     # scoring model (test)
-    ("clip-missing", ["test", f"--model.clip_model_name_or_path={D}/no-clip"], "model.clip_model_name_or_path"),
-    ("clip-not-a-clip", ["test", f"--model.clip_model_name_or_path={D}/not-a-dataset"], "model.clip_model_name_or"),
+    ("clip-missing", ["test", "--model.metrics+=ClipScore", f"--model.metrics.model={D}/no-clip"], "ClipScore.model"),
+    (
+        "clip-not-a-clip",
+        ["test", "--model.metrics+=ClipScore", f"--model.metrics.model={D}/not-a-dataset"],
+        "ClipScore.model",
+    ),
     # trainer
     ("accelerator-missing", ["--trainer.accelerator=cuda"], "trainer.accelerator"),
     ("devices-not-a-number", ["--trainer.devices=abc"], "trainer.devices"),
@@ -88,17 +100,28 @@ CASES = [
     ("cli-unknown-key", ["--model.colour=red"], "--model.colour"),
     ("cli-stray-argument", ["stray"], "stray"),
     ("config-unknown-trainer-key", [f"--config={D}/unknown-trainer.yaml"], "trainer.colour"),
-    ("guidance-not-a-number", ["--model.guidance_scale=x"], "model.guidance_scale"),
+    ("guidance-not-a-number", ["--model.guidance.guidance_scale=x"], "model.guidance.guidance_scale"),
+    # keys that moved into the parts
+    ("moved-guidance-scale", ["--model.guidance_scale=5"], "model.guidance_scale: moved; use --model.guidance"),
+    ("moved-steps", ["--model.num_inference_steps=5"], "model.num_inference_steps: moved; use --model.sampling."),
+    ("moved-metric-weights", ["--model.inception_weights=x.pt"], "model.inception_weights: moved; use --model.metr"),
+    ("moved-lora-rank", ["--model.lora_rank=4"], "model.lora_rank: moved; use --model.finetune LoRA"),
+    ("moved-in-yaml", [f"--config={D}/old.yaml"], "model.guidance_scale: moved"),
+    ("reshaped-lora", ["--model.lora=x"], "model.lora: now a group of settings; use --model.lora.path"),
+    ("metric-unknown", ["test", "--model.metrics=[magic]"], "model.metrics: unknown 'magic'"),
+    ("guider-that-perturbs", ["--model.guidance=diffusers.guiders.SkipLayerGuidance"], "SkipLayerGuidance"),
 ]
 HELP = "`--help` lists every key and its type"
 # The whole line of each kind of parse error, as read from jsonargparse's messages (pyproject.toml pins
 # the jsonargparse versions whose message formats these hold for).
 WHOLE_LINES = {
-    "height-not-a-number": f"model.height: expected int, got abc; {HELP}",
-    "steps-fractional": f"model.num_inference_steps: expected int, got 2.5; {HELP}",
-    "guidance-not-a-number": f"model.guidance_scale: expected float, got x; {HELP}",
-    "scheduler-unknown": "model.scheduler: expected one of ddim, pndm, dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc, "
-    f"euler, euler_ancestral, lms, heun, got magic; {HELP}",
+    "height-not-a-number": f"model.sampling.height: expected int, got abc; {HELP}",
+    "steps-fractional": f"model.sampling.num_inference_steps: expected int, got 2.5; {HELP}",
+    "guidance-not-a-number": f"model.guidance.guidance_scale: expected float, got x; {HELP}",
+    "scheduler-unknown": "model.sampling.scheduler: unknown scheduler 'magic'; give one of ddim, pndm, "
+    "dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc, euler, euler_ancestral, lms, heun, a diffusers scheduler "
+    "class name (e.g. DEISMultistepScheduler) or the import path of a SchedulerMixin subclass",
+    "moved-guidance-scale": "model.guidance_scale: moved; use --model.guidance.guidance_scale",
     "seed-not-integer": f"data.seed: expected int, got abc; {HELP}",
     "seed-fractional": f"data.seed: expected int, got 1.5; {HELP}",
     "prompts-inline-not-text": f"data.prompts: expected str or list[str], got [1, 2]; {HELP}",
@@ -131,7 +154,8 @@ def inputs(tmp_path_factory, tiny_model) -> Path:
     (d / "bad.csv").write_text('prompt\n"a red circle\n')
     (d / "not-a-dataset").mkdir()
     (d / "not-a-dataset" / "notes.md").write_text("not a dataset")
-    (d / "nan.yaml").write_text("model:\n  guidance_scale: .nan\n")
+    (d / "nan.yaml").write_text("model:\n  guidance:\n    init_args:\n      guidance_scale: .nan\n")
+    (d / "old.yaml").write_text("model:\n  guidance_scale: 7.5\n")
     (d / "bad.yaml").write_text("model: [\n  guidance_scale: :\n")
     (d / "unknown.yaml").write_text("model:\n  colour: red\n")
     (d / "unknown-trainer.yaml").write_text("trainer:\n  colour: red\n")
@@ -182,5 +206,6 @@ def test_seeds_torch_accepts_are_used_as_torch_uses_them(tiny_module):
     rows = read_rows(["a red circle", "a blue star"], seed=-1)
     assert [r["seed"] for r in rows] == [2**64 - 1, 0]  # -1 + row 1 = 0
     # The largest seed passes through the batch (it does not fit an int64 tensor) and draws its own noise.
-    images = tiny_module.sample(collate(read_rows(["a red circle"], 2**64 - 1) + read_rows(["a red circle"], 0))).images
+    batch = collate(read_rows(["a red circle"], 2**64 - 1) + read_rows(["a red circle"], 0))
+    images = tiny_module.sample(batch)[0].images
     assert images.isfinite().all() and (images[0] - images[1]).abs().max() > 0.01

@@ -55,7 +55,7 @@ def test_same_run_resumes_and_a_changed_one_gets_a_new_folder(tiny_model, tmp_pa
     assert run_cli(predict_args(tiny_model, out))[0] == 0  # same config: nothing redone
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if p.name != "grid.png"} == first
     assert len(manifest(out)) == 5
-    assert run_cli(predict_args(tiny_model, out, "--model.guidance_scale=5"))[0] == 0
+    assert run_cli(predict_args(tiny_model, out, "--model.guidance.guidance_scale=5"))[0] == 0
     assert len(manifest(tmp_path / "run-1")) == 5  # the old run is untouched
     assert {r["guidance_scale"] for r in manifest(out)} == {3.0}
 
@@ -92,17 +92,21 @@ def assert_holds(printed, given, where: str) -> None:
 def test_help(capsys):
     assert run_cli(["predict", "--help"])[0] == 0
     out = capsys.readouterr().out
-    assert "--model.guidance_scale" in out and "--output_dir" in out and "classifier-free guidance" in out
+    assert "--model.guidance" in out and "guidance_scale" in out and "--output_dir" in out
+    assert "--model.sampling" in out and "ClassifierFreeGuidance" in out
+    assert run_cli(["predict", "--model.guidance.help", "ClassifierFreeGuidance"])[0] == 0
+    out = capsys.readouterr().out
+    assert "--model.guidance.guidance_scale" in out and "Classifier-free guidance" in out
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model.height=31"], "model.height: 31 is not a multiple of 2"),
+        (["--model.sampling.height=31"], "model.sampling.height: 31 is not a multiple of 2"),
         (["--data.prompts=[]"], "data.prompts: no prompts found"),
         (["--data.prompts=missing.txt"], "data.prompts: no prompt file at 'missing.txt'"),
         (["--model.pretrained_model_name_or_path=/nowhere/sd"], "/nowhere/sd: no such folder"),
-        (["--model.scheduler=magic"], "dpmpp_2m_karras"),
+        (["--model.sampling.scheduler=magic"], "dpmpp_2m_karras"),
         (
             ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"],
             "use `--trainer.strategy ddp`",
@@ -129,14 +133,16 @@ def test_fewer_prompts_than_ranks_does_not_hang(tiny_model, tmp_path):
 
 def test_fast_mode_draws_the_same_images(tiny_model, tmp_path, monkeypatch):
     # Through Inductor itself, as users run it (other tests of fast mode skip its code generation).
-    import ldm_lightning.module
+    import ldm_lightning.generation.fast
     from ldm_lightning.generation.fast import make_fast
 
     made_fast = []  # the U-Nets fast mode was applied to, to check it really compiled
-    monkeypatch.setattr(ldm_lightning.module, "make_fast", lambda unet: (made_fast.append(unet), make_fast(unet))[1])
+    monkeypatch.setattr(
+        ldm_lightning.generation.fast, "make_fast", lambda unet: (made_fast.append(unet), make_fast(unet))[1]
+    )
     exact, fast = tmp_path / "exact", tmp_path / "fast"
     assert run_cli(predict_args(tiny_model, exact, "--data.batch_size=5"))[0] == 0
-    assert run_cli(predict_args(tiny_model, fast, "--data.batch_size=5", "--model.fast=true"))[0] == 0
+    assert run_cli(predict_args(tiny_model, fast, "--data.batch_size=5", "--model.sampling.fast=true"))[0] == 0
     assert len(made_fast) == 1 and made_fast[0]._compiled_call_impl is not None
     rows = manifest(fast)
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4]
@@ -145,10 +151,12 @@ def test_fast_mode_draws_the_same_images(tiny_model, tmp_path, monkeypatch):
 
 
 def test_fast_mode_is_applied_after_lightning_places_the_model(tiny_model, tmp_path, monkeypatch):
-    import ldm_lightning.module
+    import ldm_lightning.generation.fast
 
     seen = []  # the U-Net's dtype when fast mode is applied
-    monkeypatch.setattr(ldm_lightning.module, "make_fast", lambda unet: seen.append(next(unet.parameters()).dtype))
-    args = predict_args(tiny_model, tmp_path / "run", "--model.fast=true", "--trainer.precision=bf16-true")
+    monkeypatch.setattr(
+        ldm_lightning.generation.fast, "make_fast", lambda unet: seen.append(next(unet.parameters()).dtype)
+    )
+    args = predict_args(tiny_model, tmp_path / "run", "--model.sampling.fast=true", "--trainer.precision=bf16-true")
     assert run_cli(args)[0] == 0
     assert seen == [torch.bfloat16]  # once, after the Trainer cast (and moved) the module: CUDA graphs need it there

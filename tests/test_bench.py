@@ -95,7 +95,7 @@ def test_sweep_compares_fast_mode_with_the_exact_reference(tiny_model, tiny_clip
     assert rows[0]["max_abs_diff_to_ref"] == 0  # the exact run is the reference setting
     assert rows[1]["folder"].endswith("-fast") and rows[1]["max_abs_diff_to_ref"] <= 1 / 255
     settings = [json.loads((Path(r["folder"]) / "summary.json").read_text())["settings"] for r in rows]
-    assert "fast" not in settings[0] and settings[1]["fast"] is True
+    assert settings[0]["fast"] is False and settings[1]["fast"] is True
 
 
 def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path, capsys, monkeypatch):

@@ -66,6 +66,8 @@ def run_test(
         torch._dynamo.reset()
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     folder = cli.run_dir
+    # jsonargparse's context keeps the last parser, which refers back to the CLI: let go of what it built.
+    cli.model = cli.datamodule = cli.trainer = cli.config_init = None
     del cli
     gc.collect()
     return folder

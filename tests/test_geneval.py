@@ -81,6 +81,8 @@ def test_crop_is_the_box_with_grey_outside_the_mask():
         ((0, 30, 10, 40), (0, 0, 10, 10), {"below"}),
         # Offset (-10, -10) shrinks to (-8, -8): -8 / 14.14 = -0.57 on both axes.
         ((0, 0, 10, 10), (10, 10, 20, 20), {"left of", "above"}),
+        # Boxes overlapping by 2 px: offset -8 shrinks to -6, -6 / 8 = -0.75 on x: still "left of".
+        ((0, 0, 10, 10), (8, 0, 18, 10), {"left of"}),
         # Offset (-1, 0) is within the margin: no relation.
         ((0, 0, 10, 10), (1, 0, 11, 10), set()),
         # Offset (-10, -4) shrinks to (-8, -2): x carries -8 / 10.77 = -0.74, y only -0.19.

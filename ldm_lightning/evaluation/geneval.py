@@ -11,7 +11,8 @@ rules below decide correct or not and say why, as GenEval's `evaluation/evaluate
   most confident ones; an exclude of count N fails when N or more are found (counting prompts
   include N and exclude N + 1: exactly N);
 - position compares box centres, after shrinking the offset by 0.1 × the two boxes' summed size
-  along each axis, so touching or overlapping objects are in no relation;
+  along each axis: only objects whose centres nearly coincide are in no relation, and touching or
+  overlapping boxes still are (a box overlapping a little to the left of another is "left of" it);
 - colour is a zero-shot CLIP choice among ten colours on the object's box crop, with the pixels
   outside its mask painted grey (#999999).
 

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ldm_lightning.errors import UserError, first_line
+from ldm_lightning.evaluation.clip_score import feature_tensor
 from ldm_lightning.evaluation.openclip_keys import openclip_to_transformers, strip_prefix
 from ldm_lightning.locations import is_local
 
@@ -45,11 +46,6 @@ class PreferenceCLIP:
     processor: Any  # transformers.CLIPProcessor
 
 
-def _pooled(out) -> torch.Tensor:
-    # transformers 5 returns output objects from the feature methods, 4.x returned tensors.
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -65,7 +61,7 @@ def image_embeddings(clip: PreferenceCLIP, images: torch.Tensor) -> torch.Tensor
     device = _device(clip.model)
     pixels = clip.processor(images=[i.cpu() for i in images], return_tensors="pt")["pixel_values"]
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
-        features = _pooled(clip.model.get_image_features(pixel_values=pixels.to(device, torch.float32))).float()
+        features = feature_tensor(clip.model.get_image_features(pixel_values=pixels.to(device, torch.float32))).float()
     return torch.nn.functional.normalize(features, dim=-1)
 
 
@@ -80,7 +76,7 @@ def text_embeddings(clip: PreferenceCLIP, prompts: list[str]) -> torch.Tensor:
         out = clip.model.get_text_features(
             input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
         )
-    return torch.nn.functional.normalize(_pooled(out).float(), dim=-1)
+    return torch.nn.functional.normalize(feature_tensor(out).float(), dim=-1)
 
 
 def _cosines(clip: PreferenceCLIP, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -37,7 +37,7 @@ from ldm_lightning.cli import parse_config
 from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.evaluation.compare import compare
 from ldm_lightning.evaluation.names import QUALITY_KEYS
-from ldm_lightning.memory import reset_peak_rss
+from ldm_lightning.memory import reset_peak_memory
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.run_folder.attach import attach_run_folder
 from ldm_lightning.run_folder.files import read_jsonl
@@ -66,7 +66,7 @@ def run_test(
     trainer_args = {k: v for k, v in config.trainer.as_dict().items() if k not in ("callbacks", "logger", "plugins")}
     trainer = Trainer(**{**trainer_args, "precision": precision, "logger": False})
     folder = attach_run_folder(trainer, module, data, "test", out)
-    reset_peak_rss()  # each in-process run reports its own CPU peak
+    reset_peak_memory()  # each in-process run reports its own peak, CPU and GPU
     if fast:  # a fresh compiler: many fast runs in one process would otherwise hit torch.compile's recompile limit
         torch._dynamo.reset()
     trainer.test(module, datamodule=data, verbose=False)

@@ -202,11 +202,25 @@ def test_summary_is_the_mean_of_task_accuracies():
     rows += [{"tag": "position", "geneval": None}]  # left out (a broken image): no task
     summary = summarize_geneval(rows)
     assert summary["geneval_tasks"]["single_object"]["accuracy"] == 0.75
-    assert summary["geneval_tasks"]["counting"] == {"accuracy": 0.5, "ci95": [0.0, 1.0], "n": 2}
+    assert summary["geneval_tasks"]["counting"] == {"accuracy": 0.5, "ci95": [0.0, 1.0], "n": 2, "n_prompts": 2}
     assert summary["geneval_overall"] == pytest.approx((0.75 + 0.5) / 2)
     low, high = summary["geneval_overall_ci95"]
     assert 0.0 <= low <= 0.625 <= high <= 1.0
     assert summary["geneval_missing_tasks"] == ["two_object", "colors", "position", "color_attr"]
+
+
+def test_intervals_resample_prompts_with_all_their_images():
+    # Two prompts of four images: one always right, one always wrong. Resampling the two prompts gives an
+    # accuracy of 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4, so the 95% percentile interval is [0, 1].
+    # Resampling the eight images as if independent would give about [0.125, 0.875].
+    rows = [{"tag": "colors", "prompt_index": p, "geneval": p == 0} for p in (0, 1) for _ in range(4)]
+    summary = summarize_geneval(rows)
+    assert summary["geneval_tasks"]["colors"] == {"accuracy": 0.5, "ci95": [0.0, 1.0], "n": 8, "n_prompts": 2}
+    assert summary["geneval_overall_ci95"] == [0.0, 1.0]
+    # Stratified by task: with a second task whose prompts all agree, the overall interval is the first
+    # task's, halved and shifted by the second's accuracy ((0, 1/2 or 1) + 1) / 2: [0.5, 1].
+    rows += [{"tag": "counting", "prompt_index": p, "geneval": True} for p in (2, 3) for _ in range(4)]
+    assert summarize_geneval(rows)["geneval_overall_ci95"] == [0.5, 1.0]
 
 
 def test_metadata_file(tmp_path):

@@ -440,7 +440,7 @@ class LatentDiffusionModule(LightningModule):
             healthy = row["finite"] and not row["black"]
             row["clip_score"] = score if healthy else None
             for name, values in others.items():
-                row[name] = values[i] if healthy or name.endswith("_reason") else None
+                row[name] = self.scorers.value_for_image(name, values[i], healthy)
             row["seconds"] = seconds  # the batch's wall time (sampling + scoring) per image
             row["first_batch"] = batch_idx == 0  # this process's first: pays warm-up and compilation
             row["peak_memory_mb"] = memory

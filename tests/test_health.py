@@ -87,3 +87,39 @@ def test_fp32_decode_leaves_the_vae_as_it_is_and_equals_an_fp32_copy(tiny_model,
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert images.dtype == torch.float32 and images.std() > 0.01
     assert torch.equal(images, reference)
+
+
+def test_broken_images_count_as_wrong_in_geneval_and_are_left_out_of_other_scores():
+    from ldm_lightning.evaluation.per_image import BROKEN_IMAGE_REASON, value_for_image
+
+    assert value_for_image("geneval", 1.0, healthy=False) == 0.0
+    assert value_for_image("geneval_reason", "", healthy=False) == BROKEN_IMAGE_REASON
+    assert [value_for_image(m, 21.5, healthy=False) for m in ("pick_score", "hpsv2", "aesthetic")] == [None] * 3
+    assert value_for_image("hpsv2_version", "v2.1", healthy=False) == "v2.1"
+    assert value_for_image("geneval", 1.0, healthy=True) == 1.0 and value_for_image("hpsv2", 21.5, True) == 21.5
+
+
+def test_geneval_keeps_broken_images_in_its_denominator(tiny_model, tiny_clip, tmp_path):
+    # GenEval (evaluate_images.py) scores every image it is given and its accuracies divide by all of them
+    # (summary_scores.py): an image whose latents went non-finite is a wrong answer, not a missing one.
+    import json
+
+    from ldm_lightning.data import PromptDataModule
+
+    metadata = [
+        {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"},
+        {"tag": "single_object", "include": [{"class": "square", "count": 1}], "prompt": "a photo of a square"},
+    ]
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in metadata))
+    module = LatentDiffusionModule(
+        tiny_model, num_inference_steps=2, height=32, width=32, clip_model_name_or_path=tiny_clip,
+        metrics=["clip_score", "geneval"], geneval_detector="shapes-judge",
+    )  # fmt: skip
+    with torch.no_grad():
+        module.unet.conv_out.bias.fill_(float("nan"))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, PromptDataModule(str(prompts), batch_size=2), verbose=False)
+    assert module.summary["n_nonfinite"] == 2 and module.summary["n"] == 0  # CLIPScore leaves them out
+    assert module.summary["geneval_tasks"]["single_object"]["accuracy"] == 0.0
+    assert module.summary["geneval_tasks"]["single_object"]["n"] == 2 and module.summary["geneval_overall"] == 0.0

@@ -15,6 +15,7 @@ import torch
 from ldm_lightning.errors import UserError
 from ldm_lightning.evaluation import preference
 from ldm_lightning.evaluation.geneval import check_metadata, judge
+from ldm_lightning.evaluation.names import PER_IMAGE_METRICS
 
 GENEVAL_COLUMN = "geneval_metadata"  # a prompt row's GenEval metadata, as JSON text
 
@@ -44,6 +45,25 @@ def check_settings(metrics: list[str], settings: ScorerSettings) -> None:
             f"model.aesthetic_weights: model.metrics has aesthetic but no weight file; download it with "
             f"`{preference.AESTHETIC_DOWNLOAD}` and pass its path"
         )
+
+
+BROKEN_IMAGE_REASON = "black or non-finite image"
+
+
+def value_for_image(name: str, value: Any, healthy: bool) -> Any:
+    """What a per-image column holds for an image, given whether the image is healthy (finite, not black).
+
+    Scores of broken images are left out of the means (None), as CLIPScore's are, except GenEval's: GenEval
+    scores every image it is given, so a broken image counts as wrong (0.0, with its reason) and stays in the
+    denominator. Descriptions of how a column was computed (e.g. `hpsv2_version`) are kept.
+    """
+    if healthy:
+        return value
+    if name == "geneval":
+        return 0.0
+    if name == "geneval_reason":
+        return BROKEN_IMAGE_REASON
+    return None if name in PER_IMAGE_METRICS else value
 
 
 class PerImageScorers:
@@ -81,6 +101,8 @@ class PerImageScorers:
             self.detect = load_detector(detector)
             colours = s.geneval_clip or ("shapes-judge" if detector == "shapes-judge" else preference.AESTHETIC_CLIP)
             self.colours = load_colour_classifier(colours)
+
+    value_for_image = staticmethod(value_for_image)
 
     def networks(self) -> list[torch.nn.Module]:
         """Every loaded network, for moving them to the run's device."""

@@ -2,8 +2,10 @@
 
 Each scorer maps a batch (uint8 images, prompts, each row's GenEval metadata) to one number per
 image: PickScore, HPS v2 and the aesthetic score from `preference.py`; for `geneval` 1.0 or 0.0 from
-`geneval.py`'s rules, with the reason for each wrong image. Scorers are kept outside the
-LightningModule's submodules so that Lightning's precision casts never reach them (fp32 throughout).
+`geneval.py`'s rules, with the reason for each wrong image. Besides the scores, each row says which
+HPS release scored it (`hpsv2_version`) and at what size GenEval's detector saw it
+(`geneval_detector_input`). Scorers are kept outside the LightningModule's submodules so that
+Lightning's precision casts never reach them (fp32 throughout).
 """
 
 import json
@@ -88,6 +90,7 @@ class PerImageScorers:
             if "hpsv2" in metrics
             else None
         )
+        self.hps_version = preference.hpsv2_version(s.hpsv2_checkpoint)
         self.aesthetic = (
             preference.load_aesthetic(s.aesthetic_weights, s.aesthetic_clip or preference.AESTHETIC_CLIP)
             if "aesthetic" in metrics
@@ -129,6 +132,7 @@ class PerImageScorers:
             out["pick_score"] = preference.pick_score(images, prompts, self.pick)
         if self.hps is not None:
             out["hpsv2"] = preference.hpsv2(images, prompts, self.hps)
+            out["hpsv2_version"] = [self.hps_version] * len(images)  # v2.0 and v2.1 score on different scales
         if self.aesthetic is not None:
             out["aesthetic"] = preference.aesthetic(images, self.aesthetic)
         if self.detect is not None:

@@ -8,6 +8,7 @@ HPS release scored it (`hpsv2_version`) and at what size GenEval's detector saw 
 Lightning's precision casts never reach them (fp32 throughout).
 """
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -96,12 +97,18 @@ class PerImageScorers:
             if "aesthetic" in metrics
             else None
         )
-        self.detect = self.colours = None
+        self.detect = self.colours = self.detector_input = None
         if "geneval" in metrics:
-            from ldm_lightning.evaluation.geneval_models import DEFAULT_DETECTOR, load_colour_classifier, load_detector
+            from ldm_lightning.evaluation.geneval_models import (
+                DEFAULT_DETECTOR,
+                detector_input,
+                load_colour_classifier,
+                load_detector,
+            )
 
             detector = s.geneval_detector or DEFAULT_DETECTOR
             self.detect = load_detector(detector)
+            self.detector_input = functools.partial(detector_input, self.detect)
             colours = s.geneval_clip or ("shapes-judge" if detector == "shapes-judge" else preference.AESTHETIC_CLIP)
             self.colours = load_colour_classifier(colours)
 
@@ -143,6 +150,8 @@ class PerImageScorers:
             ]
             out["geneval"] = [float(v.correct) for v in verdicts]
             out["geneval_reason"] = [v.reason for v in verdicts]
+            # Detection depends on the input size (small objects, the counting threshold, colour crops).
+            out["geneval_detector_input"] = [self.detector_input(*images.shape[-2:])] * len(images)
         return out
 
 

@@ -24,6 +24,15 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def reset_peak_memory() -> None:
+    """Reset both peaks `peak_memory_mb` reads, so that the next run in this process reports its own: the resident
+    set's (VmHWM) and the CUDA allocator's on the current GPU (only once CUDA is in use: before that there is no
+    peak, and resetting would create a CUDA context for a CPU run)."""
+    reset_peak_rss()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_rss_delta(fn) -> int | None:
     """Bytes by which this process's resident set peaks above its level before `fn()` (None off Linux)."""
     if not reset_peak_rss():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import cli_args, compile_without_codegen, exact_wilcoxon_p, manifest, run_module
 
 from ldm_lightning.lab.benchmark_report import parse_tables
@@ -141,3 +142,23 @@ def test_report_reads_the_gpu_log_in_the_docs():
             seconds = float(row["s/image"])
             assert float(row["× pipeline time"]) == pytest.approx(seconds / pipeline, abs=1.5e-3), row
             assert float(row["images/s"]) == pytest.approx(1 / seconds, abs=6e-3), row
+
+
+def test_each_sweep_run_starts_from_fresh_cpu_and_gpu_peaks(tiny_model, tiny_clip, tmp_path, monkeypatch):
+    from lightning import Trainer
+
+    from ldm_lightning import memory
+    from ldm_lightning.cli import parse_config
+    from ldm_lightning.lab.sweep import run_test
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *args, **kwargs: events.append("gpu peak reset"))
+    monkeypatch.setattr(memory, "reset_peak_rss", lambda: events.append("cpu peak reset") or True)
+    monkeypatch.setattr(Trainer, "test", lambda self, *args, **kwargs: events.append("test"))
+    config = parse_config([*cli_args(None, model=tiny_model, clip=tiny_clip, prompts='["a red circle"]'),
+                           "--trainer.accelerator=cpu"])  # fmt: skip
+    for guidance in (1.0, 4.0):
+        run_test(tmp_path / f"g{guidance:g}", "ddim", 2, guidance, "32-true", False, config)
+    assert events == ["cpu peak reset", "gpu peak reset", "test"] * 2

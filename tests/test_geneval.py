@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from ldm_lightning.errors import UserError
 from ldm_lightning.evaluation.geneval import (
@@ -81,6 +83,8 @@ def test_crop_is_the_box_with_grey_outside_the_mask():
         ((0, 30, 10, 40), (0, 0, 10, 10), {"below"}),
         # Offset (-10, -10) shrinks to (-8, -8): -8 / 14.14 = -0.57 on both axes.
         ((0, 0, 10, 10), (10, 10, 20, 20), {"left of", "above"}),
+        # Boxes overlapping by 2 px: offset -8 shrinks to -6, -6 / 8 = -0.75 on x: still "left of".
+        ((0, 0, 10, 10), (8, 0, 18, 10), {"left of"}),
         # Offset (-1, 0) is within the margin: no relation.
         ((0, 0, 10, 10), (1, 0, 11, 10), set()),
         # Offset (-10, -4) shrinks to (-8, -2): x carries -8 / 10.77 = -0.74, y only -0.19.
@@ -200,11 +204,25 @@ def test_summary_is_the_mean_of_task_accuracies():
     rows += [{"tag": "position", "geneval": None}]  # left out (a broken image): no task
     summary = summarize_geneval(rows)
     assert summary["geneval_tasks"]["single_object"]["accuracy"] == 0.75
-    assert summary["geneval_tasks"]["counting"] == {"accuracy": 0.5, "ci95": [0.0, 1.0], "n": 2}
+    assert summary["geneval_tasks"]["counting"] == {"accuracy": 0.5, "ci95": [0.0, 1.0], "n": 2, "n_prompts": 2}
     assert summary["geneval_overall"] == pytest.approx((0.75 + 0.5) / 2)
     low, high = summary["geneval_overall_ci95"]
     assert 0.0 <= low <= 0.625 <= high <= 1.0
     assert summary["geneval_missing_tasks"] == ["two_object", "colors", "position", "color_attr"]
+
+
+def test_intervals_resample_prompts_with_all_their_images():
+    # Two prompts of four images: one always right, one always wrong. Resampling the two prompts gives an
+    # accuracy of 0, 1/2 or 1 with probabilities 1/4, 1/2, 1/4, so the 95% percentile interval is [0, 1].
+    # Resampling the eight images as if independent would give about [0.125, 0.875].
+    rows = [{"tag": "colors", "prompt_index": p, "geneval": p == 0} for p in (0, 1) for _ in range(4)]
+    summary = summarize_geneval(rows)
+    assert summary["geneval_tasks"]["colors"] == {"accuracy": 0.5, "ci95": [0.0, 1.0], "n": 8, "n_prompts": 2}
+    assert summary["geneval_overall_ci95"] == [0.0, 1.0]
+    # Stratified by task: with a second task whose prompts all agree, the overall interval is the first
+    # task's, halved and shifted by the second's accuracy ((0, 1/2 or 1) + 1) / 2: [0.5, 1].
+    rows += [{"tag": "counting", "prompt_index": p, "geneval": True} for p in (2, 3) for _ in range(4)]
+    assert summarize_geneval(rows)["geneval_overall_ci95"] == [0.5, 1.0]
 
 
 def test_metadata_file(tmp_path):
@@ -282,6 +300,64 @@ def test_mask2former_detections_feed_the_rules(tiny_mask2former):
     top = max(found[0], key=lambda d: d.score)
     assert judge(image, found[0], one(top.label, color="red"), drawn_colours).correct in (True, False)
     assert judge(image, found[0], one(top.label), drawn_colours).correct == (top.score > 0.3)
+
+
+def test_geneval_detector_input_size_is_mmdets():
+    from ldm_lightning.evaluation.geneval_models import detector_input_size
+
+    # mmcv's rescale_size for (1333, 800): factor min(1333 / long, 800 / short), sides rounded half up.
+    assert detector_input_size(512, 512) == (800, 800)  # factor 1.5625
+    assert detector_input_size(512, 768) == (800, 1200)
+    assert detector_input_size(256, 1024) == (333, 1333)  # the long side binds: 1333 / 1024 = 1.3018
+    assert detector_input_size(1024, 1024) == (800, 800)
+
+
+def _mmdet_input(image: np.ndarray) -> torch.Tensor:
+    """GenEval's mmdet test pipeline on one H×W×3 uint8 RGB image, written from mmcv/mmdet 2.x: `rescale_size`
+    for (1333, 800), bilinear resize to uint8 (PIL's BILINEAR when enlarging samples as cv2's INTER_LINEAR
+    does, to a rounding), `Normalize` (mmdet's ImageNet mean and std in 0..255), `Pad(size_divisor=32)`."""
+    height, width = image.shape[:2]
+    factor = min(1333 / max(height, width), 800 / min(height, width))
+    new_w, new_h = int(width * factor + 0.5), int(height * factor + 0.5)
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
+    normed = (resized - np.array([123.675, 116.28, 103.53])) / np.array([58.395, 57.12, 57.375])
+    padded = np.pad(normed, ((0, -new_h % 32), (0, -new_w % 32), (0, 0)))
+    return torch.from_numpy(padded).permute(2, 0, 1).float()
+
+
+def test_mask2former_sees_images_at_genevals_size_and_cuts_the_padding_off_its_masks(tiny_mask2former):
+    from ldm_lightning.evaluation.geneval_models import load_detector
+
+    detect = load_detector(tiny_mask2former)
+    seen = []
+    detect.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["pixel_values"]), with_kwargs=True
+    )
+    torch.manual_seed(6)
+    images = torch.randint(0, 256, (1, 3, 32, 64), dtype=torch.uint8)
+    (found,) = detect(images)
+    (pixels,) = seen
+    # 32×64 is enlarged by 1333 / 64 to 667×1333 and padded to 672×1344 (the processor's own size would be 64).
+    assert pixels.shape == (1, 3, 672, 1344)
+    expected = _mmdet_input(images[0].permute(1, 2, 0).numpy())
+    assert (pixels[0] - expected).abs().max() <= 1.01 / 57.12  # one 8-bit level of rounding between resizers
+    assert torch.equal(pixels[0, :, 667:], torch.zeros(3, 5, 1344)) and torch.equal(
+        pixels[0, :, :, 1333:], torch.zeros(3, 672, 11)
+    )
+
+    # Masks as mmdet's test: logits to the padded size, the padding cut off, then to the image's size; binary at 0.
+    with torch.no_grad():
+        out = detect.model(pixel_values=pixels)
+    probs = out.class_queries_logits[0].softmax(-1)[:, :-1]
+    scores, flat = probs.flatten().topk(min(100, probs.numel()))
+    logits = F.interpolate(out.masks_queries_logits[0][flat // 80][None], size=(672, 1344), mode="bilinear")
+    logits = F.interpolate(logits[..., :667, :1333], size=(32, 64), mode="bilinear")[0]
+    masks = [m for m in (logits > 0).numpy() if m.any()]
+    assert len(found) == len(masks) and all(np.array_equal(d.mask, m) for d, m in zip(found, masks))
+
+    from ldm_lightning.evaluation.geneval_models import detector_input
+
+    assert detector_input(detect, 32, 64) == "667x1333" and detector_input(detect, 512, 512) == "800x800"
 
 
 def test_shapes_judge_as_detector():

@@ -87,3 +87,43 @@ def test_fp32_decode_leaves_the_vae_as_it_is_and_equals_an_fp32_copy(tiny_model,
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert images.dtype == torch.float32 and images.std() > 0.01
     assert torch.equal(images, reference)
+
+
+def test_broken_images_count_as_wrong_in_geneval_and_are_left_out_of_other_scores():
+    from ldm_lightning.evaluation.metrics import BROKEN_IMAGE_REASON, Aesthetic, GenEval, HPSv2, PickScore
+
+    assert GenEval().for_broken_image() == {"geneval": 0.0, "geneval_reason": BROKEN_IMAGE_REASON}
+    others = [PickScore(), HPSv2("hps.pt"), Aesthetic("aesthetic.pth")]  # nothing loads before `load`
+    assert [m.for_broken_image() for m in others] == [{"pick_score": None}, {"hpsv2": None}, {"aesthetic": None}]
+    # a description of how a column was computed (hpsv2_version) is not a score: kept for a broken image too
+    assert "hpsv2_version" not in HPSv2("hps.pt").for_broken_image()
+
+
+def test_geneval_keeps_broken_images_in_its_denominator(tiny_model, tiny_clip, tmp_path):
+    # GenEval (evaluate_images.py) scores every image it is given and its accuracies divide by all of them
+    # (summary_scores.py): an image whose latents went non-finite is a wrong answer, not a missing one.
+    import json
+
+    from ldm_lightning.data import PromptDataModule
+
+    metadata = [
+        {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"},
+        {"tag": "single_object", "include": [{"class": "square", "count": 1}], "prompt": "a photo of a square"},
+    ]
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in metadata))
+    from ldm_lightning.evaluation.metrics import ClipScore, GenEval
+    from ldm_lightning.generation.sampler import Sampling
+
+    module = LatentDiffusionModule(
+        tiny_model,
+        sampling=Sampling(num_inference_steps=2, height=32, width=32),
+        metrics=[ClipScore(tiny_clip), GenEval(detector="shapes-judge")],
+    )
+    with torch.no_grad():
+        module.unet.conv_out.bias.fill_(float("nan"))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(module, PromptDataModule(str(prompts), batch_size=2), verbose=False)
+    assert module.summary["n_nonfinite"] == 2 and module.summary["n"] == 0  # CLIPScore leaves them out
+    assert module.summary["geneval_tasks"]["single_object"]["accuracy"] == 0.0
+    assert module.summary["geneval_tasks"]["single_object"]["n"] == 2 and module.summary["geneval_overall"] == 0.0

@@ -86,9 +86,10 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
             for index in (0, 2, 4, 6, 7):
                 x = x @ head[f"layers.{index}.weight"].T + head[f"layers.{index}.bias"]
         assert abs(r["pick_score"] - pick) <= 1e-4 and abs(r["aesthetic"] - float(x)) <= 1e-4
-        assert abs(r["hpsv2"] - hps) <= 1e-4
+        assert abs(r["hpsv2"] - hps) <= 1e-4 and r["hpsv2_version"] == "unknown"  # hps.pt: not a published name
         verdict = judge(image, image_detections(image), json.loads(r["geneval_metadata"]), judge_colours)
         assert r["geneval"] == float(verdict.correct) and r["geneval_reason"] == verdict.reason
+        assert r["geneval_detector_input"] == "32x32"  # the pixel judge sees the image as it is
 
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert abs(summary["pick_score_mean"] - np.mean([r["pick_score"] for r in rows])) <= 1e-9

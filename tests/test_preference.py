@@ -214,6 +214,47 @@ def test_hpsv2_equals_openclip_forward(hps_files, images):
     torch.testing.assert_close(torch.tensor(scores), 100 * (img * txt).sum(-1), atol=1e-4, rtol=1e-5)
 
 
+def _hps_transform(image: torch.Tensor, max_size: int) -> torch.Tensor:
+    """HPSv2's `preprocess_val` (open_clip/transform.py: ToTensor, ResizeMaxSize, Normalize) on one uint8 (3, H, W)
+    image, written from its code: torchvision's tensor `resize` is `interpolate(..., antialias=True)` (its default
+    since torchvision 0.17), and `F.pad(img, [left, top, right, bottom], fill=0)`."""
+    tensor = image.float() / 255  # ToTensor on an RGB PIL image
+    height, width = tensor.shape[1:]
+    scale = max_size / float(max(height, width))
+    if scale != 1.0:
+        new_size = tuple(round(dim * scale) for dim in (height, width))
+        tensor = F.interpolate(tensor[None], size=new_size, mode="bicubic", align_corners=False, antialias=True)[0]
+        pad_h, pad_w = max_size - new_size[0], max_size - new_size[1]
+        left, top, right, bottom = pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2
+        tensor = F.pad(tensor, (left, right, top, bottom), value=0)
+    return (tensor - MEAN[0]) / STD[0]  # OpenCLIP's OPENAI_DATASET_MEAN / _STD
+
+
+def test_hpsv2_scores_images_through_its_own_transform(hps_files):
+    # Non-square images: HPS v2 resizes the longer side to the ViT's 32 and pads the shorter with black;
+    # a CLIP processor would resize the shorter side and crop the longer one.
+    from transformers import CLIPTokenizer
+
+    checkpoint, clip, state = hps_files
+    torch.manual_seed(5)
+    images = torch.randint(0, 256, (3, 3, 40, 72), dtype=torch.uint8)
+    scores = preference.hpsv2(images, PROMPTS, preference.load_hpsv2(str(checkpoint), str(clip)))
+    tokenizer = CLIPTokenizer.from_pretrained(clip)
+    with torch.no_grad():
+        pixels = torch.stack([_hps_transform(image, SIZE) for image in images])
+        assert pixels.shape == (3, 3, SIZE, SIZE) and torch.all(pixels[:, :, 0] == (0 - MEAN[0, :, 0]) / STD[0, :, 0])
+        img = F.normalize(_openclip_image(state, pixels), dim=-1)
+        ids = [torch.tensor([tokenizer(p)["input_ids"]]) for p in PROMPTS]
+        txt = torch.cat([F.normalize(_openclip_text(state, i), dim=-1) for i in ids])
+    torch.testing.assert_close(torch.tensor(scores), 100 * (img * txt).sum(-1), atol=1e-4, rtol=1e-5)
+
+
+def test_hpsv2_version_from_the_published_file_names():
+    assert preference.hpsv2_version("/models/HPS_v2_compressed.pt") == "v2.0"
+    assert preference.hpsv2_version("HPS_v2.1_compressed.pt") == "v2.1"
+    assert preference.hpsv2_version("hps.pt") == "unknown" and preference.hpsv2_version(None) == "unknown"
+
+
 def test_missing_weights_name_key_file_and_download(tmp_path, tiny_clip):
     with pytest.raises(UserError) as err:
         preference.load_hpsv2(str(tmp_path / "HPS_v2.1_compressed.pt"), tiny_clip)

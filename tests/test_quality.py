@@ -87,7 +87,20 @@ def _frechet(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _cmmd(a: np.ndarray, b: np.ndarray, sigma: float = 10.0, scale: float = 1000.0) -> float:
-    """Unbiased MMD² with a Gaussian kernel on unit vectors, by explicit loops over pairs."""
+    """google-research/cmmd `distance.mmd` in numpy: every pair averaged (i = j included), squared distances
+    written out from the Gram matrices as the authors do."""
+    x = a / np.linalg.norm(a, axis=1, keepdims=True)
+    y = b / np.linalg.norm(b, axis=1, keepdims=True)
+    gamma = 1 / (2 * sigma**2)
+    xn, yn = np.diag(x @ x.T), np.diag(y @ y.T)
+    k_xx = np.mean(np.exp(-gamma * (-2 * x @ x.T + xn[:, None] + xn[None, :])))
+    k_xy = np.mean(np.exp(-gamma * (-2 * x @ y.T + xn[:, None] + yn[None, :])))
+    k_yy = np.mean(np.exp(-gamma * (-2 * y @ y.T + yn[:, None] + yn[None, :])))
+    return float(scale * (k_xx + k_yy - 2 * k_xy))
+
+
+def _cmmd_unbiased(a: np.ndarray, b: np.ndarray, sigma: float = 10.0, scale: float = 1000.0) -> float:
+    """Unbiased MMD² with a Gaussian kernel on unit vectors, by explicit loops over pairs (i != j within a set)."""
     x = a / np.linalg.norm(a, axis=1, keepdims=True)
     y = b / np.linalg.norm(b, axis=1, keepdims=True)
     k = lambda p, q: np.exp(-np.sum((p - q) ** 2) / (2 * sigma**2))  # noqa: E731
@@ -95,6 +108,21 @@ def _cmmd(a: np.ndarray, b: np.ndarray, sigma: float = 10.0, scale: float = 1000
     yy = np.mean([k(y[i], y[j]) for i in range(len(y)) for j in range(len(y)) if i != j])
     xy = np.mean([k(p, q) for p in x for q in y])
     return float(scale * (xx + yy - 2 * xy))
+
+
+def test_cmmd_defaults_to_the_authors_estimator_and_keeps_the_unbiased_one():
+    rng = np.random.default_rng(1)
+    real, fake = rng.normal(size=(16, 64)), rng.normal(size=(16, 64))  # 1.06 (authors) and -0.20 (unbiased)
+    authors, unbiased = distribution.cmmd(real, fake), distribution.cmmd(real, fake, estimator="unbiased")
+    assert authors == pytest.approx(_cmmd(real, fake), rel=1e-9)
+    assert unbiased == pytest.approx(_cmmd_unbiased(real, fake), rel=1e-9)
+    assert authors >= 0 > unbiased  # two samples of one distribution: only the unbiased estimate goes below 0
+    from ldm_lightning.evaluation.metrics import CMMD
+
+    assert CMMD().compute(fake, real) == {"cmmd": authors, "cmmd_estimator": "biased"}
+    assert CMMD(estimator="unbiased").compute(fake, real)["cmmd"] == unbiased
+    with pytest.raises(ValueError, match="estimator 'u-statistic'"):
+        distribution.cmmd(real, fake, estimator="u-statistic")
 
 
 def _close(value: float, expected: float, rel: float) -> bool:
@@ -159,6 +187,7 @@ def test_each_metric_equals_an_independent_computation(one_process, tiny_clip, e
 
     assert _close(summary["fd_clip"], _frechet(clip_features(real), clip_features(generated)), 1e-4)
     assert _close(summary["cmmd"], _cmmd(clip_features(real), clip_features(generated)), 1e-4)
+    assert summary["cmmd_estimator"] == "biased"
 
     dino, dino_processor = Dinov2Model.from_pretrained(extractors[1]), AutoImageProcessor.from_pretrained(extractors[1])
 

@@ -95,3 +95,25 @@ def test_vae_trains_and_stores_its_scaling_factor(tmp_path) -> None:
     assert reloaded.config.scaling_factor == vae.config.scaling_factor > 0
     latents = reloaded.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
     assert latents.shape == (1, 4, 16, 16)
+
+
+def test_zero_shot_reads_embeddings_from_transformers_4_and_5() -> None:
+    from ldm_lightning.shapes.clip import zero_shot
+    from ldm_lightning.shapes.data import eval_shapes
+
+    class TensorFeatures(CLIPModel):
+        """transformers 4.x: the feature methods return the projected embeddings as tensors."""
+
+        def get_image_features(self, **kwargs):
+            return super().get_image_features(**kwargs).pooler_output
+
+        def get_text_features(self, **kwargs):
+            return super().get_text_features(**kwargs).pooler_output
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    model = build_clip(tokenizer).eval()
+    old = TensorFeatures(model.config).eval()
+    old.load_state_dict(model.state_dict())
+    shapes = eval_shapes("all")[:6]
+    assert zero_shot(old, tokenizer, shapes) == zero_shot(model, tokenizer, shapes)

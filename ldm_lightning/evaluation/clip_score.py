@@ -1,4 +1,7 @@
-"""CLIPScore per image with torchmetrics (Hessel et al. 2021: 100 · cos(image, text), floored at 0 only in the mean).
+"""CLIPScore per image with torchmetrics (Hessel et al. 2021: 100 · cos(image, text), floored at 0 per image).
+
+torchmetrics floors the mean of each call at 0; each call here scores one image, so every image's score
+is floored, and a run's mean is the mean of floored scores.
 
 The adapter below exists for two gaps of torchmetrics 1.9.0; delete it when torchmetrics > 1.9.0 is
 the floor and a CLIP can be passed as a hub id or folder directly:
@@ -10,7 +13,7 @@ ids instead, dropping it, and scores fall from ~26 to ~17).
 """
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +28,12 @@ DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # the family of SD v1.4's own te
 EMBEDDED_CLIP = {"tiny-clip": ASSETS / "tiny-clip"}
 
 
+def feature_tensor(out: Any) -> torch.Tensor:
+    """The embeddings a CLIPModel feature method returned: transformers 4.x returns them as a tensor,
+    transformers 5 as the `pooler_output` of an output object."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 class FeatureCLIP(torch.nn.Module):
     """A CLIPModel whose feature methods return the projected embeddings as tensors."""
 
@@ -33,15 +42,11 @@ class FeatureCLIP(torch.nn.Module):
         self.model = model
         self.config = model.config
 
-    @staticmethod
-    def _tensor(out) -> torch.Tensor:
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self._tensor(self.model.get_image_features(pixel_values=pixel_values))
+        return feature_tensor(self.model.get_image_features(pixel_values=pixel_values))
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self._tensor(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        return feature_tensor(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
 
 
 class TruncatingProcessor:
@@ -90,7 +95,8 @@ def load_clip(name_or_path: str) -> tuple[FeatureCLIP, TruncatingProcessor]:
 def score_images(
     images: torch.Tensor, prompts: list[str], clip: tuple[FeatureCLIP, TruncatingProcessor]
 ) -> list[float]:
-    """CLIPScore of each uint8 (B, 3, H, W) image against its prompt, one torchmetrics call per image."""
+    """CLIPScore of each uint8 (B, 3, H, W) image against its prompt, one torchmetrics call per image (so each
+    score is floored at 0)."""
     from torchmetrics.functional.multimodal import clip_score
 
     if images.dtype != torch.uint8:

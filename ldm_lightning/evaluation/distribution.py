@@ -7,13 +7,12 @@ every rank's rows). CMMD is written out here: no library of the stack implements
 """
 
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
-
-from ldm_lightning.evaluation.names import FEATURES_OF
 
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000  # Bińkowski et al. 2018; smaller sets use all their images in every subset
@@ -79,40 +78,39 @@ def kernel_distance(real: np.ndarray, fake: np.ndarray, seed: int = 0) -> dict[s
     return {"kid_mean": float(mean), "kid_std": float(std), "kid_subsets": KID_SUBSETS, "kid_subset_size": size}
 
 
-def cmmd(real: np.ndarray, fake: np.ndarray, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE) -> float:
+CmmdEstimator = Literal["biased", "unbiased"]
+CMMD_ESTIMATORS: dict[str, str] = {
+    "biased": "all pairs, i = j included (Gretton et al. 2012, eq. 5), as google-research/cmmd computes it",
+    "unbiased": "pairs i != j within a set (Gretton et al. 2012, eq. 3)",
+}
+
+
+def cmmd(
+    real: np.ndarray,
+    fake: np.ndarray,
+    sigma: float = CMMD_SIGMA,
+    scale: float = CMMD_SCALE,
+    estimator: CmmdEstimator = "biased",
+) -> float:
     """CMMD (Jayasumana et al. 2024): scale · MMD² of L2-normalised CLIP embeddings, Gaussian RBF kernel.
 
-    The unbiased estimator of the paper (Gretton et al. 2012, eq. 3: pairs i ≠ j within a set); the
-    authors' reference code averages over all pairs, i = j included, which adds O(1/N).
+    "biased" is the authors' estimator (google-research/cmmd `distance.py`: the minimum-variance one,
+    every pair averaged, i = j included), and so the one behind published CMMD values; it is never
+    negative. "unbiased" leaves the pairs i = j out of the within-set means: its expectation is the
+    population MMD², but on small sets it can fall below 0. The two differ by O(1/N).
     """
+    if estimator not in CMMD_ESTIMATORS:
+        raise ValueError(f"CMMD estimator {estimator!r}: choose one of {', '.join(CMMD_ESTIMATORS)}")
     x = torch.nn.functional.normalize(_as_tensor(real), dim=1)
     y = torch.nn.functional.normalize(_as_tensor(fake), dim=1)
     gamma = 1 / (2 * sigma**2)
 
     def within(a: torch.Tensor) -> torch.Tensor:
         k = torch.exp(-gamma * torch.cdist(a, a).square())
+        if estimator == "biased":
+            return k.mean()
         n = len(a)
         return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
 
     between = torch.exp(-gamma * torch.cdist(x, y).square()).mean()
     return float(scale * (within(x) + within(y) - 2 * between))
-
-
-def distribution_metrics(
-    metrics: list[str], reference: dict[str, np.ndarray], generated: dict[str, np.ndarray]
-) -> dict[str, float]:
-    """The requested metrics between reference and generated features (keyed by feature set)."""
-    out: dict[str, float] = {}
-    for name in metrics:
-        if name not in FEATURES_OF:
-            continue
-        real, fake = reference[FEATURES_OF[name]], generated[FEATURES_OF[name]]
-        if name == "kid":
-            out.update(kernel_distance(real, fake))
-        elif name == "cmmd":
-            out["cmmd"] = cmmd(real, fake)
-        else:
-            out[name] = frechet_distance(real, fake)
-        if name == "fid":
-            out["fid_infinity"] = frechet_infinity(real, fake)
-    return out

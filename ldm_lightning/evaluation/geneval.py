@@ -11,7 +11,8 @@ rules below decide correct or not and say why, as GenEval's `evaluation/evaluate
   most confident ones; an exclude of count N fails when N or more are found (counting prompts
   include N and exclude N + 1: exactly N);
 - position compares box centres, after shrinking the offset by 0.1 × the two boxes' summed size
-  along each axis, so touching or overlapping objects are in no relation;
+  along each axis: only objects whose centres nearly coincide are in no relation, and touching or
+  overlapping boxes still are (a box overlapping a little to the left of another is "left of" it);
 - colour is a zero-shot CLIP choice among ten colours on the object's box crop, with the pixels
   outside its mask painted grey (#999999).
 
@@ -29,7 +30,6 @@ import numpy as np
 from PIL import Image
 
 from ldm_lightning.errors import UserError
-from ldm_lightning.evaluation.summary import bootstrap_ci
 
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -210,27 +210,49 @@ def judge(
     return Judgement(not reasons, tuple(reasons))
 
 
+def _prompt_tallies(rows: Sequence[dict[str, Any]], task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt of one task: how many of its images are correct, and how many were scored."""
+    tallies: dict[Any, list[float]] = {}
+    for position, r in enumerate(rows):
+        if r.get("tag") == task and r.get("geneval") is not None:
+            # Rows of one prompt share `prompt_index`; with one image per prompt each row is its own prompt.
+            tally = tallies.setdefault(r.get("prompt_index", f"row {position}"), [0.0, 0.0])
+            tally[0] += float(r["geneval"])
+            tally[1] += 1
+    counts = np.array(list(tallies.values()), dtype=np.float64).reshape(-1, 2)
+    return counts[:, 0], counts[:, 1]
+
+
+def _resampled_accuracies(correct: np.ndarray, scored: np.ndarray, rng: np.random.Generator, resamples: int):
+    """Accuracies of `resamples` bootstrap resamples of the prompts (each with all its images)."""
+    picks = rng.integers(0, len(correct), size=(resamples, len(correct)))
+    return correct[picks].sum(axis=1) / scored[picks].sum(axis=1)
+
+
 def summarize_geneval(rows: Sequence[dict[str, Any]], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Accuracy per task with a bootstrap interval, and overall = the mean of the task accuracies (GenEval's score).
 
-    `rows` hold `tag` and `geneval` (True/False; None for an image left out). The overall interval
-    resamples images within each task (stratified), so every resample keeps GenEval's task weighting.
+    `rows` hold `tag`, `geneval` (True/False; None for an image left out) and, with several images per
+    prompt, `prompt_index`. The intervals resample prompts, each with all its images: a prompt's images
+    share its difficulty, so resampling images one by one would make the intervals too narrow. The overall
+    interval resamples prompts within each task (stratified), so every resample keeps GenEval's task weighting.
     """
-    by_task = {
-        t: np.array([float(r["geneval"]) for r in rows if r.get("tag") == t and r.get("geneval") is not None])
-        for t in TASKS
-    }
-    by_task = {t: v for t, v in by_task.items() if len(v)}
+    tallies = {t: _prompt_tallies(rows, t) for t in TASKS}
+    tallies = {t: v for t, v in tallies.items() if len(v[0])}
     tasks = {}
-    for task, values in by_task.items():
-        low, high = bootstrap_ci(values, resamples=resamples, seed=seed)
-        tasks[task] = {"accuracy": float(values.mean()), "ci95": [low, high], "n": int(len(values))}
-    overall = float(np.mean([t["accuracy"] for t in tasks.values()])) if tasks else float("nan")
     low = high = float("nan")
-    if tasks and all(len(v) >= 2 for v in by_task.values()):
-        rng = np.random.default_rng(seed)
-        means = np.mean([rng.choice(v, size=(resamples, len(v))).mean(axis=1) for v in by_task.values()], axis=0)
-        low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
+    rng = np.random.default_rng(seed)
+    resampled = {}
+    for task, (correct, scored) in tallies.items():
+        accuracy = float(correct.sum() / scored.sum())
+        interval = [float("nan"), float("nan")]
+        if len(correct) >= 2:
+            resampled[task] = _resampled_accuracies(correct, scored, rng, resamples)
+            interval = [float(x) for x in np.percentile(resampled[task], [2.5, 97.5])]
+        tasks[task] = {"accuracy": accuracy, "ci95": interval, "n": int(scored.sum()), "n_prompts": len(correct)}
+    overall = float(np.mean([t["accuracy"] for t in tasks.values()])) if tasks else float("nan")
+    if tasks and len(resampled) == len(tasks):
+        low, high = (float(x) for x in np.percentile(np.mean(list(resampled.values()), axis=0), [2.5, 97.5]))
     return {
         "geneval_overall": overall,
         "geneval_overall_ci95": [low, high],

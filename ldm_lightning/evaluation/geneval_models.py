@@ -42,10 +42,40 @@ COCO_NAMES = (
     "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
+# GenEval's detector input: its mmdet config's test pipeline (mask2former_r50_lsj_8x2_50e_coco.py, inherited by
+# the Swin-S config it names) resizes keeping the aspect ratio to fit (1333, 800), then pads to a multiple of 32.
+TEST_SCALE = (1333, 800)
+SIZE_DIVISOR = 32
 COLOUR_TEMPLATES = ("a photo of a {c} {name}", "a photo of a {c}-colored {name}", "a photo of a {c} object")
 
 # A detector: uint8 images (B, 3, H, W) -> each image's detections.
 Detector = Callable[[torch.Tensor], list[list[Detection]]]
+
+
+def detector_input_size(height: int, width: int, scale: tuple[int, int] = TEST_SCALE) -> tuple[int, int]:
+    """(height, width) at which GenEval's detector sees an image: mmcv's `rescale_size` for `Resize(keep_ratio=True)`,
+    the largest factor that keeps the long side within max(scale) and the short side within min(scale), each
+    side rounded half up (a 512² image: 800²)."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def detector_pixels(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 (B, 3, H, W) images as GenEval's detector gets them, and their size before padding.
+
+    As mmdet's test pipeline: resized to `detector_input_size` bilinearly without antialiasing (cv2's
+    INTER_LINEAR) and rounded back to 8 bits (cv2 resizes uint8 to uint8), normalised with `mean` and `std`
+    (in 0..1 units, as transformers' processors store them), padded at the bottom and right with 0 to a
+    multiple of 32.
+    """
+    size = detector_input_size(*images.shape[-2:])
+    resized = torch.nn.functional.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+    resized = resized.round().clamp(0, 255) / 255
+    pixels = (resized - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    pad_h, pad_w = (-size[0]) % SIZE_DIVISOR, (-size[1]) % SIZE_DIVISOR
+    return torch.nn.functional.pad(pixels, (0, pad_w, 0, pad_h), value=0.0), size
 
 
 class Mask2FormerDetector:
@@ -70,25 +100,37 @@ class Mask2FormerDetector:
         self.top_k = top_k
 
     def __call__(self, images: torch.Tensor) -> list[list[Detection]]:
+        """Each image's detections, the model fed the images at GenEval's size (`detector_pixels`), not the
+        processor's (384 on the short side for facebook's checkpoints)."""
         device = next(self.model.parameters()).device
-        inputs = self.processor(images=[i.cpu() for i in images], return_tensors="pt")
-        pixels = inputs["pixel_values"].to(device, torch.float32)
+        mean, std = tuple(self.processor.image_mean), tuple(self.processor.image_std)
+        pixels, resized = detector_pixels(images.cpu(), mean, std)
+        pixels = pixels.to(device, torch.float32)
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
             out = self.model(pixel_values=pixels)
         return [
-            self._detections(classes, masks, pixels.shape[-2:], tuple(images.shape[-2:]))
+            self._detections(classes, masks, pixels.shape[-2:], resized, tuple(images.shape[-2:]))
             for classes, masks in zip(out.class_queries_logits, out.masks_queries_logits)
         ]
 
-    def _detections(self, classes, masks, padded: tuple[int, int], size: tuple[int, int]) -> list[Detection]:
+    @staticmethod
+    def input_size(height: int, width: int) -> str:
+        """The size (H×W, before padding) at which an image of this size is detected, for the results."""
+        return "{}x{}".format(*detector_input_size(height, width))
+
+    def _detections(
+        self, classes, masks, padded: tuple[int, int], resized: tuple[int, int], size: tuple[int, int]
+    ) -> list[Detection]:
         # Mask2Former's instance inference (Cheng et al. 2022, as in mmdet's head): class probabilities
         # without the "no object" column, top-k over all (query, class) pairs, each scored by its class
-        # probability times the mean mask probability inside its binary mask.
+        # probability times the mean mask probability inside its binary mask. Masks as mmdet's test: to the
+        # padded input size, the padding cut off, then to the image's own size.
         probs = classes.float().softmax(-1)[:, :-1]
         k = min(self.top_k, probs.numel())
         scores, flat = probs.flatten().topk(k)
         query, label = flat // probs.shape[1], flat % probs.shape[1]
         logits = torch.nn.functional.interpolate(masks[query][None].float(), size=padded, mode="bilinear")
+        logits = logits[..., : resized[0], : resized[1]]
         logits = torch.nn.functional.interpolate(logits, size=size, mode="bilinear")[0]
         soft = logits.sigmoid()
         binary = soft > 0.5
@@ -143,6 +185,12 @@ def load_colour_classifier(name_or_path: str = AESTHETIC_CLIP) -> ColourClassifi
     key, hint = "model.geneval_clip", hub_hint(AESTHETIC_CLIP)
     model = load_or_explain(CLIPModel, name_or_path, key, "CLIP", hint)
     return ClipColourClassifier(PreferenceCLIP(frozen(model), load_processor([name_or_path], key, hint)))
+
+
+def detector_input(detect: Detector, height: int, width: int) -> str:
+    """The size (H×W) at which `detect` sees an image of this size: GenEval's for a Mask2Former, the image's own
+    for the embedded model's pixel judge."""
+    return detect.input_size(height, width) if isinstance(detect, Mask2FormerDetector) else f"{height}x{width}"
 
 
 def load_detector(name_or_path: str) -> Detector:

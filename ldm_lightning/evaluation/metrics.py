@@ -18,7 +18,7 @@ class path.
 
 import hashlib
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -49,9 +49,10 @@ class ImageMetric(ABC):
         """Further per-image columns from the last `score` call (e.g. GenEval's reasons), written to results."""
         return {}
 
-    def counts_broken_images(self) -> bool:
-        """Whether a black or non-finite image keeps its value (GenEval: it is simply wrong) instead of None."""
-        return False
+    def for_broken_image(self) -> dict[str, Any]:
+        """The columns a black or non-finite image gets instead of its values: None by default (left out of the
+        means, as CLIPScore leaves it out)."""
+        return {self.name: None}
 
 
 class SetMetric(ABC):
@@ -111,6 +112,8 @@ class Networks:
     def modules(self) -> list[torch.nn.Module]:
         return [model for model, _ in self._clips.values()]
 
+
+BROKEN_IMAGE_REASON = "black or non-finite image"
 
 # ----- per image -----
 
@@ -186,7 +189,7 @@ class HPSv2(ImageMetric):
                 f"`{preference.HPSV2_DOWNLOAD}` and pass --model.metrics+=HPSv2 --model.metrics.checkpoint PATH"
             )
         self.checkpoint, self.clip = checkpoint, clip
-        self._clip = None
+        self._clip, self._n = None, 0
 
     def load(self, networks: Networks) -> None:
         from ldm_lightning.evaluation import preference
@@ -199,7 +202,15 @@ class HPSv2(ImageMetric):
     def score(self, images, prompts, rows):
         from ldm_lightning.evaluation.preference import hpsv2
 
-        return hpsv2(images, prompts, self._clip)
+        scores = hpsv2(images, prompts, self._clip)
+        self._n = len(scores)
+        return scores
+
+    def extra_columns(self) -> dict[str, list]:
+        from ldm_lightning.evaluation.preference import hpsv2_version
+
+        # v2.0 and v2.1 score on different scales: each row names the release that scored it.
+        return {"hpsv2_version": [hpsv2_version(self.checkpoint)] * self._n}
 
 
 class Aesthetic(ImageMetric):
@@ -255,6 +266,7 @@ class GenEval(ImageMetric):
         self.detector, self.clip = detector, clip
         self._detect = self._colours = None
         self._reasons: list[str] = []
+        self._size = (0, 0)
 
     def load(self, networks: Networks) -> None:
         from ldm_lightning.evaluation.geneval_models import DEFAULT_DETECTOR, load_colour_classifier, load_detector
@@ -274,28 +286,33 @@ class GenEval(ImageMetric):
 
     def check_rows(self, rows: list[dict[str, Any]]) -> None:
         """Every prompt row must carry GenEval metadata: checked before any sampling."""
-        from ldm_lightning.evaluation.per_image import row_metadata
+        from ldm_lightning.evaluation.geneval_metadata import row_metadata
 
         for row in rows:
             row_metadata(row)
 
     def score(self, images, prompts, rows):
         from ldm_lightning.evaluation.geneval import judge
-        from ldm_lightning.evaluation.per_image import row_metadata
+        from ldm_lightning.evaluation.geneval_metadata import row_metadata
 
         found = self._detect(images)
         verdicts = [
             judge(image.permute(1, 2, 0).cpu().numpy(), detections, row_metadata(row), self._colours)
             for image, detections, row in zip(images, found, rows)
         ]
-        self._reasons = [v.reason for v in verdicts]
+        self._reasons, self._size = [v.reason for v in verdicts], tuple(images.shape[-2:])
         return [float(v.correct) for v in verdicts]
 
     def extra_columns(self) -> dict[str, list]:
-        return {"geneval_reason": self._reasons}
+        from ldm_lightning.evaluation.geneval_models import detector_input
 
-    def counts_broken_images(self) -> bool:
-        return True
+        # Detection depends on the input size (small objects, the counting threshold, colour crops).
+        size = detector_input(self._detect, *self._size)
+        return {"geneval_reason": self._reasons, "geneval_detector_input": [size] * len(self._reasons)}
+
+    def for_broken_image(self) -> dict[str, Any]:
+        # GenEval scores every image it is given and divides by all of them: a broken image is a wrong answer.
+        return {"geneval": 0.0, "geneval_reason": BROKEN_IMAGE_REASON}
 
 
 # ----- over the set -----
@@ -383,14 +400,20 @@ class CMMD(_ClipFeatureMetric):
 
     Args:
         clip: the CLIP (hub id or folder); default the scoring CLIP (ClipScore's).
+        estimator: "biased" averages over all pairs, i = j included, as the authors' code (google-research/cmmd)
+            and published values do; "unbiased" over pairs i ≠ j (can go below 0 on small sets).
     """
 
     name = "cmmd"
 
+    def __init__(self, clip: str | None = None, estimator: Literal["biased", "unbiased"] = "biased") -> None:
+        super().__init__(clip)
+        self.estimator = estimator
+
     def compute(self, generated, reference):
         from ldm_lightning.evaluation.distribution import cmmd
 
-        return {"cmmd": cmmd(reference, generated)}
+        return {"cmmd": cmmd(reference, generated, estimator=self.estimator), "cmmd_estimator": self.estimator}
 
 
 class FDClip(_ClipFeatureMetric):

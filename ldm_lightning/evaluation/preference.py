@@ -8,8 +8,10 @@ precision or under fp16 autocast on GPUs, never bf16.
 - PickScore (Kirstain et al. 2023): a CLIP ViT-H/14 fine-tuned on Pick-a-Pic; the authors' score is
   `logit_scale.exp() · cos(image, text)` (about 20-23 for SD-class images).
 - HPS v2 / v2.1 (Wu et al. 2023): an OpenCLIP ViT-H-14 fine-tuned on HPD v2; its benchmark reports
-  `100 · cos(image, text)` (SD v1.4 ≈ 27). Loaded into transformers' `CLIPModel` through
-  `openclip_keys.py`, without `open_clip_torch`.
+  `100 · cos(image, text)` (SD v1.4 averages 26.95 with HPS v2.0 and 25.35 with v2.1, HPSv2's README), so a
+  value means something only with its version (`hpsv2_version`). Images go through HPS v2's own
+  transform (resize the longer side, pad to a square), not the CLIP processor's centre crop. Loaded into
+  transformers' `CLIPModel` through `openclip_keys.py`, without `open_clip_torch`.
 - LAION aesthetic predictor v2 (Schuhmann 2022, "improved-aesthetic-predictor"): a purely linear
   MLP (no activations; dropout only in training) on L2-normalised CLIP ViT-L/14 image embeddings,
   trained on SAC + LAION-Logos + AVA ratings (1-10).
@@ -21,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ldm_lightning.errors import UserError, first_line
+from ldm_lightning.evaluation.clip_score import feature_tensor
 from ldm_lightning.evaluation.openclip_keys import openclip_to_transformers, strip_prefix
 from ldm_lightning.locations import is_local
 
@@ -45,11 +49,6 @@ class PreferenceCLIP:
     processor: Any  # transformers.CLIPProcessor
 
 
-def _pooled(out) -> torch.Tensor:
-    # transformers 5 returns output objects from the feature methods, 4.x returned tensors.
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
 def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -62,10 +61,14 @@ def _check_uint8(images: torch.Tensor) -> None:
 def image_embeddings(clip: PreferenceCLIP, images: torch.Tensor) -> torch.Tensor:
     """L2-normalised fp32 image embeddings of uint8 (B, 3, H, W) images, preprocessed by the CLIP's own processor."""
     _check_uint8(images)
+    return pixel_embeddings(clip, clip.processor(images=[i.cpu() for i in images], return_tensors="pt")["pixel_values"])
+
+
+def pixel_embeddings(clip: PreferenceCLIP, pixels: torch.Tensor) -> torch.Tensor:
+    """L2-normalised fp32 image embeddings of images already preprocessed for the CLIP (B, 3, S, S)."""
     device = _device(clip.model)
-    pixels = clip.processor(images=[i.cpu() for i in images], return_tensors="pt")["pixel_values"]
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
-        features = _pooled(clip.model.get_image_features(pixel_values=pixels.to(device, torch.float32))).float()
+        features = feature_tensor(clip.model.get_image_features(pixel_values=pixels.to(device, torch.float32))).float()
     return torch.nn.functional.normalize(features, dim=-1)
 
 
@@ -80,13 +83,16 @@ def text_embeddings(clip: PreferenceCLIP, prompts: list[str]) -> torch.Tensor:
         out = clip.model.get_text_features(
             input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
         )
-    return torch.nn.functional.normalize(_pooled(out).float(), dim=-1)
+    return torch.nn.functional.normalize(feature_tensor(out).float(), dim=-1)
 
 
-def _cosines(clip: PreferenceCLIP, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+def _cosines(
+    clip: PreferenceCLIP, images: torch.Tensor, prompts: list[str], image_features: torch.Tensor | None = None
+) -> torch.Tensor:
     if len(prompts) != len(images):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-    return (image_embeddings(clip, images) * text_embeddings(clip, prompts)).sum(dim=-1)
+    image_features = image_embeddings(clip, images) if image_features is None else image_features
+    return (image_features * text_embeddings(clip, prompts)).sum(dim=-1)
 
 
 def pick_score(images: torch.Tensor, prompts: list[str], clip: PreferenceCLIP) -> list[float]:
@@ -95,9 +101,42 @@ def pick_score(images: torch.Tensor, prompts: list[str], clip: PreferenceCLIP) -
     return (scale * _cosines(clip, images, prompts).cpu()).tolist()
 
 
+def hpsv2_pixels(images: torch.Tensor, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """HPS v2's own image transform: the `preprocess_val` its `img_score.py` scores with (OpenCLIP's
+    `image_transform(..., resize_longest_max=True)` with HPSv2's `ResizeMaxSize`), on uint8 (B, 3, H, W) images.
+
+    To floats in [0, 1]; resized as a tensor (bicubic, antialiased: torchvision >= 0.17's default for
+    tensors) so that the longer side is `size`, each side rounded; padded with zeros (black), centred, to a
+    `size` square; normalised. Nothing is cropped, unlike a CLIP processor's resize and centre crop, so a
+    non-square image is scored whole. (HPS v2 skips resize and pad when the longer side is already `size`;
+    it pads here too, so such an image still reaches the ViT as a square.)
+    """
+    _check_uint8(images)
+    pixels = images.float() / 255
+    height, width = pixels.shape[-2:]
+    scale = size / max(height, width)
+    if scale != 1.0:
+        height, width = round(height * scale), round(width * scale)
+        pixels = F.interpolate(pixels, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+    pad_h, pad_w = size - height, size - width
+    pixels = F.pad(pixels, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+    return (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
 def hpsv2(images: torch.Tensor, prompts: list[str], clip: PreferenceCLIP) -> list[float]:
-    """HPS v2 of each image against its prompt on its benchmark's scale: `100 · cos` (hpsv2/evaluation.py)."""
-    return (100 * _cosines(clip, images, prompts).cpu()).tolist()
+    """HPS v2 of each image against its prompt on its benchmark's scale: `100 · cos` (hpsv2/evaluation.py),
+    the images prepared by HPS v2's own transform (`hpsv2_pixels`), the text by the CLIP tokenizer."""
+    processor, size = clip.processor.image_processor, clip.model.config.vision_config.image_size
+    pixels = hpsv2_pixels(images.cpu(), size, tuple(processor.image_mean), tuple(processor.image_std))
+    return (100 * _cosines(clip, images, prompts, pixel_embeddings(clip, pixels)).cpu()).tolist()
+
+
+HPSV2_VERSIONS = {"HPS_v2_compressed.pt": "v2.0", "HPS_v2.1_compressed.pt": "v2.1"}  # hpsv2/utils.py's file names
+
+
+def hpsv2_version(checkpoint: str | None) -> str:
+    """Which HPS release a checkpoint file is, by its published name: "v2.0", "v2.1", or "unknown"."""
+    return HPSV2_VERSIONS.get(Path(checkpoint).name, "unknown") if checkpoint else "unknown"
 
 
 class AestheticMLP(torch.nn.Module):

@@ -103,19 +103,18 @@ class Scoring:
     def score(
         self, pixels: torch.Tensor, prompts: list[str], rows: list[dict[str, Any]], healthy: list[bool]
     ) -> dict[str, list]:
-        """Every per-image column of a batch: each metric's values (None for a broken image, unless the metric
-        counts broken images) and its extra columns."""
+        """Every per-image column of a batch: each metric's values and its extra columns; a broken image (black or
+        non-finite) gets the metric's `for_broken_image` columns instead (None by default)."""
         columns: dict[str, list] = {}
         with torch.no_grad():
             for metric in self.image_metrics:
                 values = list(metric.score(pixels, prompts, rows))
                 if len(values) != len(rows):
                     raise RuntimeError(f"metric {metric.name} gave {len(values)} values for {len(rows)} images")
-                keep = metric.counts_broken_images()
-                columns[metric.name] = [
-                    float(v) if v is not None and (ok or keep) else None for v, ok in zip(values, healthy)
-                ]
-                columns.update(metric.extra_columns())
+                found = {metric.name: [None if v is None else float(v) for v in values], **metric.extra_columns()}
+                broken = metric.for_broken_image()
+                for name, column in found.items():
+                    columns[name] = [v if ok or name not in broken else broken[name] for v, ok in zip(column, healthy)]
         return columns
 
     def score_rows(self, rows: list[dict[str, Any]], pixels: torch.Tensor, prompts: list[dict[str, Any]]) -> dict:

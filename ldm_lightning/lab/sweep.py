@@ -33,7 +33,7 @@ from PIL import Image
 from ldm_lightning.cli import make_cli, parse_config
 from ldm_lightning.console import quiet_known_noise
 from ldm_lightning.evaluation.compare import compare
-from ldm_lightning.memory import reset_peak_rss
+from ldm_lightning.memory import reset_peak_memory
 from ldm_lightning.run_folder.files import read_jsonl
 
 # The metric the trade-off plot shows when --quality-metric is not given: the first one a run reports.
@@ -59,9 +59,7 @@ def run_test(
     with warnings.catch_warnings():  # the sweep's own command line is not meant for the CLI
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
         cli = make_cli(args, stage="test")
-    reset_peak_rss()  # each in-process run reports its own CPU peak
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()  # and its own GPU peak
+    reset_peak_memory()  # each in-process run reports its own peak, CPU and GPU
     if fast:  # a fresh compiler: many fast runs in one process would otherwise hit torch.compile's recompile limit
         torch._dynamo.reset()
     cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextModel, PreTrainedTokenizerFast
 
+from ldm_lightning.evaluation.clip_score import feature_tensor
 from ldm_lightning.shapes.data import (
     POSITIONS,
     Shape,
@@ -155,7 +156,7 @@ def zero_shot(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, shapes: list
     among all 35 short captions ("a red circle")."""
     result: dict[str, float] = {}
     images = normalize(torch.stack([to_tensor(render(s)) for s in shapes]))
-    image_emb = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+    image_emb = F.normalize(feature_tensor(model.get_image_features(pixel_values=images)), dim=-1)
     for style in ("full", "short"):
         candidates = (
             combos("all")
@@ -165,7 +166,7 @@ def zero_shot(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, shapes: list
         tokens = tokenizer(
             [caption(c, style) for c in candidates], padding="max_length", truncation=True, return_tensors="pt"
         )
-        text_emb = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
+        text_emb = F.normalize(feature_tensor(model.get_text_features(**tokens)), dim=-1)
         chosen = [candidates[i] for i in (image_emb @ text_emb.T).argmax(1).tolist()]
         attributes = ("colour", "shape", "size", "position") if style == "full" else ("colour", "shape")
         hits = np.array([[getattr(c, a) == getattr(s, a) for a in attributes] for c, s in zip(chosen, shapes)])

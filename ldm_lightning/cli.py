@@ -12,6 +12,7 @@ the images in flight are written, with exit code 143 and a line saying that the 
 
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from lightning import LightningDataModule
@@ -23,6 +24,8 @@ from ldm_lightning.console import quiet_known_noise, quiet_seed_message, step_bu
 from ldm_lightning.data import PromptDataModule
 from ldm_lightning.errors import DISK_FULL, NOT_WRITABLE, UserError, first_line
 from ldm_lightning.generation.export import ExportDiffusers
+from ldm_lightning.generation.sampler import Sampling
+from ldm_lightning.inspection.batch import Inspection
 from ldm_lightning.memory import check_fits
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.parse_errors import OneLineParser
@@ -70,7 +73,9 @@ class LdmCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         data = FIT_DATA if self.stage == "fit" else PROMPT_DATA
-        parser.set_defaults({"data": {"class_path": data}, "model.guidance": DEFAULT_GUIDANCE})
+        # The parts' defaults shown in --help and --print_config (the module's None means the same).
+        parts = {"model.sampling": asdict(Sampling()), "model.inspect": asdict(Inspection())}
+        parser.set_defaults({"data": {"class_path": data}, "model.guidance": DEFAULT_GUIDANCE, **parts})
         parser.add_argument(
             "--output_dir",
             type=str | None,

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from helpers import manifest, run_cli
+from helpers import METRICS, manifest, metrics_arg, run_cli
 from PIL import Image
 
 from ldm_lightning.shapes.geneval_suite import suite
@@ -22,11 +22,11 @@ def test_embedded_model_geneval_agrees_with_the_judges_table(tmp_path):
     prompts = tmp_path / "suite.jsonl"
     kept = [r for r in suite() if r["tag"] in ("single_object", "colors")]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    geneval = {"class_path": f"{METRICS}.GenEval", "init_args": {"detector": "shapes-judge"}}
     args = [
         "test",
-        "--model.num_inference_steps=10",
-        "--model.metrics=[clip_score, geneval]",
-        "--model.geneval_detector=shapes-judge",
+        "--model.sampling.num_inference_steps=10",
+        f"--model.metrics={metrics_arg('clip_score', geneval)}",
         f"--data.prompts={prompts}",
         "--data.batch_size=35",
         f"--output_dir={tmp_path / 'run'}",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import cli_args, manifest, run_cli
+from helpers import METRICS, cli_args, manifest, metrics_arg, run_cli
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -19,7 +19,7 @@ from ldm_lightning.evaluation.distribution import frechet_infinity
 PROMPTS = json.dumps(
     ["a red circle", "a blue square", "a green star", "a red cross", "a white triangle", "a cyan star"]
 )
-ALL = "[clip_score,fid,kid,cmmd,fd_dinov2,fd_clip]"
+ALL = ("clip_score", "fid", "kid", "cmmd", "fd_dinov2", "fd_clip")
 QUALITY = ("fid", "fid_infinity", "kid_mean", "cmmd", "fd_dinov2", "fd_clip")
 
 
@@ -52,15 +52,27 @@ def reference(tmp_path_factory) -> Path:
     return folder
 
 
-def quality_args(model, clip, extractors, reference, out: Path, *extra: str, metrics: str = ALL) -> list[str]:
+def quality_metrics(names, clip, extractors) -> str:
+    """`--model.metrics` of `names`: CLIPScore (and the CLIP-feature metrics) with `clip`, FID (its Inception serving
+    KID too, or KID's own when alone) with the tiny Inception, FD-DINOv2 with the tiny DINOv2."""
     inception, dinov2 = extractors
-    quality = [
-        f"--model.metrics={metrics}",
-        f"--model.inception_weights={inception}",
-        f"--model.dinov2_model_name_or_path={dinov2}",
-        f"--data.reference={reference}",
+    settings = {
+        "fid": ("FID", {"inception_weights": inception}),
+        "kid": ("KID", {"inception_weights": inception}),
+        "fd_dinov2": ("FDDinov2", {"model": dinov2}),
+    }
+    if "fid" in names:
+        del settings["kid"]  # weights given to the first of FID and KID suffice
+    listed = [
+        {"class_path": f"{METRICS}.{settings[n][0]}", "init_args": settings[n][1]} if n in settings else n
+        for n in names
     ]
-    return cli_args("test", *quality, *extra, model=model, clip=clip, steps=3, prompts=PROMPTS, batch_size=4, out=out)
+    return metrics_arg(*listed, clip=clip)
+
+
+def quality_args(model, clip, extractors, reference, out: Path, *extra: str, metrics=ALL) -> list[str]:
+    quality = [f"--model.metrics={quality_metrics(metrics, clip, extractors)}", f"--data.reference={reference}"]
+    return cli_args("test", *quality, *extra, model=model, steps=3, prompts=PROMPTS, batch_size=4, out=out)
 
 
 @pytest.fixture(scope="module")
@@ -247,10 +259,10 @@ def test_reference_from_a_table_and_a_glob(tmp_path):
         ("corrupt", "data.reference: none of the 2 images could be read"),
         ("single", "data.reference: 1 readable image"),
         ("no_reference", "data.reference: model.metrics"),
-        ("no_inception", "model.inception_weights: fid and kid need the FID Inception network"),
-        ("few_prompts", "data.prompts: distribution metrics need at least 2"),
+        ("no_inception", "model.metrics: FID.inception_weights: fid and kid need the FID Inception network"),
+        ("few_prompts", "data.prompts: set metrics need at least 2"),
         ("bad_inception", "inception.pt' is not a TorchScript file ("),
-        ("no_dinov2", "model.dinov2_model_name_or_path: could not load DINOv2"),
+        ("no_dinov2", "model.metrics: FDDinov2.model: could not load DINOv2"),
     ],
 )
 def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extractors, tmp_path, capsys, case, message):
@@ -258,7 +270,7 @@ def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extrac
 
     real = tmp_path / "real"
     real.mkdir()
-    metrics = "[clip_score,fd_clip]"
+    metrics = ("clip_score", "fd_clip")
     if case == "table":
         (tmp_path / "real.csv").write_text("path\na.png\n")
         real = tmp_path / "real.csv"
@@ -278,14 +290,16 @@ def test_bad_quality_input_gives_one_clear_message(tiny_model, tiny_clip, extrac
     if case == "no_reference":
         args = [a for a in args if not a.startswith("--data.reference")]
     if case == "no_inception":
-        args = [a for a in args if not a.startswith("--model.inception_weights")] + ["--model.metrics=[fid]"]
+        args.append(f"--model.metrics={metrics_arg('fid', clip=tiny_clip)}")  # FID without its Inception
     if case == "few_prompts":
         args.append('--data.prompts=["one prompt"]')
     if case == "bad_inception":
         (tmp_path / "inception.pt").write_bytes(b"not TorchScript")
-        args += [f"--model.inception_weights={tmp_path / 'inception.pt'}", "--model.metrics=[kid]"]
+        kid = {"class_path": f"{METRICS}.KID", "init_args": {"inception_weights": str(tmp_path / "inception.pt")}}
+        args.append(f"--model.metrics={metrics_arg(kid, clip=tiny_clip)}")
     if case == "no_dinov2":
-        args += [f"--model.dinov2_model_name_or_path={tmp_path / 'no-dinov2'}", "--model.metrics=[fd_dinov2]"]
+        dinov2 = {"class_path": f"{METRICS}.FDDinov2", "init_args": {"model": str(tmp_path / "no-dinov2")}}
+        args.append(f"--model.metrics={metrics_arg(dinov2, clip=tiny_clip)}")
     code, err = run_cli(args, capsys)
     assert code == 2
     ours = err[err.rindex("error:") :]
@@ -302,9 +316,8 @@ def test_sweep_draws_the_quality_vs_clip_score_curve(tiny_model, tiny_clip, refe
     passthrough = cli_args(
         None,
         f"--data.reference={reference}",
-        "--model.metrics=[clip_score,fd_clip]",
+        f"--model.metrics={metrics_arg('fd_clip', clip=tiny_clip)}",
         model=tiny_model,
-        clip=tiny_clip,
         prompts='["a red circle", "a blue star", "a cross"]',
     )
     rows = sweep(["--guidance", "1", "4", "--steps", "3", "--out", str(tmp_path), "--", *passthrough])

@@ -201,3 +201,20 @@ def diffusers_images(folder: str | Path, batch: dict, steps: int, size: int, gui
         width=size,
         output_type="pt",
     ).images
+
+
+def set_learning_rate(module, lr: float, warmup_steps: int = 100, decay: str = "cosine"):
+    """`module` trained with AdamW at `lr` and `WarmupCosine(warmup_steps, decay)`, as the command line's
+    `--optimizer AdamW --optimizer.lr LR --lr_scheduler WarmupCosine` would build them; returns `module`."""
+    import torch
+
+    from ldm_lightning.cli import LdmCLI
+    from ldm_lightning.finetune.method import WarmupCosine
+
+    def configure():
+        trained = [p for p in module.unet.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=1e-2)
+        return LdmCLI.configure_optimizers(module, optimizer, WarmupCosine(optimizer, warmup_steps, decay=decay))
+
+    module.configure_optimizers = configure
+    return module

@@ -1,7 +1,7 @@
 """EMA with Lightning's own callback: the exported model holds the averaged weights, whatever the callback order."""
 
 import torch
-from helpers import quiet_trainer
+from helpers import quiet_trainer, set_learning_rate
 from lightning import Callback
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
@@ -30,7 +30,7 @@ def test_export_writes_the_exponential_moving_average(tiny_model, tmp_path):
         callbacks=[ExportDiffusers(), weights, EMAWeightAveraging(decay=decay)],
     )
     torch.manual_seed(0)
-    trainer.fit(LatentDiffusionModule(tiny_model, learning_rate=1e-2, warmup_steps=1), ShapesDataModule(4, 16))
+    trainer.fit(set_learning_rate(LatentDiffusionModule(tiny_model), 1e-2, warmup_steps=1), ShapesDataModule(4, 16))
     average = weights.seen[0]  # torch's AveragedModel copies at its first update, then w ← d·w + (1 − d)·x
     for current in weights.seen[1:]:
         average = decay * average + (1 - decay) * current

@@ -1,7 +1,7 @@
 """`fit`: the LDM objective trains the U-Net (loss goes down), checkpoints reload, the export is a usable model."""
 
 import torch
-from helpers import cli_args, quiet_trainer, run_cli
+from helpers import cli_args, quiet_trainer, run_cli, set_learning_rate
 from lightning import Callback
 
 from ldm_lightning.module import LatentDiffusionModule
@@ -17,7 +17,7 @@ class Losses(Callback):
 
 
 def test_loss_goes_down_and_only_the_unet_trains(tiny_model):
-    module = LatentDiffusionModule(tiny_model, learning_rate=4e-3, warmup_steps=5)
+    module = set_learning_rate(LatentDiffusionModule(tiny_model), 4e-3, warmup_steps=5)
     frozen = {k: v.clone() for k, v in module.vae.state_dict().items()}
     losses = Losses()
     trainer = quiet_trainer(max_steps=20, callbacks=[losses])
@@ -31,7 +31,10 @@ def test_loss_goes_down_and_only_the_unet_trains(tiny_model):
 def test_fit_cli_saves_a_checkpoint_and_a_diffusers_folder(tiny_model, tmp_path):
     args = cli_args(
         "fit",
-        "--model.warmup_steps=2",
+        "--optimizer=AdamW",
+        "--optimizer.lr=1e-3",
+        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
+        "--lr_scheduler.warmup_steps=2",
         "--data=ldm_lightning.shapes.data.ShapesDataModule",
         "--data.batch_size=4",
         "--data.num_samples=16",

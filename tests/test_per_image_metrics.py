@@ -6,7 +6,7 @@ import json
 import numpy as np
 import torch
 import torch.nn.functional as F
-from helpers import manifest, run_cli
+from helpers import METRICS, manifest, metrics_arg, run_cli
 from PIL import Image
 from test_preference import _openclip_image, _openclip_text, hps_files  # noqa: F401 (a fixture)
 
@@ -22,22 +22,26 @@ METADATA = [
 ]
 
 
+def _metric(name: str, **settings) -> dict:
+    return {"class_path": f"{METRICS}.{name}", "init_args": {k: str(v) for k, v in settings.items()}}
+
+
 def _args(model, clip, prompts, head, out, guidance="3.0", hps=None):
+    metrics = metrics_arg(
+        _metric("PickScore", model=clip),
+        _metric("HPSv2", checkpoint=hps[0], clip=hps[1]),
+        _metric("Aesthetic", weights=head, clip=clip),
+        _metric("GenEval", detector="shapes-judge"),
+        clip=clip,
+    )
     return [
         "test",
         f"--model.pretrained_model_name_or_path={model}",
-        f"--model.clip_model_name_or_path={clip}",
-        "--model.num_inference_steps=2",
-        "--model.height=32",
-        "--model.width=32",
-        f"--model.guidance_scale={guidance}",
-        "--model.metrics=[clip_score, pick_score, hpsv2, aesthetic, geneval]",
-        f"--model.hpsv2_checkpoint={hps[0]}",
-        f"--model.hpsv2_clip={hps[1]}",
-        f"--model.pick_score_model={clip}",
-        f"--model.aesthetic_weights={head}",
-        f"--model.aesthetic_clip={clip}",
-        "--model.geneval_detector=shapes-judge",
+        "--model.sampling.num_inference_steps=2",
+        "--model.sampling.height=32",
+        "--model.sampling.width=32",
+        f"--model.guidance.guidance_scale={guidance}",
+        f"--model.metrics={metrics}",
         f"--data.prompts={prompts}",
         "--data.images_per_prompt=2",
         "--data.group_by=[tag]",
@@ -119,15 +123,10 @@ def test_per_image_metrics_in_results_summary_and_compare(tiny_model, tiny_clip,
 
 
 def test_geneval_needs_geneval_prompts_and_named_weight_files(tiny_model, tiny_clip, tmp_path, capsys):
-    args = [
-        "test",
-        f"--model.pretrained_model_name_or_path={tiny_model}",
-        f"--model.clip_model_name_or_path={tiny_clip}",
-    ]
-    code, err = run_cli(
-        [*args, "--model.metrics=[geneval]", "--model.geneval_detector=shapes-judge", f"--output_dir={tmp_path / 'a'}"],
-        capsys,
-    )
+    args = ["test", f"--model.pretrained_model_name_or_path={tiny_model}"]
+    geneval = metrics_arg(_metric("GenEval", detector="shapes-judge"), clip=tiny_clip)
+    code, err = run_cli([*args, f"--model.metrics={geneval}", f"--output_dir={tmp_path / 'a'}"], capsys)
     assert code != 0 and "data.prompts: model.metrics geneval needs GenEval metadata per prompt" in err
-    code, err = run_cli([*args, "--model.metrics=[hpsv2]", f"--output_dir={tmp_path / 'b'}"], capsys)
-    assert code != 0 and "model.hpsv2_checkpoint: model.metrics has hpsv2 but no checkpoint file" in err
+    hpsv2 = metrics_arg("hpsv2", clip=tiny_clip)
+    code, err = run_cli([*args, f"--model.metrics={hpsv2}", f"--output_dir={tmp_path / 'b'}"], capsys)
+    assert code != 0 and "model.metrics: hpsv2 needs its checkpoint file" in err

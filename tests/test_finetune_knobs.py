@@ -1,7 +1,7 @@
 """Fine-tuning knobs: noise offset, and the rest of what `fit` takes as config keys."""
 
 import torch
-from helpers import quiet_trainer
+from helpers import quiet_trainer, set_learning_rate
 
 
 def test_noise_offset_adds_its_square_to_the_noise_power():
@@ -30,18 +30,21 @@ def test_noise_offset_adds_its_square_to_the_noise_power():
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model):
     from diffusers import DDPMScheduler
 
+    from ldm_lightning.finetune.method import FullUNet
     from ldm_lightning.generation.training import diffusion_loss
     from ldm_lightning.module import LatentDiffusionModule
 
     grads = []
     for checkpointing in (False, True):
-        module = LatentDiffusionModule(tiny_model, gradient_checkpointing=checkpointing)
+        module = LatentDiffusionModule(tiny_model, finetune=FullUNet(gradient_checkpointing=checkpointing))
         module.setup("fit")
         assert module.unet.is_gradient_checkpointing == checkpointing
         torch.manual_seed(0)
         latents = torch.randn(2, 4, 8, 8)
         schedule = DDPMScheduler.from_config(module.components.scheduler_config)
-        diffusion_loss(module.unet, module.text_encoder, module.tokenizer, schedule, latents, ["a", "b"]).backward()
+        diffusion_loss(
+            module.unet, module.text_encoder, module.components.tokenizer, schedule, latents, ["a", "b"]
+        ).backward()
         grads.append(module.unet.conv_in.weight.grad.clone())
     assert grads[0].abs().max() > 0
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
@@ -50,10 +53,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model):
 def test_prediction_type_override_trains_samples_and_exports_it(tiny_model, tmp_path):
     import json
 
+    from ldm_lightning.finetune.method import FullUNet
     from ldm_lightning.generation.schedulers import build_scheduler
     from ldm_lightning.module import LatentDiffusionModule
 
-    module = LatentDiffusionModule(tiny_model, prediction_type="v_prediction")
+    module = LatentDiffusionModule(tiny_model, finetune=FullUNet(prediction_type="v_prediction"))
     module.setup("fit")
     assert module.noise_schedule.config.prediction_type == "v_prediction"  # the training target
     sampler = build_scheduler("ddim", module.components.scheduler_config)
@@ -80,7 +84,7 @@ def test_constant_schedule_holds_the_rate_after_warm_up(tiny_model, tmp_path):
             self.seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     rates = Rates()
-    module = LatentDiffusionModule(tiny_model, learning_rate=0.4, warmup_steps=2, lr_schedule="constant")
+    module = set_learning_rate(LatentDiffusionModule(tiny_model), 0.4, warmup_steps=2, decay="constant")
     trainer = quiet_trainer(
         max_steps=5,
         default_root_dir=tmp_path,

@@ -8,12 +8,17 @@ from helpers import cli_args, diffusers_images, manifest, pixels, run_cli
 from test_sampling import NEGATIVES, PROMPTS, SEEDS, batch_of
 
 from ldm_lightning.generation.components import load_components
+from ldm_lightning.generation.guidance import ClassifierFreeGuidance
+from ldm_lightning.generation.sampler import Sampling
 from ldm_lightning.generation.sampling import to_uint8
 from ldm_lightning.module import LatentDiffusionModule
 from ldm_lightning.testing import save_as_hub_cache
 
 HUB_ID = "tiny-org/tiny-sd"
-SETTINGS = {"num_inference_steps": 4, "height": 32, "width": 32, "guidance_scale": 3.0}
+SETTINGS = {
+    "sampling": Sampling(num_inference_steps=4, height=32, width=32),
+    "guidance": ClassifierFreeGuidance(3.0),
+}
 
 
 @pytest.fixture
@@ -53,7 +58,10 @@ def test_the_embedded_models_tokenizer_loads_from_the_hub_cache(tmp_path, monkey
 def test_fit_from_the_hub_cache_exports_a_complete_folder_diffusers_draws_the_same_from(hub_model, tmp_path):
     args = cli_args(
         "fit",
-        "--model.warmup_steps=2",
+        "--optimizer=AdamW",
+        "--optimizer.lr=1e-3",
+        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
+        "--lr_scheduler.warmup_steps=2",
         "--data=ldm_lightning.shapes.data.ShapesDataModule",
         "--data.batch_size=4",
         "--data.num_samples=8",
@@ -68,10 +76,12 @@ def test_fit_from_the_hub_cache_exports_a_complete_folder_diffusers_draws_the_sa
         p.name for p in exported.iterdir()
     }
     # The export is the trained model: the checkpoint's U-Net, reloaded through the hub id.
-    trained = LatentDiffusionModule.load_from_checkpoint(next((tmp_path / "run").rglob("*.ckpt")), **SETTINGS)
+    trained = LatentDiffusionModule.load_from_checkpoint(
+        next((tmp_path / "run").rglob("*.ckpt")), weights_only=False, **SETTINGS
+    )
     module = LatentDiffusionModule(str(exported), **SETTINGS)
     assert all(torch.equal(p, trained.unet.state_dict()[k]) for k, p in module.unet.state_dict().items())
     batch = batch_of(PROMPTS, NEGATIVES, SEEDS)
-    ours = to_uint8(module.sample(batch).images).int()
+    ours = to_uint8(module.sample(batch)[0].images).int()
     reference = to_uint8(diffusers_images(exported, batch, steps=4, size=32, guidance_scale=3.0)).int()
     assert (ours - reference).abs().max() <= 1  # one 8-bit level at most

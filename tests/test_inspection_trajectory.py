@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ldm_lightning.generation.guidance import ClassifierFreeGuidance
 from ldm_lightning.generation.sampling import decode, generate
 from ldm_lightning.generation.schedulers import build_scheduler
 from ldm_lightning.inspection.trajectory import Trajectory, predicted_original, strip
@@ -15,11 +16,11 @@ def run(components, scheduler, n: int = 3, steps: int = 4, on_step=None, guidanc
     return generate(
         components,
         scheduler,
+        ClassifierFreeGuidance(guidance),
         PROMPTS[:n],
         [""] * n,
         SEEDS[:n],
         num_inference_steps=steps,
-        guidance_scale=guidance,
         eta=0.5,
         height=32,
         width=32,

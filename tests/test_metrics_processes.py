@@ -6,10 +6,10 @@ import logging
 from pathlib import Path
 
 import pytest
-from helpers import kill_after_rows, manifest, run_cli, run_cli_subprocess
+from helpers import METRICS, kill_after_rows, manifest, run_cli, run_cli_subprocess
 from PIL import Image
 from test_per_image_metrics import METADATA
-from test_quality import QUALITY, _close, extractors, feature_cache, reference  # noqa: F401 (fixtures)
+from test_quality import QUALITY, _close, extractors, feature_cache, quality_metrics, reference  # noqa: F401 (fixtures)
 
 N = 8  # 4 images of each of 2 GenEval prompts
 
@@ -20,19 +20,16 @@ def one_run(tiny_model, tiny_clip, extractors, reference, tmp_path_factory) -> t
     folder = tmp_path_factory.mktemp("metrics")
     prompts = folder / "evaluation_metadata.jsonl"
     prompts.write_text("".join(json.dumps(m) + "\n" for m in METADATA))
-    inception, dinov2 = extractors
+    pick_score = {"class_path": f"{METRICS}.PickScore", "init_args": {"model": tiny_clip}}
+    geneval = {"class_path": f"{METRICS}.GenEval", "init_args": {"detector": "shapes-judge"}}
+    metrics = ["clip_score", pick_score, geneval, "fid", "kid", "cmmd", "fd_dinov2", "fd_clip"]
     args = [
         "test",
         f"--model.pretrained_model_name_or_path={tiny_model}",
-        f"--model.clip_model_name_or_path={tiny_clip}",
-        "--model.num_inference_steps=2",
-        "--model.height=32",
-        "--model.width=32",
-        "--model.metrics=[clip_score, pick_score, geneval, fid, kid, cmmd, fd_dinov2, fd_clip]",
-        f"--model.pick_score_model={tiny_clip}",
-        "--model.geneval_detector=shapes-judge",
-        f"--model.inception_weights={inception}",
-        f"--model.dinov2_model_name_or_path={dinov2}",
+        "--model.sampling.num_inference_steps=2",
+        "--model.sampling.height=32",
+        "--model.sampling.width=32",
+        f"--model.metrics={quality_metrics(metrics, tiny_clip, extractors)}",
         f"--data.reference={reference}",
         f"--data.prompts={prompts}",
         "--data.images_per_prompt=4",

@@ -53,8 +53,9 @@ def reference(tmp_path_factory) -> Path:
 
 
 def quality_metrics(names, clip, extractors) -> str:
-    """`--model.metrics` of `names`: CLIPScore (and the CLIP-feature metrics) with `clip`, FID (its Inception serving
-    KID too, or KID's own when alone) with the tiny Inception, FD-DINOv2 with the tiny DINOv2."""
+    """`--model.metrics` of `names` (metric dicts kept as they are): CLIPScore and the CLIP-feature metrics with
+    `clip`, FID (its Inception serving KID too, or KID's own when alone) with the tiny Inception, FD-DINOv2 with
+    the tiny DINOv2."""
     inception, dinov2 = extractors
     settings = {
         "fid": ("FID", {"inception_weights": inception}),
@@ -64,7 +65,9 @@ def quality_metrics(names, clip, extractors) -> str:
     if "fid" in names:
         del settings["kid"]  # weights given to the first of FID and KID suffice
     listed = [
-        {"class_path": f"{METRICS}.{settings[n][0]}", "init_args": settings[n][1]} if n in settings else n
+        {"class_path": f"{METRICS}.{settings[n][0]}", "init_args": settings[n][1]}
+        if isinstance(n, str) and n in settings
+        else n
         for n in names
     ]
     return metrics_arg(*listed, clip=clip)

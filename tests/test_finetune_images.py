@@ -7,11 +7,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import quiet_trainer
+from helpers import quiet_trainer, set_learning_rate
 from PIL import Image
 
 from ldm_lightning.errors import UserError
 from ldm_lightning.finetune.images import ImageCaptionDataModule
+from ldm_lightning.generation.sampler import Sampling
 from ldm_lightning.module import LatentDiffusionModule
 
 
@@ -134,7 +135,8 @@ def test_validation_rows_default_to_the_first_captions_with_fixed_seeds_once_acr
 def test_size_comes_from_the_module_and_fit_runs_on_pixels(tiny_model, tmp_path):
     names = [f"{i}.png" for i in range(4)]
     folder = write_folder(tmp_path / "f", {n: halves(24, 40) for n in names}, dict.fromkeys(names, "x"))
-    module = LatentDiffusionModule(tiny_model, height=32, width=32, warmup_steps=1)
+    module = LatentDiffusionModule(tiny_model, sampling=Sampling(height=32, width=32))
+    set_learning_rate(module, 1e-3, warmup_steps=1)
     data = ImageCaptionDataModule(str(folder), batch_size=2)
     trainer = quiet_trainer(
         max_steps=2,

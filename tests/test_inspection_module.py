@@ -11,28 +11,29 @@ from PIL import Image
 from test_sampling import NEGATIVES, PROMPTS, SEEDS, batch_of, configure, reference
 
 from ldm_lightning.errors import UserError
+from ldm_lightning.generation.sampler import Sampling
+from ldm_lightning.inspection.batch import Inspection
 from ldm_lightning.module import LatentDiffusionModule
 
 BOTH = ["attention", "trajectory"]
 
 
 @pytest.mark.parametrize("name", ["ddim", "euler_ancestral", "dpmpp_2m_karras"])
-def test_images_with_inspection_match_the_reference_pipeline(tiny_module, monkeypatch, name):
+def test_images_with_inspection_match_the_reference_pipeline(tiny_module, name):
     configure(tiny_module, name, 4.0, eta=0.5)
-    monkeypatch.setitem(tiny_module.hparams, "inspect", BOTH)
-    monkeypatch.setitem(tiny_module.hparams, "trajectory_every", 2)
-    samples, views = tiny_module.sample_inspected(batch_of(PROMPTS, NEGATIVES, SEEDS))
+    tiny_module.inspect = Inspection(views=BOTH, trajectory_every=2)
+    samples, views = tiny_module.sample(batch_of(PROMPTS, NEGATIVES, SEEDS))
     ref = reference(tiny_module, name, guidance_scale=4.0, eta=0.5)
     assert (samples.images - ref).abs().max().item() <= 1e-5
     assert all(set(view) == set(BOTH) for view in views)
 
 
-def test_images_with_inspection_do_not_depend_on_batch_size(tiny_module, monkeypatch):
+def test_images_with_inspection_do_not_depend_on_batch_size(tiny_module):
     configure(tiny_module, "euler_ancestral", 3.0)
-    monkeypatch.setitem(tiny_module.hparams, "inspect", BOTH)
-    together, views = tiny_module.sample_inspected(batch_of(PROMPTS, NEGATIVES, SEEDS))
+    tiny_module.inspect = Inspection(views=BOTH)
+    together, views = tiny_module.sample(batch_of(PROMPTS, NEGATIVES, SEEDS))
     for i, (p, n, s) in enumerate(zip(PROMPTS, NEGATIVES, SEEDS)):
-        alone, alone_views = tiny_module.sample_inspected(batch_of([p], [n], [s]))
+        alone, alone_views = tiny_module.sample(batch_of([p], [n], [s]))
         assert (together.images[i] - alone.images[0]).abs().max().item() <= 1e-5
         assert np.allclose(views[i]["attention"]["maps"], alone_views[0]["attention"]["maps"], atol=1e-3)
 
@@ -42,7 +43,7 @@ def test_predict_writes_maps_and_trajectories_beside_each_image(tiny_model, tmp_
 
     out = tmp_path / "run"
     prompts = ["a red circle", "blue square"]
-    inspect = ["--model.inspect=[attention, trajectory]", "--model.trajectory_every=2"]
+    inspect = ["--model.inspect.views=[attention, trajectory]", "--model.inspect.trajectory_every=2"]
     args = cli_args("predict", *inspect, model=tiny_model, steps=4, prompts=json.dumps(prompts), batch_size=2, out=out)
     assert run_cli(args)[0] == 0
     rows = manifest(out)
@@ -78,31 +79,30 @@ def test_predict_writes_maps_and_trajectories_beside_each_image(tiny_model, tmp_
 
 
 def test_inspection_settings_are_checked(tiny_model):
-    with pytest.raises(UserError, match="model.inspect: unknown"):
-        LatentDiffusionModule(tiny_model, inspect=["saliency"])
+    with pytest.raises(UserError, match="model.inspect.views: unknown"):
+        LatentDiffusionModule(tiny_model, inspect=Inspection(views=["saliency"]))
     with pytest.raises(UserError, match="model.inspect: .*fast"):
-        LatentDiffusionModule(tiny_model, inspect=["attention"], fast=True)
-    with pytest.raises(UserError, match=r"model.attention_factors: .*\[2\]"):
-        LatentDiffusionModule(tiny_model, inspect=["attention"], attention_factors=[1])
-    with pytest.raises(UserError, match="model.trajectory_every"):
-        LatentDiffusionModule(tiny_model, trajectory_every=0)
-    with pytest.raises(UserError, match="model.attention_timesteps"):
-        LatentDiffusionModule(tiny_model, attention_timesteps=(900, 100))
+        LatentDiffusionModule(tiny_model, inspect=Inspection(views=["attention"]), sampling=Sampling(fast=True))
+    with pytest.raises(UserError, match=r"model.inspect.attention_factors: .*\[2\]"):
+        LatentDiffusionModule(tiny_model, inspect=Inspection(views=["attention"], attention_factors=[1]))
+    with pytest.raises(UserError, match="model.inspect.trajectory_every"):
+        LatentDiffusionModule(tiny_model, inspect=Inspection(trajectory_every=0))
+    with pytest.raises(UserError, match="model.inspect.attention_timesteps"):
+        LatentDiffusionModule(tiny_model, inspect=Inspection(attention_timesteps=(900, 100)))
 
 
-def test_settings_name_the_inspection_only_when_on(tiny_module, monkeypatch):
-    assert "inspect" not in tiny_module.settings()
-    monkeypatch.setitem(tiny_module.hparams, "inspect", ["attention"])
-    monkeypatch.setitem(tiny_module.hparams, "attention_factors", [2])
-    assert tiny_module.settings()["inspect"] == "attention (factors 2, timesteps all)"
-    assert torch.is_tensor(tiny_module.sample(batch_of(PROMPTS[:1], NEGATIVES[:1], SEEDS[:1])).images)
+def test_settings_name_the_inspection_only_when_on(tiny_module):
+    assert tiny_module.run_settings("32-true", "predict")["inspect"] is None
+    tiny_module.inspect = Inspection(views=["attention"], attention_factors=[2])
+    assert tiny_module.run_settings("32-true", "predict")["inspect"] == "attention (factors 2, timesteps all)"
+    assert torch.is_tensor(tiny_module.sample(batch_of(PROMPTS[:1], NEGATIVES[:1], SEEDS[:1]))[0].images)
 
 
-def test_written_rows_keep_no_inspection_arrays(tiny_module, monkeypatch):
+def test_written_rows_keep_no_inspection_arrays(tiny_module):
     """Once written, a row keeps only manifest fields, so memory stays flat however many images a run makes."""
     from ldm_lightning.run_folder.writer import drop_pixels
 
-    monkeypatch.setitem(tiny_module.hparams, "inspect", BOTH)
+    tiny_module.inspect = Inspection(views=BOTH)
     rows = tiny_module.predict_step(batch_of(PROMPTS[:2], NEGATIVES[:2], SEEDS[:2]), 0)
     assert all("inspection" in r for r in rows)
     drop_pixels(rows)
@@ -121,7 +121,7 @@ def test_two_ddp_processes_with_inspection_equal_one_without(tiny_model, tmp_pat
             tiny_model,
             tmp_path / "two",
             "--data.batch_size=2",
-            "--model.inspect=[attention, trajectory]",
+            "--model.inspect.views=[attention, trajectory]",
             "--config=configs/devices/ddp-cpu-2.yaml",
         ),
         timeout=300,  # two processes start in seconds on idle cores, far slower on busy ones
@@ -141,7 +141,9 @@ def test_test_stage_scores_the_same_images_and_writes_the_maps(tiny_model, tiny_
     from test_evaluate import eval_args
 
     assert run_cli(eval_args(tiny_model, tiny_clip, tmp_path / "plain"))[0] == 0
-    assert run_cli(eval_args(tiny_model, tiny_clip, tmp_path / "inspected", "--model.inspect=[attention]"))[0] == 0
+    assert (
+        run_cli(eval_args(tiny_model, tiny_clip, tmp_path / "inspected", "--model.inspect.views=[attention]"))[0] == 0
+    )
     plain, inspected = manifest(tmp_path / "plain", "results.jsonl"), manifest(tmp_path / "inspected", "results.jsonl")
     assert [r["clip_score"] for r in plain] == [r["clip_score"] for r in inspected]
     for row in inspected:

@@ -17,6 +17,9 @@ def board(tiny_model, tiny_clip, tmp_path_factory):
     """Two `test` runs in one log root, as the command line makes them: guidance 1 on a grouped prompt table, and
     guidance 3 on the first four prompts with FD-CLIP and CMMD against drawn reference shapes."""
     from ldm_lightning import LatentDiffusionModule, PromptDataModule
+    from ldm_lightning.evaluation.metrics import ClipScore
+    from ldm_lightning.generation.guidance import ClassifierFreeGuidance
+    from ldm_lightning.generation.sampler import Sampling
     from ldm_lightning.run_folder.attach import attach_run_folder
     from ldm_lightning.shapes.reference import draw_reference
 
@@ -24,15 +27,22 @@ def board(tiny_model, tiny_clip, tmp_path_factory):
     table = root / "suite.jsonl"
     table.write_text("".join(json.dumps({"prompt": p, "shape": c}) + "\n" for p, c in zip(PROMPTS, CATEGORIES)))
     draw_reference(root / "reference", PROMPTS, per_prompt=2)
-    settings = {"clip_model_name_or_path": tiny_clip, "num_inference_steps": 3, "height": 32, "width": 32}
-    quality = ["clip_score", "fd_clip", "cmmd"]
+    settings = {"sampling": Sampling(num_inference_steps=3, height=32, width=32)}
+    quality = [ClipScore(tiny_clip), "fd_clip", "cmmd"]
     runs = {
         "g1": (
-            LatentDiffusionModule(tiny_model, guidance_scale=1.0, **settings),
+            LatentDiffusionModule(
+                tiny_model,
+                guidance=ClassifierFreeGuidance(guidance_scale=1.0),
+                metrics=[ClipScore(tiny_clip)],
+                **settings,
+            ),
             PromptDataModule(prompts=str(table), batch_size=2, group_by=["shape"]),
         ),
         "quality": (
-            LatentDiffusionModule(tiny_model, guidance_scale=3.0, metrics=quality, **settings),
+            LatentDiffusionModule(
+                tiny_model, guidance=ClassifierFreeGuidance(guidance_scale=3.0), metrics=quality, **settings
+            ),
             PromptDataModule(prompts=PROMPTS, limit=4, batch_size=2, reference=str(root / "reference")),
         ),
     }

@@ -13,11 +13,15 @@ from lightning import Trainer
 
 from ldm_lightning import ImageWriter, LatentDiffusionModule, PromptDataModule
 from ldm_lightning.errors import UserError
+from ldm_lightning.evaluation.metrics import ClipScore
+from ldm_lightning.generation.guidance import ClassifierFreeGuidance
+from ldm_lightning.generation.sampler import Sampling
 
 README = Path(__file__).parents[1] / "README.md"
 PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow cross", "a purple triangle"]
-SETTINGS = {"num_inference_steps": 3, "height": 32, "width": 32, "guidance_scale": 3.0}
-TIMINGS = ("seconds", "peak_memory_mb", "first_batch")
+SAMPLING = {"num_inference_steps": 3, "height": 32, "width": 32}
+GUIDANCE_SCALE = 3.0
+TIMINGS = ("seconds", "sampling_seconds", "peak_memory_mb", "first_batch")
 
 
 def trainer(**kwargs) -> Trainer:
@@ -25,12 +29,18 @@ def trainer(**kwargs) -> Trainer:
     return Trainer(**{**defaults, **kwargs})
 
 
-def module_on(tiny_model: str, tiny_clip: str) -> LatentDiffusionModule:
-    return LatentDiffusionModule(tiny_model, clip_model_name_or_path=tiny_clip, **SETTINGS)
+def module_on(tiny_model: str, tiny_clip: str, guidance_scale: float = GUIDANCE_SCALE) -> LatentDiffusionModule:
+    return LatentDiffusionModule(
+        tiny_model,
+        sampling=Sampling(**SAMPLING),
+        guidance=ClassifierFreeGuidance(guidance_scale=guidance_scale),
+        metrics=[ClipScore(tiny_clip)],
+    )
 
 
 def cli_run_args(tiny_model: str, tiny_clip: str, out: Path) -> list[str]:
-    settings = [f"--model.{k}={v}" for k, v in SETTINGS.items()]
+    settings = [f"--model.sampling.{k}={v}" for k, v in SAMPLING.items()]
+    settings.append(f"--model.guidance.guidance_scale={GUIDANCE_SCALE}")
     return cli_args(
         "test",
         *settings,
@@ -86,7 +96,7 @@ def test_the_writer_resumes_and_refuses_a_folder_of_another_run(tiny_model, tiny
     assert again["test/clip_score"] == pytest.approx(first["test/clip_score"], abs=1e-9)
     assert [r["index"] for r in manifest(out, "results.jsonl")] == [0, 1, 2, 3, 4]
 
-    other = LatentDiffusionModule(tiny_model, clip_model_name_or_path=tiny_clip, **{**SETTINGS, "guidance_scale": 5.0})
+    other = module_on(tiny_model, tiny_clip, guidance_scale=5.0)
     with pytest.raises(UserError, match="holds another run"):
         trainer(callbacks=[ImageWriter(out)]).test(other, datamodule=PromptDataModule(prompts=PROMPTS))
 

@@ -2,14 +2,18 @@
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import metrics_arg, run_cli, set_learning_rate
 from lightning import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from test_finetune_images import halves, write_folder
 from test_sampling import NEGATIVES, PROMPTS, SEEDS, batch_of
 
 from ldm_lightning.evaluation.clip_score import load_clip, score_images
+from ldm_lightning.evaluation.metrics import ClipScore
 from ldm_lightning.finetune.images import ImageCaptionDataModule
+from ldm_lightning.finetune.lora import LoraFile
+from ldm_lightning.finetune.method import LoRA
+from ldm_lightning.generation.sampler import Sampling
 from ldm_lightning.generation.sampling import to_uint8
 from ldm_lightning.module import LatentDiffusionModule
 
@@ -36,13 +40,16 @@ def test_one_command_fine_tunes_a_lora_from_a_folder_with_validation_in_tensorbo
     args = [
         "fit",
         f"--model.pretrained_model_name_or_path={tiny_model}",
-        f"--model.clip_model_name_or_path={tiny_clip}",
-        "--model.lora_rank=4",
-        "--model.num_inference_steps=2",
-        "--model.height=32",
-        "--model.width=32",
-        "--model.learning_rate=0.01",
-        "--model.warmup_steps=1",
+        f"--model.metrics={metrics_arg(clip=tiny_clip)}",
+        "--model.finetune=LoRA",
+        "--model.finetune.rank=4",
+        "--model.sampling.num_inference_steps=2",
+        "--model.sampling.height=32",
+        "--model.sampling.width=32",
+        "--optimizer=AdamW",
+        "--optimizer.lr=0.01",
+        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
+        "--lr_scheduler.warmup_steps=1",
         "--data=ldm_lightning.finetune.images.ImageCaptionDataModule",
         f"--data.path={image_folder(tmp_path)}",
         "--data.batch_size=2",
@@ -63,19 +70,19 @@ def test_one_command_fine_tunes_a_lora_from_a_folder_with_validation_in_tensorbo
 
     # The exported LoRA draws, in a fresh module, what the trained adapters drew; and it changed the model.
     lora = next((tmp_path / "run").rglob("pytorch_lora_weights.safetensors"))
-    settings = {"num_inference_steps": 2, "height": 32, "width": 32}
+    settings = {"sampling": Sampling(num_inference_steps=2, height=32, width=32)}
     base = LatentDiffusionModule(tiny_model, **settings)
-    tuned = LatentDiffusionModule(tiny_model, lora=str(lora), **settings)
+    tuned = LatentDiffusionModule(tiny_model, lora=LoraFile(str(lora)), **settings)
     from_checkpoint = LatentDiffusionModule.load_from_checkpoint(next((tmp_path / "run").rglob("*.ckpt")))
     batch = batch_of(PROMPTS, NEGATIVES, SEEDS)
-    images = tuned.sample(batch).images
-    assert (images - from_checkpoint.sample(batch).images).abs().max() <= 1e-5
-    assert (images - base.sample(batch).images).abs().max() > 1e-3
+    images = tuned.sample(batch)[0].images
+    assert (images - from_checkpoint.sample(batch)[0].images).abs().max() <= 1e-5
+    assert (images - base.sample(batch)[0].images).abs().max() > 1e-3
     assert torch.equal(tuned.unet.conv_in.weight, base.unet.conv_in.weight)  # the base stayed frozen
 
 
 def test_validation_score_is_test_clipscore_of_the_same_prompts_and_seeds(tiny_model, tiny_clip, tmp_path):
-    settings = {"num_inference_steps": 2, "height": 32, "width": 32, "clip_model_name_or_path": tiny_clip}
+    settings = {"sampling": Sampling(num_inference_steps=2, height=32, width=32), "metrics": [ClipScore(tiny_clip)]}
     module = LatentDiffusionModule(tiny_model, **settings)
     data = ImageCaptionDataModule(str(image_folder(tmp_path)), val_prompts=PROMPTS, val_seed=5, val_batch_size=2)
     logged = quiet_trainer(tmp_path).validate(module, data)[0]["val/clip_score"]
@@ -83,19 +90,21 @@ def test_validation_score_is_test_clipscore_of_the_same_prompts_and_seeds(tiny_m
     clip = load_clip(tiny_clip)
     scores = []
     for i, prompt in enumerate(PROMPTS):
-        pixels = to_uint8(module.sample(batch_of([prompt], [""], [5 + i])).images)
+        pixels = to_uint8(module.sample(batch_of([prompt], [""], [5 + i]))[0].images)
         scores += score_images(pixels, [prompt], clip)
     assert abs(logged - sum(scores) / len(scores)) < 1e-4, (logged, scores)
 
 
 def test_ema_with_lora_checkpoints_only_adapters_and_resumes(tiny_model, tmp_path):
     def fit(steps: int, ckpt_path=None) -> LatentDiffusionModule:
-        module = LatentDiffusionModule(tiny_model, height=32, width=32, lora_rank=2, learning_rate=1e-2, warmup_steps=1)
+        module = LatentDiffusionModule(tiny_model, sampling=Sampling(height=32, width=32), finetune=LoRA(rank=2))
+        set_learning_rate(module, 1e-2, warmup_steps=1)
         checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
         trainer = quiet_trainer(
             tmp_path, max_steps=steps, limit_val_batches=0, callbacks=[EMAWeightAveraging(decay=0.5), checkpoints]
         )
-        trainer.fit(module, ImageCaptionDataModule(str(image_folder(tmp_path)), batch_size=2), ckpt_path=ckpt_path)
+        data = ImageCaptionDataModule(str(image_folder(tmp_path)), batch_size=2)
+        trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=False)  # the parts are in the hyperparameters
         assert trainer.global_step == steps
         return module
 
@@ -119,10 +128,10 @@ def test_validation_with_two_processes_equals_one(tiny_model, tiny_clip, tmp_pat
         args = [
             "validate",
             f"--model.pretrained_model_name_or_path={tiny_model}",
-            f"--model.clip_model_name_or_path={tiny_clip}",
-            "--model.num_inference_steps=2",
-            "--model.height=32",
-            "--model.width=32",
+            f"--model.metrics={metrics_arg(clip=tiny_clip)}",
+            "--model.sampling.num_inference_steps=2",
+            "--model.sampling.height=32",
+            "--model.sampling.width=32",
             "--data=ldm_lightning.finetune.images.ImageCaptionDataModule",
             f"--data.path={image_folder(tmp_path)}",
             "--data.val_prompts=[a red square, a blue circle, a green star]",  # 2 + 1 on two processes

@@ -6,10 +6,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention
 
+from ldm_lightning.generation.guidance import ClassifierFreeGuidance
 from ldm_lightning.generation.sampling import generate
 from ldm_lightning.generation.schedulers import SCHEDULERS, build_scheduler
 from ldm_lightning.inspection.attention import CrossAttentionRecorder, Word, prompt_words, size_at, word_maps
-from ldm_lightning.inspection.batch import InspectOptions, generate_inspected
+from ldm_lightning.inspection.batch import Inspection
 
 PROMPTS = ["a red circle", "blue ../ square ünïcode", "a green star at the top"]
 NEGATIVES = ["", "green", "blurry"]
@@ -20,11 +21,11 @@ def sample(components, scheduler: str, n: int, guidance: float = 3.0, steps: int
     return generate(
         components,
         build_scheduler(scheduler, components.scheduler_config),
+        ClassifierFreeGuidance(guidance),
         PROMPTS[:n],
         NEGATIVES[:n],
         SEEDS[:n],
         num_inference_steps=steps,
-        guidance_scale=guidance,
         eta=0.5,
         height=32,
         width=32,
@@ -42,20 +43,23 @@ def test_images_are_unchanged_with_inspection(tiny_module, scheduler, n):
     components = tiny_module.components
     before = dict(components.unet.attn_processors)
     plain = sample(components, scheduler, n)
-    options = InspectOptions(kinds=("attention", "trajectory"), trajectory_every=2)
-    inspected, views = generate_inspected(
-        components,
-        build_scheduler(scheduler, components.scheduler_config),
-        PROMPTS[:n],
-        NEGATIVES[:n],
-        SEEDS[:n],
-        options=options,
-        num_inference_steps=4,
-        guidance_scale=3.0,
-        eta=0.5,
-        height=32,
-        width=32,
-    )
+    inspection = Inspection(views=["attention", "trajectory"], trajectory_every=2)
+    sampler = build_scheduler(scheduler, components.scheduler_config)
+    with inspection.watch(components, sampler, PROMPTS[:n]) as watch:
+        inspected = generate(
+            components,
+            sampler,
+            ClassifierFreeGuidance(3.0),
+            PROMPTS[:n],
+            NEGATIVES[:n],
+            SEEDS[:n],
+            num_inference_steps=4,
+            eta=0.5,
+            height=32,
+            width=32,
+            on_step=watch.on_step,
+        )
+    views = watch.views(inspected)
     assert torch.equal(plain, inspected.images)
     assert all(view["attention"]["maps"].shape[-2:] == (32, 32) for view in views)
     after = components.unet.attn_processors
@@ -160,7 +164,7 @@ def test_size_at_halves_with_ceiling():
 
 
 def test_prompt_words_merge_sub_word_tokens(tiny_module):
-    tokenizer = tiny_module.tokenizer  # one token per UTF-8 byte
+    tokenizer = tiny_module.components.tokenizer  # one token per UTF-8 byte
     words = prompt_words(tokenizer, "blue ../ square ünïcode")
     lengths = [len(w.encode()) for w in ["blue", ".", ".", "/", "square", "ünïcode"]]
     assert [w.text for w in words] == ["blue", ".", ".", "/", "square", "ünïcode"]
@@ -173,7 +177,7 @@ def test_prompt_words_merge_sub_word_tokens(tiny_module):
 
 
 def test_prompt_words_drop_words_past_the_token_limit(tiny_module):
-    tokenizer = tiny_module.tokenizer  # 32 tokens: start + 30 bytes + end
+    tokenizer = tiny_module.components.tokenizer  # 32 tokens: start + 30 bytes + end
     words = prompt_words(tokenizer, "aaaaaaaaaa bbbbbbbbbb cccccccccc dddddddddd")
     assert [w.text for w in words] == ["aaaaaaaaaa", "bbbbbbbbbb", "cccccccccc"]
     assert words[-1].tokens == tuple(range(21, 31))

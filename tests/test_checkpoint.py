@@ -30,7 +30,10 @@ def lora_checkpoint(tiny_model, tmp_path) -> Path:
 
 
 def test_a_lora_checkpoint_in_a_module_without_lora_is_refused_in_one_line(lora_checkpoint, tiny_model, tiny_clip):
-    refusal = r"ckpt_path: \d+ of the checkpoint.s tensors have no place .*lora_A.*pass finetune=LoRA\(rank=2\) \(--model\.finetune\.rank 2 with LoRA\)$"
+    refusal = (
+        r"ckpt_path: \d+ of the checkpoint.s tensors have no place .*lora_A"
+        r".*pass finetune=LoRA\(rank=2\) \(--model\.finetune\.rank 2 with LoRA\)$"
+    )
     with pytest.raises(UserError, match=refusal) as raised:
         LatentDiffusionModule.load_from_checkpoint(lora_checkpoint, weights_only=False, finetune=FullUNet())
     assert "\n" not in str(raised.value)

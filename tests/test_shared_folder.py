@@ -11,6 +11,8 @@ import pytest
 from helpers import cli_args, manifest, quiet_trainer, run_cli
 
 from ldm_lightning import ImageWriter, LatentDiffusionModule, PromptDataModule
+from ldm_lightning.evaluation.metrics import ClipScore
+from ldm_lightning.generation.sampler import Sampling
 
 PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow cross", "a white circle", "a red star"]
 SETTINGS = {"num_inference_steps": 2, "height": 32, "width": 32}
@@ -31,6 +33,8 @@ from lightning import Trainer
 
 from ldm_lightning import ImageWriter, LatentDiffusionModule, PromptDataModule
 from ldm_lightning.errors import UserError
+from ldm_lightning.evaluation.metrics import ClipScore
+from ldm_lightning.generation.sampler import Sampling
 
 if __name__ == "__main__":
     spec = json.loads(sys.argv[1])
@@ -63,7 +67,9 @@ if __name__ == "__main__":
             in_setup.clear()
 
     PIL.Image.open, np.load, os.open, ImageWriter.setup = counting_open, counting_load, recording_open, recorded_setup
-    module = LatentDiffusionModule(spec["model"], **spec["module"])
+    settings = spec["module"]
+    metrics = [ClipScore(settings["clip"]), *settings["metrics"]]
+    module = LatentDiffusionModule(spec["model"], sampling=Sampling(**settings["sampling"]), metrics=metrics)
     data = PromptDataModule(**spec["data"])
     trainer = Trainer(
         accelerator="cpu",
@@ -100,12 +106,18 @@ def records(folder: Path) -> list[dict]:
     return [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 
+def module_of(spec: dict) -> LatentDiffusionModule:
+    """The module SCRIPT builds from `spec`, in this process."""
+    settings = spec["module"]
+    metrics = [ClipScore(settings["clip"]), *settings["metrics"]]
+    return LatentDiffusionModule(spec["model"], sampling=Sampling(**settings["sampling"]), metrics=metrics)
+
+
 def spec_for(model: str, clip: str, out: Path, reference: Path | None = None) -> dict:
-    metrics = {"metrics": ["clip_score", "fd_clip"]} if reference else {}
     data = {"reference": str(reference)} if reference else {}
     return {
         "model": model,
-        "module": {**SETTINGS, "clip_model_name_or_path": clip, **metrics},
+        "module": {"sampling": SETTINGS, "clip": clip, "metrics": ["fd_clip"] if reference else []},
         "data": {"prompts": PROMPTS, "batch_size": 2, **data},
         "out": str(out),
     }
@@ -139,7 +151,7 @@ def resumed_on_two_processes(tiny_model, tiny_clip, tmp_path_factory) -> tuple[P
     spec = spec_for(tiny_model, tiny_clip, root / "whole", reference)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LDM_LIGHTNING_CACHE", str(root / "cache"))  # the reference's features, shared by both runs
-        module = LatentDiffusionModule(spec["model"], **spec["module"])
+        module = module_of(spec)
         quiet_trainer(callbacks=[ImageWriter(root / "whole")]).test(module, datamodule=PromptDataModule(**spec["data"]))
         # The interrupted run: rows 0-2 finished; row 3 has its image and features, rows 4 and 5 nothing.
         cut = root / "cut"
@@ -197,7 +209,7 @@ def test_a_damaged_manifest_line_stops_the_run_naming_file_and_line(tiny_model, 
 
 
 def test_one_process_resumes_what_two_left_in_their_own_files(tiny_model, tmp_path):
-    module = LatentDiffusionModule(tiny_model, **SETTINGS)
+    module = LatentDiffusionModule(tiny_model, sampling=Sampling(**SETTINGS))
     out = tmp_path / "run"
     quiet_trainer(callbacks=[ImageWriter(out)]).predict(module, datamodule=PromptDataModule(prompts=PROMPTS))
     # Two processes were stopped: rank 0 had written rows 0-2, rank 1 rows 3 and 4 (and was killed writing row 5).

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli_args, manifest, pixels, run_cli
+from helpers import cli_args, manifest, metrics_arg, pixels, run_cli
 
 PROMPTS = json.dumps(
     [f"a {c} {s}" for c in ("red", "blue", "green", "white") for s in ("circle", "star", "cross", "square")]
@@ -69,10 +69,15 @@ def test_predict_keeps_no_images_in_memory(tiny_model, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(Trainer, "predict", spy)
-    assert run_cli(args_for(tiny_model, tmp_path / "a", "--model.num_inference_steps=2", "--data.batch_size=4"))[0] == 0
+    assert (
+        run_cli(args_for(tiny_model, tmp_path / "a", "--model.sampling.num_inference_steps=2", "--data.batch_size=4"))[
+            0
+        ]
+        == 0
+    )
     assert returned[0] == (None, [])  # the CLI does not ask Lightning to keep every batch's rows
     # Asked for them explicitly, the rows come back without their pixels (the writer consumed them).
-    extra = ("--model.num_inference_steps=2", "--data.batch_size=4", "--return_predictions=true")
+    extra = ("--model.sampling.num_inference_steps=2", "--data.batch_size=4", "--return_predictions=true")
     assert run_cli(args_for(tiny_model, tmp_path / "b", *extra))[0] == 0
     rows = [row for batch in returned[1][0] for row in batch]
     assert sorted(r["index"] for r in rows) == list(range(16))
@@ -87,13 +92,17 @@ def test_test_keeps_no_images_in_memory(tiny_model, tiny_clip, tmp_path, monkeyp
     monkeypatch.setattr(
         LatentDiffusionModule, "test_step", lambda self, *a: (rows := original(self, *a), outputs.extend(rows))[0]
     )
-    extra = ("--model.num_inference_steps=2", f"--model.clip_model_name_or_path={tiny_clip}", "--data.batch_size=8")
+    extra = (
+        "--model.sampling.num_inference_steps=2",
+        f"--model.metrics={metrics_arg(clip=tiny_clip)}",
+        "--data.batch_size=8",
+    )
     assert run_cli(args_for(tiny_model, tmp_path / "run", *extra, subcommand="test"))[0] == 0
     assert len(outputs) == 16 and not any("pixels" in r for r in outputs)
 
 
 def test_full_disk_stops_cleanly_and_the_same_command_resumes(tiny_model, tmp_path):
-    args = args_for(tiny_model, tmp_path / "run", "--model.num_inference_steps=2", "--data.batch_size=2")
+    args = args_for(tiny_model, tmp_path / "run", "--model.sampling.num_inference_steps=2", "--data.batch_size=2")
     full = start(args, file_size_limit=4000)  # the manifest outgrows it after about 10 rows
     _, err = full.communicate()
     assert full.returncode == 2, err[-2000:]
@@ -108,7 +117,9 @@ def test_full_disk_stops_cleanly_and_the_same_command_resumes(tiny_model, tmp_pa
     assert {name: (tmp_path / "run" / name).stat().st_mtime_ns for name in kept} == kept
     assert_whole(tmp_path / "run")
     assert (
-        run_cli(args_for(tiny_model, tmp_path / "whole", "--model.num_inference_steps=2", "--data.batch_size=2"))[0]
+        run_cli(
+            args_for(tiny_model, tmp_path / "whole", "--model.sampling.num_inference_steps=2", "--data.batch_size=2")
+        )[0]
         == 0
     )
     assert_same_images(tmp_path / "run", tmp_path / "whole")
@@ -116,7 +127,11 @@ def test_full_disk_stops_cleanly_and_the_same_command_resumes(tiny_model, tmp_pa
 
 def test_sigterm_stops_after_the_batch_in_flight_and_resumes_to_the_same_scores(tiny_model, tiny_clip, tmp_path):
     # Enough steps that the run is still going when the signal comes; 16 prompts in batches of 2.
-    extra = ("--model.num_inference_steps=12", f"--model.clip_model_name_or_path={tiny_clip}", "--data.batch_size=2")
+    extra = (
+        "--model.sampling.num_inference_steps=12",
+        f"--model.metrics={metrics_arg(clip=tiny_clip)}",
+        "--data.batch_size=2",
+    )
     args = args_for(tiny_model, tmp_path / "run", *extra, subcommand="test")
     run = start(args)
     results = tmp_path / "run" / "results.jsonl"

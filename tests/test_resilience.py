@@ -69,12 +69,8 @@ def test_predict_keeps_no_images_in_memory(tiny_model, tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(Trainer, "predict", spy)
-    assert (
-        run_cli(args_for(tiny_model, tmp_path / "a", "--model.sampling.num_inference_steps=2", "--data.batch_size=4"))[
-            0
-        ]
-        == 0
-    )
+    steps = "--model.sampling.num_inference_steps=2"
+    assert run_cli(args_for(tiny_model, tmp_path / "a", steps, "--data.batch_size=4"))[0] == 0
     assert returned[0] == (None, [])  # the CLI does not ask Lightning to keep every batch's rows
     # Asked for them explicitly, the rows come back without their pixels (the writer consumed them).
     extra = ("--model.sampling.num_inference_steps=2", "--data.batch_size=4", "--return_predictions=true")
@@ -116,12 +112,8 @@ def test_full_disk_stops_cleanly_and_the_same_command_resumes(tiny_model, tmp_pa
     assert run_cli(args)[0] == 0
     assert {name: (tmp_path / "run" / name).stat().st_mtime_ns for name in kept} == kept
     assert_whole(tmp_path / "run")
-    assert (
-        run_cli(
-            args_for(tiny_model, tmp_path / "whole", "--model.sampling.num_inference_steps=2", "--data.batch_size=2")
-        )[0]
-        == 0
-    )
+    whole = args_for(tiny_model, tmp_path / "whole", "--model.sampling.num_inference_steps=2", "--data.batch_size=2")
+    assert run_cli(whole)[0] == 0
     assert_same_images(tmp_path / "run", tmp_path / "whole")
 
 

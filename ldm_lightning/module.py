@@ -23,6 +23,7 @@ from ldm_lightning.finetune.method import FineTuning, FullUNet, WarmupCosine, va
 from ldm_lightning.generation.components import Components, load_components
 from ldm_lightning.generation.guidance import ClassifierFreeGuidance, Guidance, as_guidance
 from ldm_lightning.generation.image_rows import healthy, image_rows, prompt_rows, with_views
+from ldm_lightning.generation.provenance import build_part
 from ldm_lightning.generation.sampler import Sampling
 from ldm_lightning.generation.sampling import report_unknown_words, to_uint8
 from ldm_lightning.inspection.batch import Inspection
@@ -30,6 +31,7 @@ from ldm_lightning.interfaces import PromptSource
 from ldm_lightning.memory import peak_memory_mb
 
 DEFAULT_MODEL = "tiny-shapes"
+PART_KEYS = ("sampling", "guidance", "finetune", "inspect", "lora")
 
 
 class LatentDiffusionModule(LightningModule):
@@ -69,6 +71,8 @@ class LatentDiffusionModule(LightningModule):
         """
         super().__init__()
         self.save_hyperparameters(ignore=["metrics"])
+        # A part may come as its config (`provenance.part_spec`): what a checkpoint's hyperparameters hold.
+        sampling, guidance, finetune, inspect, lora = map(build_part, (sampling, guidance, finetune, inspect, lora))
         self.sampling = sampling or Sampling()
         self.guidance = as_guidance(guidance or ClassifierFreeGuidance(guidance_scale=3.0))
         self.finetune = finetune or FullUNet()
@@ -307,7 +311,13 @@ class LatentDiffusionModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from ldm_lightning.finetune.checkpoint import keep_trained, trained_names
+        from ldm_lightning.generation.provenance import part_spec
 
+        # The parts as plain configs, which `torch.load(weights_only=True)` reads back.
+        hparams = checkpoint.get("hyper_parameters", {})
+        for key in PART_KEYS:
+            if hparams.get(key) is not None and not isinstance(hparams[key], dict):
+                hparams[key] = part_spec(hparams[key])
         # Only what trains (with EMA, its average too): the frozen parts come from the pretrained model again.
         keep_trained(checkpoint, trained_names(self) or {k for k in checkpoint["state_dict"] if k.startswith("unet.")})
 

@@ -35,13 +35,13 @@ def test_a_lora_checkpoint_in_a_module_without_lora_is_refused_in_one_line(lora_
         r".*pass finetune=LoRA\(rank=2\) \(--model\.finetune\.rank 2 with LoRA\)$"
     )
     with pytest.raises(UserError, match=refusal) as raised:
-        LatentDiffusionModule.load_from_checkpoint(lora_checkpoint, weights_only=False, finetune=FullUNet())
+        LatentDiffusionModule.load_from_checkpoint(lora_checkpoint, finetune=FullUNet())
     assert "\n" not in str(raised.value)
 
     module = LatentDiffusionModule(tiny_model, metrics=[ClipScore(tiny_clip)], **SETTINGS)
     with pytest.raises(UserError, match=refusal):
         quiet_trainer().test(
-            module, PromptDataModule(["a red circle"], batch_size=1), ckpt_path=lora_checkpoint, weights_only=False
+            module, PromptDataModule(["a red circle"], batch_size=1), ckpt_path=lora_checkpoint
         )
 
 

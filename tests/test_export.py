@@ -78,7 +78,7 @@ def test_a_lora_then_whole_unet_fit_exports_a_folder_diffusers_draws_the_same_fr
     assert (to_uint8(trained).int() - to_uint8(reference).int()).abs().max() <= 1  # one 8-bit level at most
 
     # The checkpoint reloads into a module that applies the same LoRA (fused, as in training).
-    reloaded = LatentDiffusionModule.load_from_checkpoint(checkpoints.best_model_path, weights_only=False)
+    reloaded = LatentDiffusionModule.load_from_checkpoint(checkpoints.best_model_path)
     assert (reloaded.sample(batch)[0].images - trained).abs().max() <= 1e-5
 
 

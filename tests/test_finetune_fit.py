@@ -104,7 +104,7 @@ def test_ema_with_lora_checkpoints_only_adapters_and_resumes(tiny_model, tmp_pat
             tmp_path, max_steps=steps, limit_val_batches=0, callbacks=[EMAWeightAveraging(decay=0.5), checkpoints]
         )
         data = ImageCaptionDataModule(str(image_folder(tmp_path)), batch_size=2)
-        trainer.fit(module, data, ckpt_path=ckpt_path, weights_only=False)  # the parts are in the hyperparameters
+        trainer.fit(module, data, ckpt_path=ckpt_path)
         assert trainer.global_step == steps
         return module
 

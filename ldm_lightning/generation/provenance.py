@@ -20,8 +20,9 @@ FORMAT = 2
 NOT_IN_FINGERPRINT = frozenset({"step_progress"})
 
 
-def part_config(part: Any) -> dict[str, Any]:
-    """A part's own settings: a dataclass's fields, a diffusers `ConfigMixin`'s config, else its public attributes."""
+def part_config(part: Any, every: bool = False) -> dict[str, Any]:
+    """A part's own settings: a dataclass's fields, a diffusers `ConfigMixin`'s config, else its public attributes;
+    without `NOT_IN_FINGERPRINT` unless `every`."""
     from diffusers.configuration_utils import ConfigMixin
 
     if dataclasses.is_dataclass(part):
@@ -30,7 +31,24 @@ def part_config(part: Any) -> dict[str, Any]:
         config = dict(part.config)
     else:
         config = vars(part)
-    return {k: v for k, v in config.items() if not k.startswith("_") and k not in NOT_IN_FINGERPRINT}
+    return {k: v for k, v in config.items() if not k.startswith("_") and (every or k not in NOT_IN_FINGERPRINT)}
+
+
+def part_spec(part: Any) -> dict[str, Any]:
+    """A part as the config that builds it again: `class_path` and `init_args` (plain values, which a checkpoint
+    can hold and `torch.load(weights_only=True)` reads back)."""
+    cls = type(part)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": jsonable(part_config(part, every=True))}
+
+
+def build_part(value: Any) -> Any:
+    """A part from `part_spec`'s form (a checkpoint's hyperparameters); anything else as it is."""
+    if not (isinstance(value, dict) and "class_path" in value):
+        return value
+    from importlib import import_module
+
+    module, _, name = value["class_path"].rpartition(".")
+    return getattr(import_module(module), name)(**value.get("init_args", {}))
 
 
 def part_name(part: Any) -> str:

@@ -148,7 +148,6 @@ def test_each_sweep_run_starts_from_fresh_cpu_and_gpu_peaks(tiny_model, tiny_cli
     from lightning import Trainer
 
     from ldm_lightning import memory
-    from ldm_lightning.cli import parse_config
     from ldm_lightning.lab.sweep import run_test
 
     events = []
@@ -157,8 +156,10 @@ def test_each_sweep_run_starts_from_fresh_cpu_and_gpu_peaks(tiny_model, tiny_cli
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *args, **kwargs: events.append("gpu peak reset"))
     monkeypatch.setattr(memory, "reset_peak_rss", lambda: events.append("cpu peak reset") or True)
     monkeypatch.setattr(Trainer, "test", lambda self, *args, **kwargs: events.append("test"))
-    config = parse_config([*cli_args(None, model=tiny_model, clip=tiny_clip, prompts='["a red circle"]'),
-                           "--trainer.accelerator=cpu"])  # fmt: skip
+    passthrough = [
+        *cli_args(None, model=tiny_model, clip=tiny_clip, prompts='["a red circle"]'),
+        "--trainer.accelerator=cpu",
+    ]
     for guidance in (1.0, 4.0):
-        run_test(tmp_path / f"g{guidance:g}", "ddim", 2, guidance, "32-true", False, config)
+        run_test(tmp_path / f"g{guidance:g}", "ddim", 2, guidance, "32-true", False, passthrough)
     assert events == ["cpu peak reset", "gpu peak reset", "test"] * 2

@@ -40,9 +40,7 @@ def test_a_lora_checkpoint_in_a_module_without_lora_is_refused_in_one_line(lora_
 
     module = LatentDiffusionModule(tiny_model, metrics=[ClipScore(tiny_clip)], **SETTINGS)
     with pytest.raises(UserError, match=refusal):
-        quiet_trainer().test(
-            module, PromptDataModule(["a red circle"], batch_size=1), ckpt_path=lora_checkpoint
-        )
+        quiet_trainer().test(module, PromptDataModule(["a red circle"], batch_size=1), ckpt_path=lora_checkpoint)
 
 
 def test_a_whole_unet_checkpoint_in_a_lora_module_is_refused(tiny_model, tiny_module):

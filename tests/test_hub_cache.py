@@ -76,9 +76,7 @@ def test_fit_from_the_hub_cache_exports_a_complete_folder_diffusers_draws_the_sa
         p.name for p in exported.iterdir()
     }
     # The export is the trained model: the checkpoint's U-Net, reloaded through the hub id.
-    trained = LatentDiffusionModule.load_from_checkpoint(
-        next((tmp_path / "run").rglob("*.ckpt")), **SETTINGS
-    )
+    trained = LatentDiffusionModule.load_from_checkpoint(next((tmp_path / "run").rglob("*.ckpt")), **SETTINGS)
     module = LatentDiffusionModule(str(exported), **SETTINGS)
     assert all(torch.equal(p, trained.unet.state_dict()[k]) for k, p in module.unet.state_dict().items())
     batch = batch_of(PROMPTS, NEGATIVES, SEEDS)

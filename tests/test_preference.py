@@ -259,11 +259,11 @@ def test_missing_weights_name_key_file_and_download(tmp_path, tiny_clip):
     with pytest.raises(UserError) as err:
         preference.load_hpsv2(str(tmp_path / "HPS_v2.1_compressed.pt"), tiny_clip)
     message = str(err.value)
-    assert message.startswith("model.hpsv2_checkpoint: ") and "HPS_v2.1_compressed.pt" in message
+    assert message.startswith("model.metrics: HPSv2.checkpoint: ") and "HPS_v2.1_compressed.pt" in message
     assert "hf download xswu/HPSv2" in message and "\n" not in message
-    with pytest.raises(UserError, match=r"^model.aesthetic_weights: .*no such file.*wget https://github.com"):
+    with pytest.raises(UserError, match=r"^model.metrics: Aesthetic.weights: .*no such file.*wget https://github.com"):
         preference.load_aesthetic(str(tmp_path / "missing.pth"), tiny_clip)
-    with pytest.raises(UserError, match=r"^model.pick_score_model: .*no such folder"):
+    with pytest.raises(UserError, match=r"^model.metrics: PickScore.model: .*no such folder"):
         preference.load_pick_score(str(tmp_path / "no-pickscore"))
 
 

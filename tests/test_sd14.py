@@ -14,15 +14,15 @@ pytestmark = [
 
 def test_sd14_matches_the_pipeline_at_256(capsys):
 
+    from ldm_lightning import ClassifierFreeGuidance, Sampling
     from ldm_lightning.data import collate, read_rows
     from ldm_lightning.module import LatentDiffusionModule
     from ldm_lightning.testing import reference_pipeline
 
-    module = LatentDiffusionModule(
-        SD14, scheduler="pndm", num_inference_steps=3, guidance_scale=7.5, height=256, width=256
-    )
+    sampling = Sampling(scheduler="pndm", num_inference_steps=3, height=256, width=256)
+    module = LatentDiffusionModule(SD14, sampling=sampling, guidance=ClassifierFreeGuidance(7.5))
     rows = read_rows(["a photograph of an astronaut riding a horse"], seed=0)
-    ours = module.sample(collate(rows)).images
+    ours = module.sample(collate(rows))[0].images
     components = module.components
     pipe = reference_pipeline(components, "pndm")
     ref = pipe(

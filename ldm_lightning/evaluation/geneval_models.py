@@ -89,7 +89,7 @@ class Mask2FormerDetector:
         """
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
-        key, hint = "model.geneval_detector", hub_hint(DEFAULT_DETECTOR)
+        key, hint = "model.metrics: GenEval.detector", hub_hint(DEFAULT_DETECTOR)
         model = load_or_explain(Mask2FormerForUniversalSegmentation, name_or_path, key, "Mask2Former", hint)
         self.model = frozen(model)
         self.processor = load_or_explain(AutoImageProcessor, name_or_path, key, "its image processor", hint)
@@ -182,7 +182,7 @@ def load_colour_classifier(name_or_path: str = AESTHETIC_CLIP) -> ColourClassifi
 
         return judge_colours
 
-    key, hint = "model.geneval_clip", hub_hint(AESTHETIC_CLIP)
+    key, hint = "model.metrics: GenEval.clip", hub_hint(AESTHETIC_CLIP)
     model = load_or_explain(CLIPModel, name_or_path, key, "CLIP", hint)
     return ClipColourClassifier(PreferenceCLIP(frozen(model), load_processor([name_or_path], key, hint)))
 
@@ -200,7 +200,9 @@ def load_detector(name_or_path: str) -> Detector:
 
         return judge_detections
     if not name_or_path:
-        raise UserError(f"model.geneval_detector: empty; give a Mask2Former hub id or folder ({DEFAULT_DETECTOR})")
+        raise UserError(
+            f"model.metrics: GenEval.detector: empty; give a Mask2Former hub id or folder ({DEFAULT_DETECTOR})"
+        )
     return Mask2FormerDetector(name_or_path)
 
 

@@ -222,7 +222,7 @@ def load_pick_score(model: str = DEFAULT_PICK_SCORE, processor: str = VIT_H_14) 
     """PickScore's CLIP (hub id or folder) and its processor (the model's folder if it has one, else `processor`)."""
     from transformers import CLIPModel
 
-    key = "model.pick_score_model"
+    key = "model.metrics: PickScore.model"
     hint = hub_hint(DEFAULT_PICK_SCORE if not is_local(model) else model)
     clip = load_or_explain(CLIPModel, model, key, "PickScore", hint)
     return PreferenceCLIP(frozen(clip), load_processor([model, processor], key, hub_hint(VIT_H_14)))
@@ -254,7 +254,7 @@ def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP) -> AestheticScorer:
     """The aesthetic head from `weights` (the published .pth) on the CLIP `clip` (hub id or folder)."""
     from transformers import CLIPModel
 
-    key = "model.aesthetic_weights"
+    key = "model.metrics: Aesthetic.weights"
     state = _read_weights(weights, key, AESTHETIC_DOWNLOAD)
     head = AestheticMLP(input_size=state["layers.0.weight"].shape[1] if "layers.0.weight" in state else 768)
     try:
@@ -264,13 +264,13 @@ def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP) -> AestheticScorer:
             f"{key}: {weights} is not a LAION aesthetic predictor ({first_line(err)}); "
             f"download {AESTHETIC_FILE} with `{AESTHETIC_DOWNLOAD}`"
         ) from None
-    model = load_or_explain(CLIPModel, clip, "model.aesthetic_clip", "CLIP", hub_hint(AESTHETIC_CLIP))
+    model = load_or_explain(CLIPModel, clip, "model.metrics: Aesthetic.clip", "CLIP", hub_hint(AESTHETIC_CLIP))
     if model.config.projection_dim != head.layers[0].in_features:
         raise UserError(
-            f"model.aesthetic_clip: {clip} embeds in {model.config.projection_dim} dimensions, the predictor expects "
-            f"{head.layers[0].in_features}; use {AESTHETIC_CLIP}"
+            f"model.metrics: Aesthetic.clip: {clip} embeds in {model.config.projection_dim} dimensions, the predictor "
+            f"expects {head.layers[0].in_features}; use {AESTHETIC_CLIP}"
         )
-    processor = load_processor([clip], "model.aesthetic_clip", hub_hint(AESTHETIC_CLIP))
+    processor = load_processor([clip], "model.metrics: Aesthetic.clip", hub_hint(AESTHETIC_CLIP))
     return AestheticScorer(PreferenceCLIP(frozen(model), processor), frozen(head))
 
 
@@ -282,9 +282,9 @@ def load_hpsv2(checkpoint: str, clip: str = VIT_H_14) -> PreferenceCLIP:
     """
     from transformers import CLIPConfig, CLIPModel
 
-    key = "model.hpsv2_checkpoint"
+    key = "model.metrics: HPSv2.checkpoint"
     state = _read_weights(checkpoint, key, HPSV2_DOWNLOAD)
-    config = load_or_explain(CLIPConfig, clip, "model.hpsv2_clip", "a CLIP config", hub_hint(VIT_H_14))
+    config = load_or_explain(CLIPConfig, clip, "model.metrics: HPSv2.clip", "a CLIP config", hub_hint(VIT_H_14))
     # OpenCLIP's ViT-H-14 uses exact GELU in both towers (not OpenAI CLIP's quick GELU).
     config.text_config.hidden_act = config.vision_config.hidden_act = "gelu"
     model = CLIPModel(config)
@@ -302,4 +302,4 @@ def load_hpsv2(checkpoint: str, clip: str = VIT_H_14) -> PreferenceCLIP:
             f"{key}: {checkpoint} lacks {len(missing)} weights (e.g. {missing[:1]}) and has {len(unexpected)} "
             f"unknown ones for OpenCLIP ViT-H-14; download {HPSV2_FILE} with `{HPSV2_DOWNLOAD}`"
         )
-    return PreferenceCLIP(frozen(model), load_processor([clip], "model.hpsv2_clip", hub_hint(VIT_H_14)))
+    return PreferenceCLIP(frozen(model), load_processor([clip], "model.metrics: HPSv2.clip", hub_hint(VIT_H_14)))

@@ -9,7 +9,7 @@ scheduler and steps; the table gives the median. Rows:
 - `pipeline`: `StableDiffusionPipeline.__call__` (the reference);
 - `ours, bare loop`: `sampling.generate` called directly;
 - `ours, Trainer.predict`: the same through Lightning (what `python -m ldm_lightning predict` runs);
-- `ours, fast, Trainer.predict`: `--model.fast true` (`ldm_lightning/generation/fast.py`), on a copy of the U-Net;
+- `ours, fast, Trainer.predict`: `--model.sampling.fast true` (`generation/fast.py`), on a copy of the U-Net;
 - `ours, fast (bare loop)`: the bare loop on that same compiled copy.
 `it/s (whole call)` counts denoising steps over the whole call, prompt encoding and decoding included.
 Peak memory is CUDA's max allocated during the call on a GPU (weights included), else the peak

@@ -103,10 +103,7 @@ class LatentDiffusionModule(LightningModule):
 
     @classmethod
     def from_components(cls, components: Components, **settings: Any) -> "LatentDiffusionModule":
-        """The module on components already in memory (benchmarks, notebooks): nothing is loaded.
-
-        `settings` are the constructor's arguments; `pretrained_model_name_or_path` only names the model.
-        """
+        """The module on components in memory (benchmarks, notebooks), nothing loaded; `settings` as `__init__`."""
         module = cls.__new__(cls)
         object.__setattr__(module, "_components", components)  # read by __init__ instead of loading
         module.__init__(**settings)
@@ -160,26 +157,16 @@ class LatentDiffusionModule(LightningModule):
     def _apply_fast_mode(self) -> None:
         # Here, not in `setup`: Lightning moves the module to its device and dtype after `setup`, and
         # fast mode's choices (CUDA graphs, channels-last) depend on where the U-Net lives.
-        if self.sampling.fast:
-            from ldm_lightning.generation.fast import make_fast
-
-            settings = make_fast(self.unet)  # in place, once: the sampling code keeps the same module object
-            rank_zero_info(f"fast mode {settings}: the first batch of each shape compiles the U-Net (about a minute)")
+        self.sampling.speed_up(self.unet)
 
     # ----- evaluation (test): the same samples, scored -----
 
     def setup(self, stage: str) -> None:
         datamodule = self._trainer.datamodule if self._trainer is not None else None
-        if stage in ("predict", "test") and isinstance(datamodule, PromptSource):
+        if stage in ("predict", "test") and isinstance(datamodule, PromptSource):  # once, before any sampling
             report_unknown_words(self.components.tokenizer, [r["prompt"] for r in datamodule.load_rows()])
         if stage == "test":
-            self.scoring.load()
-            if isinstance(datamodule, PromptSource):
-                self.scoring.check_rows(datamodule.load_rows())
-            if self.scoring.set_metrics:
-                from ldm_lightning.evaluation.reference import check_reference
-
-                check_reference(datamodule, self.scoring)
+            self.scoring.prepare(datamodule)
         if stage == "fit":
             from diffusers import DDPMScheduler
 
@@ -310,16 +297,9 @@ class LatentDiffusionModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from ldm_lightning.finetune.checkpoint import keep_trained, trained_names
-        from ldm_lightning.generation.provenance import part_spec
+        from ldm_lightning.finetune.checkpoint import slim_checkpoint
 
-        # The parts as plain configs, which `torch.load(weights_only=True)` reads back.
-        hparams = checkpoint.get("hyper_parameters", {})
-        for key in PART_KEYS:
-            if hparams.get(key) is not None and not isinstance(hparams[key], dict):
-                hparams[key] = part_spec(hparams[key])
-        # Only what trains (with EMA, its average too): the frozen parts come from the pretrained model again.
-        keep_trained(checkpoint, trained_names(self) or {k for k in checkpoint["state_dict"] if k.startswith("unet.")})
+        slim_checkpoint(checkpoint, self, PART_KEYS)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from ldm_lightning.finetune.checkpoint import prepare_checkpoint

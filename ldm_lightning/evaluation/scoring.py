@@ -89,6 +89,18 @@ class Scoring:
                 self.builders[metric.features] = metric
         self.loaded = True
 
+    def prepare(self, datamodule) -> None:
+        """`test`'s setup: load the networks, and let the metrics check every prompt row (GenEval's metadata) and
+        the set metrics their real images, before any sampling."""
+        from ldm_lightning.evaluation.reference import check_reference
+        from ldm_lightning.interfaces import PromptSource
+
+        self.load()
+        if isinstance(datamodule, PromptSource):
+            self.check_rows(datamodule.load_rows())
+        if self.set_metrics:
+            check_reference(datamodule, self)
+
     def to(self, device: torch.device) -> None:
         for metric in self.image_metrics:
             metric.to(device)

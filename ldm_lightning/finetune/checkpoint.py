@@ -36,6 +36,19 @@ def fill_frozen(checkpoint: dict[str, Any], module_state: dict[str, torch.Tensor
             checkpoint[key] = {**module_state, **checkpoint[key]}
 
 
+def slim_checkpoint(checkpoint: dict[str, Any], module: torch.nn.Module, part_keys: tuple[str, ...]) -> None:
+    """What `on_save_checkpoint` keeps, in place: the module's parts as plain configs (`class_path` and
+    `init_args`, which `torch.load(weights_only=True)` reads back), and only the tensors that train (with EMA,
+    its average too): the frozen parts come from the pretrained model again."""
+    from ldm_lightning.generation.provenance import part_spec
+
+    hparams = checkpoint.get("hyper_parameters", {})
+    for key in part_keys:
+        if hparams.get(key) is not None and not isinstance(hparams[key], dict):
+            hparams[key] = part_spec(hparams[key])
+    keep_trained(checkpoint, trained_names(module) or {k for k in checkpoint["state_dict"] if k.startswith("unet.")})
+
+
 def prepare_checkpoint(checkpoint: dict[str, Any], module_state: dict[str, torch.Tensor]) -> None:
     """Make a checkpoint's state tables fit the module whose `module_state` is given before Lightning loads them,
     in place: the frozen tensors left out on save come from the module; a tensor with no place in it is refused."""

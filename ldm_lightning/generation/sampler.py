@@ -65,6 +65,16 @@ class Sampling:
         if self.decode_fp32 not in ("auto", "always", "never"):
             raise UserError(f"model.sampling.decode_fp32: {self.decode_fp32!r} is not one of auto, always, never")
 
+    def speed_up(self, unet) -> None:
+        """Apply fast mode to the U-Net in place (once), when it is on; call after the Trainer placed the model."""
+        if self.fast:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            from ldm_lightning.generation.fast import make_fast
+
+            settings = make_fast(unet)  # in place, once: the sampling code keeps the same module object
+            rank_zero_info(f"fast mode {settings}: the first batch of each shape compiles the U-Net (about a minute)")
+
     def size(self, components: Components) -> tuple[int, int]:
         """(height, width) in pixels for these components, checked against the VAE's factor and the schedule."""
         factor = vae_scale_factor(components.vae)

@@ -311,3 +311,25 @@ def test_words_the_embedded_tokenizer_does_not_know_are_named(tiny_model):
     found = unknown_words(embedded, ["an orange circle", "a red square", "an orange circle"])
     assert found == {"an orange circle": ["an", "orange"]}
     assert unknown_words(load_components(tiny_model).tokenizer, ["an orange circle"]) == {}  # byte-level: knows all
+
+
+def test_scorers_live_with_the_module(tiny_model, tiny_clip):
+    import gc
+    import weakref
+
+    from ldm_lightning.evaluation.metrics import ClipScore, PickScore
+
+    def loaded_then_dropped() -> list:
+        module = LatentDiffusionModule(
+            tiny_model, metrics=[ClipScore(tiny_clip), PickScore(model=tiny_clip), "fd_clip"]
+        )
+        module.scoring.load()
+        shared = module.scoring.networks.clip(tiny_clip)[0]
+        # one CLIP per name: CLIPScore and FD-CLIP's features use the same network
+        same = module.scoring.extractors["clip"].model is shared
+        return [same, weakref.ref(module.scoring.image_metrics[1]._clip.model), weakref.ref(shared)]
+
+    same, *networks = loaded_then_dropped()
+    gc.collect()
+    assert same
+    assert [ref() is None for ref in networks] == [True, True]  # nothing keeps them once the module is gone

@@ -17,7 +17,6 @@ precision or under fp16 autocast on GPUs, never bf16.
   trained on SAC + LAION-Logos + AVA ratings (1-10).
 """
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,7 +216,6 @@ def frozen(model: torch.nn.Module) -> torch.nn.Module:
     return model.float().eval().requires_grad_(False)
 
 
-@functools.cache
 def load_pick_score(model: str = DEFAULT_PICK_SCORE, processor: str = VIT_H_14) -> PreferenceCLIP:
     """PickScore's CLIP (hub id or folder) and its processor (the model's folder if it has one, else `processor`)."""
     from transformers import CLIPModel
@@ -249,7 +247,6 @@ def _read_weights(path: str, key: str, download: str) -> dict[str, torch.Tensor]
     return strip_prefix(state)
 
 
-@functools.cache
 def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP) -> AestheticScorer:
     """The aesthetic head from `weights` (the published .pth) on the CLIP `clip` (hub id or folder)."""
     from transformers import CLIPModel
@@ -274,7 +271,6 @@ def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP) -> AestheticScorer:
     return AestheticScorer(PreferenceCLIP(frozen(model), processor), frozen(head))
 
 
-@functools.cache
 def load_hpsv2(checkpoint: str, clip: str = VIT_H_14) -> PreferenceCLIP:
     """HPS v2 / v2.1 from its OpenCLIP checkpoint file, in a `CLIPModel` built from `clip`'s config (hub id or folder).
 

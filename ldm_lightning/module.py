@@ -149,7 +149,7 @@ class LatentDiffusionModule(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         samples, views = self.sample(batch)
-        return with_views(image_rows(batch, samples, to_uint8(samples.images)), views)
+        return with_views(image_rows(prompt_rows(batch), samples, to_uint8(samples.images)), views)
 
     def on_predict_start(self) -> None:
         self._apply_fast_mode()
@@ -204,9 +204,10 @@ class LatentDiffusionModule(LightningModule):
         start = time.perf_counter()
         samples, views = self.sample(batch)
         pixels = to_uint8(samples.images)
-        rows = with_views(image_rows(batch, samples, pixels), views)
+        prompts = prompt_rows(batch)
+        rows = with_views(image_rows(prompts, samples, pixels), views)
         sampled = time.perf_counter()
-        features = self.scoring.score_rows(rows, pixels, prompt_rows(batch))
+        features = self.scoring.score_rows(rows, pixels, prompts)
         n, memory = len(rows), peak_memory_mb(self.device)
         for row in rows:
             row["seconds"] = (time.perf_counter() - start) / n  # sampling + scoring, per image
@@ -254,8 +255,9 @@ class LatentDiffusionModule(LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         samples, _ = self.sample(batch)
         pixels = to_uint8(samples.images)
-        rows = image_rows(batch, samples, pixels)
-        scores = self.scoring.image_metrics[0].score(pixels, list(batch["prompt"]), prompt_rows(batch))
+        prompts = prompt_rows(batch)
+        rows = image_rows(prompts, samples, pixels)
+        scores = self.scoring.image_metrics[0].score(pixels, [p["prompt"] for p in prompts], prompts)
         for row, score in zip(rows, scores):
             row["clip_score"] = score if healthy(row) else None  # as `test_step` counts
         self.val_results.update(rows)

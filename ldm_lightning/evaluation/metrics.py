@@ -115,6 +115,16 @@ class Networks:
 
 BROKEN_IMAGE_REASON = "black or non-finite image"
 
+
+def require_file(path: str | None, missing: str, download: str, metric: str, setting: str) -> None:
+    """A metric's weight file must be given: else one line saying how to get it and where to pass it."""
+    if not path:
+        raise UserError(
+            f"model.metrics: {missing}; download it with `{download}` and pass "
+            f"--model.metrics+={metric} --model.metrics.{setting} PATH"
+        )
+
+
 # ----- per image -----
 
 
@@ -181,13 +191,9 @@ class HPSv2(ImageMetric):
     name = "hpsv2"
 
     def __init__(self, checkpoint: str | None = None, clip: str | None = None) -> None:
-        from ldm_lightning.evaluation import preference
+        from ldm_lightning.evaluation.preference import HPSV2_DOWNLOAD
 
-        if not checkpoint:
-            raise UserError(
-                "model.metrics: hpsv2 needs its checkpoint file; download it with "
-                f"`{preference.HPSV2_DOWNLOAD}` and pass --model.metrics+=HPSv2 --model.metrics.checkpoint PATH"
-            )
+        require_file(checkpoint, "hpsv2 needs its checkpoint file", HPSV2_DOWNLOAD, "HPSv2", "checkpoint")
         self.checkpoint, self.clip = checkpoint, clip
         self._clip, self._n = None, 0
 
@@ -224,13 +230,9 @@ class Aesthetic(ImageMetric):
     name = "aesthetic"
 
     def __init__(self, weights: str | None = None, clip: str | None = None) -> None:
-        from ldm_lightning.evaluation import preference
+        from ldm_lightning.evaluation.preference import AESTHETIC_DOWNLOAD
 
-        if not weights:
-            raise UserError(
-                "model.metrics: aesthetic needs the predictor's weight file; download it with "
-                f"`{preference.AESTHETIC_DOWNLOAD}` and pass --model.metrics+=Aesthetic --model.metrics.weights PATH"
-            )
+        require_file(weights, "aesthetic needs the predictor's weight file", AESTHETIC_DOWNLOAD, "Aesthetic", "weights")
         self.weights, self.clip = weights, clip
         self._scorer = None
 

@@ -15,6 +15,8 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from ldm_lightning.evaluation.summary import number_or_nan
+
 # The numbers each `test` row carries about its own image besides its scores; a missing score (a broken
 # image) is NaN in the state and None in the rows.
 FLAG_FIELDS = (
@@ -57,7 +59,7 @@ class ResultRows(Metric):
         """Add rows that hold `index`, the scores and the `FLAG_FIELDS` (a missing or None score becomes NaN)."""
         if not rows:
             return
-        values = [[_number(r.get(f)) for f in self.fields] for r in rows]
+        values = [[number_or_nan(r.get(f)) for f in self.fields] for r in rows]
         self.index.append(torch.tensor([r["index"] for r in rows], dtype=torch.float64, device=self.device))
         self.values.append(torch.tensor(values, dtype=torch.float64, device=self.device).flatten())
 
@@ -120,7 +122,3 @@ class FeatureRows(Metric):
 def _empty(state: list | torch.Tensor) -> bool:
     """A cat state holds nothing: a list before `update` (or a sync), a tensor after."""
     return len(state) == 0 if isinstance(state, list) else state.numel() == 0
-
-
-def _number(value: Any) -> float:
-    return float("nan") if value is None else float(value)

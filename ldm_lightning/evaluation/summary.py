@@ -88,7 +88,7 @@ def timing(rows: list[dict[str, Any]]) -> dict[str, float]:
     first = np.array([bool(r.get("first_batch")) for r in rows], dtype=bool)
     out = {}
     for key, name in (("seconds", "seconds_per_image"), ("sampling_seconds", "sampling_seconds_per_image")):
-        seconds = np.array([_number(r.get(key)) for r in rows], dtype=np.float64)
+        seconds = np.array([number_or_nan(r.get(key)) for r in rows], dtype=np.float64)
         steady = seconds[~first] if (~first).any() else seconds
         out[name] = float(np.median(steady)) if len(steady) else float("nan")
         if key == "seconds":
@@ -98,5 +98,6 @@ def timing(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _number(value: Any) -> float:
+def number_or_nan(value: Any) -> float:
+    """A row's value as a float, None as NaN (a missing score, a column a row lacks)."""
     return float("nan") if value is None else float(value)

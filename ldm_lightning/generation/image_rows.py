@@ -19,9 +19,10 @@ def prompt_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def image_rows(batch: dict[str, Any], samples: Samples, pixels: torch.Tensor) -> list[dict[str, Any]]:
-    """One dict per image: index, prompt, negative prompt, seed, its uint8 (B, 3, H, W) `pixels` as an HWC
-    array, and health flags (finite latents, not black, prompt truncated, its length in tokens)."""
+def image_rows(prompts: list[dict[str, Any]], samples: Samples, pixels: torch.Tensor) -> list[dict[str, Any]]:
+    """One dict per image of a batch whose prompt rows are `prompts` (`prompt_rows`): index, prompt, negative
+    prompt, seed, its uint8 (B, 3, H, W) `pixels` as an HWC array, and health flags (finite latents, not black,
+    prompt truncated, its length in tokens)."""
     hwc = pixels.permute(0, 2, 3, 1).cpu().numpy()
     black = samples.images.flatten(1).amax(dim=1).cpu() < 1 / 255
     return [
@@ -36,7 +37,7 @@ def image_rows(batch: dict[str, Any], samples: Samples, pixels: torch.Tensor) ->
             "finite": bool(samples.finite[i]),
             "black": bool(black[i]),
         }
-        for i, row in enumerate(prompt_rows(batch))
+        for i, row in enumerate(prompts)
     ]
 
 

@@ -47,6 +47,16 @@ def cli_args(
 METRICS = "ldm_lightning.evaluation.metrics"
 
 
+def optimizer_args(lr: float, warmup_steps: int) -> list[str]:
+    """`fit`'s optimizer as the config files give it: AdamW at `lr`, `WarmupCosine` with `warmup_steps`."""
+    return [
+        "--optimizer=AdamW",
+        f"--optimizer.lr={lr}",
+        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
+        f"--lr_scheduler.warmup_steps={warmup_steps}",
+    ]
+
+
 def metrics_arg(*metrics: str | dict, clip: str | Path | None = None) -> str:
     """The value of `--model.metrics` (JSON): built-in names or {class_path, init_args} dicts; with `clip`,
     CLIPScore scores with that CLIP (and the CLIP-feature set metrics use it too)."""

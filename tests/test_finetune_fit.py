@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import metrics_arg, run_cli, set_learning_rate
+from helpers import metrics_arg, optimizer_args, run_cli, set_learning_rate
 from lightning import Trainer
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 from test_finetune_images import halves, write_folder
@@ -46,10 +46,7 @@ def test_one_command_fine_tunes_a_lora_from_a_folder_with_validation_in_tensorbo
         "--model.sampling.num_inference_steps=2",
         "--model.sampling.height=32",
         "--model.sampling.width=32",
-        "--optimizer=AdamW",
-        "--optimizer.lr=0.01",
-        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
-        "--lr_scheduler.warmup_steps=1",
+        *optimizer_args(0.01, 1),
         "--data=ldm_lightning.finetune.images.ImageCaptionDataModule",
         f"--data.path={image_folder(tmp_path)}",
         "--data.batch_size=2",

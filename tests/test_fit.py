@@ -1,7 +1,7 @@
 """`fit`: the LDM objective trains the U-Net (loss goes down), checkpoints reload, the export is a usable model."""
 
 import torch
-from helpers import cli_args, quiet_trainer, run_cli, set_learning_rate
+from helpers import cli_args, optimizer_args, quiet_trainer, run_cli, set_learning_rate
 from lightning import Callback
 
 from ldm_lightning.module import LatentDiffusionModule
@@ -31,10 +31,7 @@ def test_loss_goes_down_and_only_the_unet_trains(tiny_model):
 def test_fit_cli_saves_a_checkpoint_and_a_diffusers_folder(tiny_model, tmp_path):
     args = cli_args(
         "fit",
-        "--optimizer=AdamW",
-        "--optimizer.lr=1e-3",
-        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
-        "--lr_scheduler.warmup_steps=2",
+        *optimizer_args(1e-3, 2),
         "--data=ldm_lightning.shapes.data.ShapesDataModule",
         "--data.batch_size=4",
         "--data.num_samples=16",

@@ -4,7 +4,7 @@ and `fit` load every part, and `fit`'s export is a complete folder that diffuser
 import huggingface_hub
 import pytest
 import torch
-from helpers import cli_args, diffusers_images, manifest, pixels, run_cli
+from helpers import cli_args, diffusers_images, manifest, optimizer_args, pixels, run_cli
 from test_sampling import NEGATIVES, PROMPTS, SEEDS, batch_of
 
 from ldm_lightning.generation.components import load_components
@@ -58,10 +58,7 @@ def test_the_embedded_models_tokenizer_loads_from_the_hub_cache(tmp_path, monkey
 def test_fit_from_the_hub_cache_exports_a_complete_folder_diffusers_draws_the_same_from(hub_model, tmp_path):
     args = cli_args(
         "fit",
-        "--optimizer=AdamW",
-        "--optimizer.lr=1e-3",
-        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
-        "--lr_scheduler.warmup_steps=2",
+        *optimizer_args(1e-3, 2),
         "--data=ldm_lightning.shapes.data.ShapesDataModule",
         "--data.batch_size=4",
         "--data.num_samples=8",

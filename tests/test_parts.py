@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import quiet_trainer
+from helpers import optimizer_args, quiet_trainer
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -237,10 +237,7 @@ def test_fit_takes_an_image_folder_as_a_user_first_types_it(tiny_model, tiny_cli
         f"--model.metrics={metrics_arg(clip=tiny_clip)}",  # validation's CLIPScore
         "--model.finetune=LoRA",
         "--model.finetune.rank=2",
-        "--optimizer=AdamW",
-        "--optimizer.lr=0.001",
-        "--lr_scheduler=ldm_lightning.finetune.method.WarmupCosine",
-        "--lr_scheduler.warmup_steps=1",
+        *optimizer_args(0.001, 1),
         "--trainer.max_steps=2",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_checkpointing=false",

@@ -232,16 +232,20 @@ class LatentDiffusionModule(LightningModule):
 
         datamodule = self.trainer.datamodule
         source = datamodule if isinstance(datamodule, PromptSource) else None
-        rows = self.results.compute()
-        generated = self.features.compute() if self.scoring.feature_names else None
-        self.summary = summary = self.scoring.summarize(rows, source, generated, self._reference, self.trainer)
+        # Every row and feature to rank 0 alone, which summarizes; the other ranks get the summary.
+        rows = self.results.gathered()
+        generated = self.features.gathered() if self.scoring.feature_names else None
+        summary = None if rows is None else self.scoring.summarize(rows, source, generated, self._reference)
+        self.summary = summary = self.trainer.strategy.broadcast(summary, src=0)
+        self._reference = {}
         logged = logged_scores(summary)
         # float64 tensors: Lightning would store plain floats as float32 (7 digits). The same values on every
-        # process (gathered above); the mean reduction only keeps Lightning quiet.
+        # process (broadcast above); the mean reduction only keeps Lightning quiet.
         self.log_dict(
             {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in logged.items()}, sync_dist=True
         )
-        log_test_run(self.trainer, summary, rows, self.run_settings(self.trainer.precision, "test"), source, logged)
+        settings = self.run_settings(self.trainer.precision, "test")
+        log_test_run(self.trainer, summary, rows or [], settings, source, logged)
         if summary["n_truncated"]:
             rank_zero_info(f"{summary['n_truncated']} prompts were longer than the tokenizer limit and were truncated.")
 
@@ -269,8 +273,9 @@ class LatentDiffusionModule(LightningModule):
         from ldm_lightning.evaluation.summary import summarize
         from ldm_lightning.run_folder.scoreboard import log_validation_images
 
-        summary = summarize(self.val_results.compute())
-        score = torch.tensor(summary["clip_score_mean"], dtype=torch.float64, device=self.device)
+        rows = self.val_results.gathered()  # on rank 0; the mean to every rank
+        mean = self.trainer.strategy.broadcast(None if rows is None else summarize(rows)["clip_score_mean"], src=0)
+        score = torch.tensor(mean, dtype=torch.float64, device=self.device)
         self.log("val/clip_score", score, sync_dist=True)  # equal on every process; the reduction keeps Lightning quiet
         if self.trainer.is_global_zero and self._val_pixels and not self.trainer.sanity_checking:
             log_validation_images(self.loggers, torch.cat(self._val_pixels), self.global_step)

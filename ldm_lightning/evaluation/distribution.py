@@ -85,6 +85,23 @@ CMMD_ESTIMATORS: dict[str, str] = {
 }
 
 
+KERNEL_BLOCK = 1 << 21  # kernel entries computed at once (16 MB): the whole matrix is N² floats (7 GB at N = 30,000)
+
+
+def _kernel_sums(a: torch.Tensor, b: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sum of the Gaussian kernel exp(−γ‖a_i − b_j‖²) over all pairs, and over the pairs i = j (when `a` is
+    `b`), a block of rows at a time."""
+    total = torch.zeros((), dtype=torch.float64)
+    diagonal = torch.zeros((), dtype=torch.float64)
+    rows = max(1, KERNEL_BLOCK // len(b))
+    for start in range(0, len(a), rows):
+        k = torch.exp(-gamma * torch.cdist(a[start : start + rows], b).square())
+        total += k.sum()
+        if a is b:
+            diagonal += k.diagonal(offset=start).sum()
+    return total, diagonal
+
+
 def cmmd(
     real: np.ndarray,
     fake: np.ndarray,
@@ -106,11 +123,11 @@ def cmmd(
     gamma = 1 / (2 * sigma**2)
 
     def within(a: torch.Tensor) -> torch.Tensor:
-        k = torch.exp(-gamma * torch.cdist(a, a).square())
+        total, diagonal = _kernel_sums(a, a, gamma)
         if estimator == "biased":
-            return k.mean()
+            return total / len(a) ** 2
         n = len(a)
-        return (k.sum() - k.diagonal().sum()) / (n * (n - 1))
+        return (total - diagonal) / (n * (n - 1))
 
-    between = torch.exp(-gamma * torch.cdist(x, y).square()).mean()
+    between = _kernel_sums(x, y, gamma)[0] / (len(x) * len(y))
     return float(scale * (within(x) + within(y) - 2 * between))

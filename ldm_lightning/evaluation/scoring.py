@@ -165,17 +165,16 @@ class Scoring:
             out.update(metric.compute(generated[metric.features], reference[metric.features]))
         return out
 
-    def summarize(self, rows, source, generated, reference: dict[str, Any], trainer) -> dict[str, Any]:
-        """The run's summary from every process's rows (gathered): CLIPScore's (`summary.summarize`), each
+    def summarize(self, rows, source, generated, reference: dict[str, Any]) -> dict[str, Any]:
+        """The run's summary from every process's rows, on rank 0: CLIPScore's (`summary.summarize`), each
         per-image metric's mean and interval, per prompt with several images per prompt, GenEval's tasks, the set
-        metrics (computed on rank 0 and broadcast), the groups, and which metrics it holds.
+        metrics, the groups, and which metrics it holds.
 
         Args:
-            rows: every scored row, by index (`ResultRows.compute`).
+            rows: every scored row, by index (`ResultRows.gathered`).
             source: the `PromptSource` (prompt columns for groups), or None.
-            generated: the generated images' features (`FeatureRows.compute`), or None without set metrics.
-            reference: `reference.load_reference`'s result on rank 0.
-            trainer: the Trainer (rank and broadcast).
+            generated: the generated images' features (`FeatureRows.gathered`), or None without set metrics.
+            reference: `reference.load_reference`'s result.
         """
         from ldm_lightning.evaluation.groups import group_summary
         from ldm_lightning.evaluation.summary import summarize, summarize_per_prompt, summarize_scores
@@ -194,8 +193,7 @@ class Scoring:
 
             summary.update(summarize_geneval(with_prompts))
         if self.set_metrics:
-            sets = self._set_summary(generated, reference) if trainer.is_global_zero else None
-            summary.update(trainer.strategy.broadcast(sets, src=0))
+            summary.update(self._set_summary(generated, reference))
         if source is not None and source.group_by:
             summary["groups"] = group_summary(with_prompts, source.group_by, self.names)
         summary["per_image_metrics"] = list(self.names)

@@ -4,13 +4,23 @@ from typing import Any
 
 import numpy as np
 
+CHUNK_ELEMENTS = 1 << 20  # indices drawn at once by `bootstrap_ci`: 8 MB
+
 
 def bootstrap_ci(values: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (Efron & Tibshirani 1993, ch. 13), seeded."""
     if len(values) < 2:
         return float("nan"), float("nan")
+    values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+    # A few resamples at a time: all of them at once would be a resamples × N index matrix (480 MB at 30,000 rows).
+    chunk = max(1, CHUNK_ELEMENTS // len(values))
+    means = np.concatenate(
+        [
+            values[rng.integers(0, len(values), size=(min(chunk, resamples - done), len(values)))].mean(axis=1)
+            for done in range(0, resamples, chunk)
+        ]
+    )
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)

@@ -77,8 +77,9 @@ def test_each_rank_appends_to_its_own_file_and_rank_0_merges_them(tmp_path):
         f.write(b'{"index": 5')  # torn by a kill: left out, and gone with its file after the merge
     rows = read_rank_files(path)
     assert [r["rank"] for r in rows] == [0, 0, 1, 1, 10]  # rank by rank, rank 10 after rank 1
-    merge_rank_files(path, {r["index"]: r for r in rows})
-    assert [json.loads(line)["index"] for line in path.read_text().splitlines()] == [0, 1, 2, 3, 4]
+    kept = merge_rank_files(path, keep=lambda row: row["index"] != 3)
+    assert [json.loads(line)["index"] for line in path.read_text().splitlines()] == [0, 1, 2, 4]
+    assert {i: json.loads(line) for i, line in kept.items()} == {r["index"]: r for r in rows if r["index"] != 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
 
 

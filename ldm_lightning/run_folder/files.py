@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +137,15 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The rows of a JSONL file. A torn last line (a run killed while appending) is dropped; a line that is not a
     JSON object anywhere else is damage no kill leaves, and an error naming the file and the line."""
+    return [row for row, _ in jsonl_lines(path)]
+
+
+def jsonl_lines(path: Path) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """Each row of a JSONL file with its line as written (as `read_jsonl` reads them)."""
     if not path.is_file():
-        return []
+        return
     # Bytes split only at \n and \r: `str.splitlines` would also split at U+2028, which a prompt may hold.
     lines = path.read_bytes().splitlines()
-    rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -156,8 +161,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             ) from None
         if not isinstance(row, dict):
             raise UserError(f"{path}: line {number} is not a JSON object; repair or delete that line")
-        rows.append(row)
-    return rows
+        yield row, line
 
 
 def rank_file(path: Path, rank: int) -> Path:
@@ -178,38 +182,35 @@ def read_rank_files(path: Path) -> list[dict[str, Any]]:
     return [row for part in rank_files(path) for row in read_jsonl(part)]
 
 
-def merge_rank_files(path: Path, rows: dict[int, dict[str, Any]]) -> None:
-    """Replace `path` with `rows` in index order and remove the other ranks' files of it (their rows are in
-    `rows`). Only rank 0 calls it, while no process appends: when a run starts and when it ends."""
-    rewrite_sorted(path, rows)
+def merge_rank_files(path: Path, keep: Callable[[dict[str, Any]], bool] = lambda row: True) -> dict[int, bytes]:
+    """Replace `path` with the rows of it and of every other rank's file that `keep` accepts, one per index (the last
+    wins, rank by rank), in index order, and remove the other ranks' files. Only rank 0 calls it, while no process
+    appends: when a run starts and when it ends. Returns the kept rows' lines by index: kept as written, not as
+    parsed rows, they take a few hundred bytes each however many columns a row has."""
+    lines = {row["index"]: line for part in rank_files(path) for row, line in jsonl_lines(part) if keep(row)}
+    atomic_write(path, b"".join(lines[i] + b"\n" for i in sorted(lines)))
     for part in rank_files(path)[1:]:
         part.unlink(missing_ok=True)
+    return lines
 
 
-def finished_rows(folder: Path, rows: list[dict[str, Any]], decode: bool = True) -> dict[int, dict[str, Any]]:
-    """Rows of a JSONL file whose image is on disk (and, with `decode`, decodes), by index; the last row wins.
-
+def on_disk(folder: Path, decode: bool = True) -> Callable[[dict[str, Any]], bool]:
+    """Whether a row's image is in `folder` (and, with `decode`, decodes).
     Decoding every PNG is for a folder left by another process (resume). Within a run it is not
     needed: each row is appended only after its image was renamed into place whole.
     """
-    done = {}
-    for row in rows:
+
+    def found(row: dict[str, Any]) -> bool:
         try:
             if decode:
                 with Image.open(folder / row["image"]) as im:
                     im.load()
-            elif not (folder / row["image"]).is_file():
-                continue
+                return True
+            return (folder / row["image"]).is_file()
         except (OSError, KeyError, ValueError):
-            continue
-        done[row["index"]] = row
-    return done
+            return False
 
-
-def rewrite_sorted(path: Path, rows: dict[int, dict[str, Any]]) -> None:
-    """Replace a JSONL file with its rows in index order, one per index."""
-    text = "".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in sorted(rows))
-    atomic_write(path, text.encode())
+    return found
 
 
 FEATURES_DIR = "features"

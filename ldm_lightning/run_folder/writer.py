@@ -46,10 +46,10 @@ from ldm_lightning.run_folder.files import (
     append_jsonl,
     atomic_write,
     fingerprint,
-    finished_rows,
     image_name,
     load_features,
     merge_rank_files,
+    on_disk,
     rank_file,
     rank_files,
     read_rank_files,
@@ -157,10 +157,9 @@ class ImageWriter(BasePredictionWriter):
         for path in (self.manifest, self.results):
             if not any(part.is_file() for part in rank_files(path)):
                 continue
-            kept = finished_rows(self.run_dir, read_rank_files(path), decode=path == self.done_file(stage))
-            merge_rank_files(path, kept)
+            kept = merge_rank_files(path, on_disk(self.run_dir, decode=path == self.done_file(stage)))
             if path == self.done_file(stage):
-                done = kept
+                done = {index: json.loads(line) for index, line in kept.items()}
         return done
 
     def done_file(self, stage: str) -> Path:
@@ -201,7 +200,7 @@ class ImageWriter(BasePredictionWriter):
         and `test` between batches, but not `predict`; stopping here covers both, with the reason.
         """
         if trainer.received_sigterm:
-            done = len(finished_rows(self.run_dir, read_rank_files(self.manifest), decode=False))
+            done = len({r["index"] for r in read_rank_files(self.manifest) if on_disk(self.run_dir, decode=False)(r)})
             raise SIGTERMException(f"SIGTERM received; {done} finished images are kept in {self.run_dir}")
 
     def finish(self, trainer: Trainer, results: bool = False) -> None:
@@ -209,16 +208,13 @@ class ImageWriter(BasePredictionWriter):
         trainer.strategy.barrier("ldm_lightning.writer.finish")
         if not trainer.is_global_zero:
             return
-        done = finished_rows(self.run_dir, read_rank_files(self.manifest), decode=False)  # written whole
+        done = merge_rank_files(self.manifest, on_disk(self.run_dir, decode=False))  # rows written whole
         if done:
-            merge_rank_files(self.manifest, done)
-            shown = done
-            if results:
-                shown = finished_rows(self.run_dir, read_rank_files(self.results), decode=False)
-                merge_rank_files(self.results, shown)
-            grid = save_grid(self.run_dir, [shown[i] for i in sorted(shown)][:MAX_GRID_IMAGES])
-            log_grid(trainer, grid, [done[i] for i in sorted(done)][:MAX_GRID_IMAGES])
-            log_inspection(trainer, self.run_dir, [done[i] for i in sorted(done)][:MAX_INSPECTED_LOGGED])
+            shown = merge_rank_files(self.results, on_disk(self.run_dir, decode=False)) if results else done
+            first = [json.loads(done[i]) for i in sorted(done)[:MAX_GRID_IMAGES]]  # the rest stay lines of JSON
+            grid = save_grid(self.run_dir, [json.loads(shown[i]) for i in sorted(shown)[:MAX_GRID_IMAGES]])
+            log_grid(trainer, grid, first)
+            log_inspection(trainer, self.run_dir, first[:MAX_INSPECTED_LOGGED])
             seconds = time.perf_counter() - self.started
             images = f"{len(done)} image" + "s" * (len(done) != 1)
             rank_zero_info(f"{images} in {self.run_dir} (grid: {self.run_dir / GRID}), {seconds:.1f} s")

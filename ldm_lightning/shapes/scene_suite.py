@@ -23,7 +23,7 @@ import hashlib
 import itertools
 import json
 import sys
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +55,15 @@ def _single_object() -> Iterable[Candidate]:
             yield shape, Claim((group,), place=place), f"{phrase}, {noun}"
 
 
+def _diagonal(rows: Sequence, columns: Sequence) -> list[tuple]:
+    """Every (row, column) pair, in diagonals: any run of whole diagonals from the start uses each row
+    equally often, and the columns as evenly as the run allows (the strata a partial round of ``_spread``
+    serves first)."""
+    return [(r, columns[(i + k) % len(columns)]) for k in range(len(columns)) for i, r in enumerate(rows)]
+
+
 def _colors() -> Iterable[Candidate]:
-    for colour, shape, word in itertools.product(SUITE_COLOURS, SHAPES, SIZE_WORDS):
+    for (shape, colour), word in itertools.product(_diagonal(SHAPES, SUITE_COLOURS), SIZE_WORDS):
         group, noun = _group(shape, colour=colour, word=word)
         yield (colour, shape), Claim((group,)), noun
         for place, phrases in POSITION_PHRASES.items():
@@ -77,7 +84,7 @@ def _counting() -> Iterable[Candidate]:
 
 def _position() -> Iterable[Candidate]:
     sizes = ("", "small", "large")
-    for (a, b), relation, word_a, word_b in itertools.product(PAIRS, RELATIONS, sizes, sizes):
+    for ((a, b), relation), word_a, word_b in itertools.product(_diagonal(PAIRS, RELATIONS), sizes, sizes):
         (ga, pa), (gb, pb) = _group(a, word=word_a), _group(b, word=word_b)
         yield (a, b, relation), Claim((ga, gb), relation), f"{pa} {relation} {pb}"
 

@@ -12,8 +12,17 @@ from typing import Any
 import numpy as np
 
 from ldm_lightning.evaluation.geneval import COLORS
-from ldm_lightning.shapes.data import POSITION_PHRASES, SIZE_WORDS, VOCABULARY, Shape, caption
-from ldm_lightning.shapes.scene import CONVERSE, RELATIONS, Claim, Group
+from ldm_lightning.shapes.data import (
+    COLOURS,
+    POSITION_PHRASES,
+    SHAPES,
+    SIZE_WORDS,
+    VOCABULARY,
+    Shape,
+    caption,
+    parse_caption,
+)
+from ldm_lightning.shapes.scene import CONVERSE, RELATIONS, Claim, Group, Scene, holds
 
 NUMBERS = {1: "a", 2: "two", 3: "three", 4: "four"}
 # Words scene captions add to the single-shape vocabulary (numbers, plurals, "and", the relations).
@@ -110,3 +119,50 @@ def geneval_record(claim: Claim, tag: str | None = None, prompt: str | None = No
         record["exclude"] = excludes
     record["prompt"] = prompt if prompt is not None else describe(claim)
     return record
+
+
+_COUNT_WORDS = {w: n for n, w in NUMBERS.items()}
+_NOUNS = {**{s: (s, 1) for s in SHAPES}, **{plural(s): (s, 2) for s in SHAPES}}
+_SIZES = {w: size for size, words in SIZE_WORDS.items() for w in words}
+
+
+def _phrase_fits(words: list[str], obj) -> bool:
+    """Whether one object has every attribute a noun phrase's words name (colour, size)."""
+    return all(obj.colour == w for w in words if w in COLOURS) and all(
+        obj.size == _SIZES[w] for w in words if w in _SIZES
+    )
+
+
+def matches_scene(text: str, scene: Scene) -> bool:
+    """Whether every attribute, count and relation ``text`` names holds in ``scene`` (an empty text fits all).
+
+    A phrase for one shape ("a red circle") needs at least one such object, as GenEval's includes do; a
+    number ("three stars") needs exactly that many of the shape. A place ("at the top") is the single-shape
+    data's and fits only a single-shape scene at that place. Used for contrastive targets, where treating
+    a fitting caption as a negative would push apart pairs that are in fact correct.
+    """
+    if not text.strip():
+        return True
+    words = text.lower().replace(",", " ").split()
+    joined = " ".join(words)
+    relation = next((r for r in RELATIONS if f" {r} " in f" {joined} "), None)
+    place = parse_caption(text).get("position") if relation is None else None  # "left of" is no place
+    if place is not None:
+        return scene.claim.place == place and all(_phrase_fits(words, o) and o.shape in words for o in scene.objects)
+    parts = joined.split(f" {relation} ") if relation else joined.split(" and ")
+    chosen = []
+    for part in parts:
+        tokens = part.split()
+        nouns = [_NOUNS[t] for t in tokens if t in _NOUNS]
+        if len(nouns) != 1:
+            return False
+        shape, plural_noun = nouns[0]
+        count = next((_COUNT_WORDS[t] for t in tokens if t in _COUNT_WORDS), 1)
+        fitting = [o for o in scene.objects if o.shape == shape and _phrase_fits(tokens, o)]
+        same_shape = [o for o in scene.objects if o.shape == shape]
+        if (plural_noun > 1 and (len(same_shape) != count or len(fitting) != count)) or not fitting:
+            return False
+        chosen.append(fitting)
+    if relation is None:
+        return True
+    return len(chosen) == 2 and any(holds(relation, a, b) for a in chosen[0] for b in chosen[1])

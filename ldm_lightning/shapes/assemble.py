@@ -13,6 +13,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import AutoTokenizer, CLIPModel
 
+from ldm_lightning.generation.components import vae_scale_factor
 from ldm_lightning.generation.export import write_model_index
 from ldm_lightning.generation.schedulers import sd14_scheduler
 from ldm_lightning.shapes.clip import export_text_encoder
@@ -40,10 +41,14 @@ def assemble(clip_dir: Path, vae_dir: Path, out: Path, seed: int = 0) -> Path:
     clip = CLIPModel.from_pretrained(clip_dir)
     text_encoder = export_text_encoder(clip, out / "text_encoder")
     AutoTokenizer.from_pretrained(clip_dir).save_pretrained(out / "tokenizer")
-    AutoencoderKL.from_pretrained(vae_dir).save_pretrained(out / "vae")
     sd14_scheduler().save_pretrained(out / "scheduler")
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    vae.save_pretrained(out / "vae")
     torch.manual_seed(seed)
-    tiny_unet(text_encoder.config.hidden_size).save_pretrained(out / "unet")
+    # The latent side follows the VAE: the side of its training images over its downsampling.
+    tiny_unet(text_encoder.config.hidden_size, vae.config.sample_size // vae_scale_factor(vae)).save_pretrained(
+        out / "unet"
+    )
     # A word-level tokenizer: named CLIPTokenizer it would load as byte-level BPE and map every word to <unk>.
     write_model_index(out, {"tokenizer": ("transformers", "PreTrainedTokenizerFast")})
     return out

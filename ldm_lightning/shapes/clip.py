@@ -1,14 +1,14 @@
 """Train a tiny ``CLIPModel`` contrastively on shapes; its text tower becomes the frozen text encoder.
 
 As in SD v1, where the U-Net reads CLIP ViT-L/14's text tower. Run:
-``python -m ldm_lightning.shapes.clip --out DIR --minutes M --seed S [--text-encoder-out DIR]``.
+``python -m ldm_lightning.shapes.clip --out DIR --minutes M --seed S [--text-encoder-out DIR] [--world scenes]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,12 +26,15 @@ from ldm_lightning.shapes.data import (
     caption,
     combos,
     eval_shapes,
-    parse_caption,
+    matches,
     render,
     shape_at,
     to_tensor,
 )
 from ldm_lightning.shapes.loop import steps_for_minutes, train_loop
+from ldm_lightning.shapes.scene import CANVAS_PX, scene_at
+from ldm_lightning.shapes.scene_caption import SCENE_VOCABULARY, matches_scene
+from ldm_lightning.shapes.scene_data import ScenesDataset, World
 from ldm_lightning.shapes.tokenizer import build_tokenizer
 
 # OpenAI CLIP's normalisation, so the saved CLIPImageProcessor is the stock one.
@@ -39,8 +42,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def build_clip(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
-    """≈0.64 M-parameter CLIP: text 64-d × 3 layers, ViT 96-d × 4 layers on 8-px patches, projection 64.
+def build_clip(tokenizer: PreTrainedTokenizerFast, image_size: int = 64) -> CLIPModel:
+    """≈0.64 M-parameter CLIP: text 64-d × 3 layers, ViT 96-d × 4 layers on 8-px patches of ``image_size``²,
+    projection 64.
 
     bos/eos/pad ids come from the tokenizer so the pooled text output is taken at the first EOS.
     """
@@ -57,7 +61,7 @@ def build_clip(tokenizer: PreTrainedTokenizerFast) -> CLIPModel:
         projection_dim=64,
     )
     vision = dict(
-        image_size=64,
+        image_size=image_size,
         patch_size=8,
         hidden_size=96,
         intermediate_size=384,
@@ -109,16 +113,24 @@ def clip_batches(
         yield prompts, pixels, shapes + twins
 
 
-def contrastive_loss(logits: torch.Tensor, prompts: list[str], shapes: list[Shape]) -> torch.Tensor:
+def scene_batches(batch_size: int, seed: int) -> Iterator[tuple[list[str], torch.Tensor, list]]:
+    """Endless (varied captions, pixels in [-1, 1], scenes) batches of the scene world's training split."""
+    loader = DataLoader(ScenesDataset(10**9, "train", seed), batch_size=batch_size)
+    for i, batch in enumerate(loader):
+        scenes = [scene_at(i * batch_size + j, "train", seed) for j in range(len(batch["prompt"]))]
+        yield list(batch["prompt"]), batch["pixel_values"], scenes
+
+
+def contrastive_loss(
+    logits: torch.Tensor, prompts: list[str], shapes: list, fits: Callable[[str, object], bool] = matches
+) -> torch.Tensor:
     """Symmetric InfoNCE (Radford et al. 2021) with every caption that fits an image as a positive.
 
     "a circle" describes every circle in the batch; treating those as negatives (plain CLIP loss)
-    would push apart pairs that are in fact correct.
+    would push apart pairs that are in fact correct. ``fits(caption, item)`` decides: ``data.matches``
+    for single shapes, ``scene_caption.matches_scene`` for scenes.
     """
-    named = [parse_caption(p) for p in prompts]
-    target = torch.tensor(
-        [[float(all(getattr(s, k) == v for k, v in n.items())) for n in named] for s in shapes]
-    )  # image × text; same rule as shapes.matches
+    target = torch.tensor([[float(fits(p, s)) for p in prompts] for s in shapes])  # image × text
     image_loss = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
     text_loss = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, 0)).sum(0).mean()
     return (image_loss + text_loss) / 2
@@ -135,18 +147,19 @@ def train_clip(
     log_every: int = 50,
     p_full: float = 0.0,
     p_twins: float = 0.5,
+    world: World = "shapes",
 ) -> list[float]:
-    """AdamW, linear warm-up then cosine decay to 1% of ``lr``; returns every step's loss."""
+    """AdamW, linear warm-up then cosine decay to 1% of ``lr`` on ``world``'s pairs; returns every step's loss."""
     torch.manual_seed(seed)
 
     def step_loss(batch) -> tuple[torch.Tensor, dict[str, float]]:
         prompts, pixels, shapes = batch
         tokens = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt")
         out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=normalize(pixels))
-        loss = contrastive_loss(out.logits_per_image, prompts, shapes)
+        loss = contrastive_loss(out.logits_per_image, prompts, shapes, matches if world == "shapes" else matches_scene)
         return loss, {"loss": loss.item(), "scale": model.logit_scale.exp().item()}
 
-    batches = clip_batches(batch_size, seed, p_full, p_twins)
+    batches = clip_batches(batch_size, seed, p_full, p_twins) if world == "shapes" else scene_batches(batch_size, seed)
     return train_loop(model, batches, step_loss, steps, lr, weight_decay=0.05, warmup=warmup, log_every=log_every)
 
 
@@ -176,11 +189,11 @@ def zero_shot(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, shapes: list
     return result
 
 
-def image_processor() -> CLIPImageProcessor:
-    """Stock CLIP preprocessing at 64²: resize shortest edge, centre crop, rescale, normalise."""
+def image_processor(size: int = 64) -> CLIPImageProcessor:
+    """Stock CLIP preprocessing at ``size``²: resize shortest edge, centre crop, rescale, normalise."""
     return CLIPImageProcessor(
-        size={"shortest_edge": 64},
-        crop_size={"height": 64, "width": 64},
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
     )
@@ -193,7 +206,7 @@ def save_clip(model: CLIPModel, tokenizer: PreTrainedTokenizerFast, folder: Path
     tokenizer.backend_tokenizer.no_padding()
     tokenizer.backend_tokenizer.no_truncation()
     tokenizer.save_pretrained(folder)
-    image_processor().save_pretrained(folder)
+    image_processor(model.config.vision_config.image_size).save_pretrained(folder)
 
 
 def export_text_encoder(model: CLIPModel, folder: Path | None = None) -> CLIPTextModel:
@@ -220,24 +233,34 @@ def main() -> None:
     parser.add_argument("--p-full", type=float, default=0.0, help="share of full-template captions")
     parser.add_argument("--p-twins", type=float, default=0.5, help="share of each batch in position-twin pairs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--world", choices=("shapes", "scenes"), default="shapes", help="training pairs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    tokenizer = build_tokenizer()
+    scenes = args.world == "scenes"
+    tokenizer = build_tokenizer(vocabulary=SCENE_VOCABULARY) if scenes else build_tokenizer()
+    size = CANVAS_PX if scenes else 64
     if (steps := args.steps) is None:
         steps = steps_for_minutes(
             args.minutes,
-            lambda: build_clip(tokenizer),
-            lambda probe, n: train_clip(probe, tokenizer, n, args.batch_size, args.lr, args.seed, log_every=0),
+            lambda: build_clip(tokenizer, size),
+            lambda probe, n: train_clip(
+                probe, tokenizer, n, args.batch_size, args.lr, args.seed, log_every=0, world=args.world
+            ),
         )
     torch.manual_seed(args.seed)
-    model = build_clip(tokenizer)
+    model = build_clip(tokenizer, size)
     print(f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, {steps} steps", flush=True)
     start = time.time()
-    train_clip(model, tokenizer, steps, args.batch_size, args.lr, args.seed, p_full=args.p_full, p_twins=args.p_twins)
+    train_clip(
+        model, tokenizer, steps, args.batch_size, args.lr, args.seed, p_full=args.p_full, p_twins=args.p_twins,
+        world=args.world,
+    )  # fmt: skip
     print(f"trained in {time.time() - start:.0f} s", flush=True)
     save_clip(model, tokenizer, args.out)
     if args.text_encoder_out is not None:
         export_text_encoder(model, args.text_encoder_out)
+    if scenes:  # the zero-shot table below is the single-shape world's, drawn at 64²
+        return
     for split in ("train", "held_out"):
         accuracy = zero_shot(model, tokenizer, eval_shapes(split))
         print(split, {k: round(v, 4) for k, v in accuracy.items()}, flush=True)

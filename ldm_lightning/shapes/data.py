@@ -151,21 +151,25 @@ def _polygon(name: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
     return None
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, name: str, colour: str, cx: float, cy: float, r: float) -> None:
+    """Paint one shape of half-extent ``r`` centred at (``cx``, ``cy``), in the drawing's own pixels."""
+    fill = PALETTE[colour]
+    if name == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif name == "square":  # 0.88 r so its area is close to the circle's
+        h = 0.88 * r
+        draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
+    else:
+        draw.polygon(_polygon(name, cx, cy, r), fill=fill)
+
+
 def render(shape: Shape, supersample: int = 4) -> Image.Image:
     """Draw ``shape`` on a black 64×64 RGB image, anti-aliased by drawing ``supersample``× larger."""
     s = supersample
     image = Image.new("RGB", (SIZE_PX * s, SIZE_PX * s))
-    draw = ImageDraw.Draw(image)
     x0, y0 = CENTRES[shape.position]
     cx, cy, r = (x0 + shape.dx) * s, (y0 + shape.dy) * s, (RADIUS[shape.size] + shape.dr) * s
-    fill = PALETTE[shape.colour]
-    if shape.shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-    elif shape.shape == "square":  # 0.88 r so its area is close to the circle's
-        h = 0.88 * r
-        draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
-    else:
-        draw.polygon(_polygon(shape.shape, cx, cy, r), fill=fill)
+    draw_shape(ImageDraw.Draw(image), shape.shape, shape.colour, cx, cy, r)
     return image.resize((SIZE_PX, SIZE_PX), Image.Resampling.BOX)
 
 

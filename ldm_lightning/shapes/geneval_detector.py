@@ -1,41 +1,23 @@
 """The pixel judge as a GenEval detector and colour classifier, for GenEval-format suites on the embedded model.
 
-Each foreground component (8-connected, brighter than the judge's threshold) is one object: its
-class is the judge's shape, its box and mask the component's, its confidence 1 (the judge has no
-graded belief). Colour is the judge's palette colour of the object alone; the palette's cyan is not
-among GenEval's ten colours, so prompts never ask for it.
+Each object the judge finds (``judge.find_objects``: an 8-connected foreground component) is one
+detection: its class the judge's shape, its box and mask the component's, its confidence 1 (the judge
+has no graded belief). Colour is the judge's palette colour of the object alone; the palette's cyan is
+not among GenEval's ten colours, so prompts never ask for it.
 """
 
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from ldm_lightning.evaluation.geneval import Detection
-from ldm_lightning.shapes.judge import FOREGROUND_MIN, judge
-
-MIN_PIXELS = 6  # smaller specks are noise, not shapes (a small shape covers about 200 pixels at 64²)
-
-
-def _alone(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """The image with everything outside `mask` (dilated by a pixel, to keep anti-aliased edges) set to black."""
-    keep = ndimage.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool))
-    return np.where(keep[..., None], image, 0).astype(np.uint8)
+from ldm_lightning.shapes.judge import alone, find_objects, judge
 
 
 def image_detections(image: np.ndarray) -> list[Detection]:
     """One H×W×3 uint8 image's shapes as detections."""
-    labels, count = ndimage.label(image.max(axis=2) > FOREGROUND_MIN, structure=np.ones((3, 3), dtype=bool))
-    found = []
-    for index in range(1, count + 1):
-        mask = labels == index
-        if mask.sum() < MIN_PIXELS:
-            continue
-        rows, cols = np.nonzero(mask)
-        box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
-        found.append(Detection(judge(_alone(image, mask)).shape, 1.0, box, mask))
-    return found
+    return [Detection(obj.shape, 1.0, obj.box, obj.mask) for obj in find_objects(image)]
 
 
 def judge_detections(images: torch.Tensor) -> list[list[Detection]]:
@@ -45,4 +27,4 @@ def judge_detections(images: torch.Tensor) -> list[list[Detection]]:
 
 def judge_colours(image: np.ndarray, objects: Sequence[Detection], name: str) -> list[str]:
     """The judge's colour of each object, seen alone (GenEval's colour-classifier signature; `name` is unused)."""
-    return [judge(_alone(image, obj.mask)).colour for obj in objects]
+    return [judge(alone(image, obj.mask)).colour for obj in objects]

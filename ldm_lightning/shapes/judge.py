@@ -1,12 +1,14 @@
 """A pixel judge for the shapes data: colour, shape, size and position from mask geometry alone.
 
-No neural network is involved, so the judge is independent of every model it scores. The shape
-templates below are written from their geometric definitions, not drawn with ``shapes.render``.
+``judge`` reads the one shape of a single-shape image; ``find_objects`` reads every shape of a scene,
+one connected component each. No neural network is involved, so the judge is independent of every
+model it scores. The shape templates below are written from their geometric definitions, not drawn
+with ``shapes.render``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -17,6 +19,18 @@ from ldm_lightning.shapes.data import CENTRES, PALETTE, SHAPES
 TEMPLATE_PX = 32
 LARGE_MIN_EXTENT = 19.5  # px; small shapes span ≤ 18, large ones ≥ 21 (see shapes.RADIUS)
 FOREGROUND_MIN = 60  # max-channel level a foreground pixel must exceed on 0–255
+MIN_PIXELS = 6  # smaller components are specks, not shapes (a small shape covers about 200 pixels)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One object of a scene: the judge's verdict on it alone, its box (x0, y0, x1, y1) and its H×W mask."""
+
+    shape: str
+    colour: str
+    size: str
+    box: tuple[float, float, float, float]
+    mask: np.ndarray = field(compare=False)
 
 
 @dataclass(frozen=True)
@@ -115,3 +129,26 @@ def judge(image: Image.Image | np.ndarray) -> Verdict:
     scale = rgb.shape[0] / 64  # CENTRES are in 64-pixel coordinates
     position = min(CENTRES, key=lambda p: (CENTRES[p][0] * scale - cx) ** 2 + (CENTRES[p][1] * scale - cy) ** 2)
     return Verdict(colour, shape, size, position)
+
+
+def alone(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image with everything outside ``mask`` (dilated by a pixel, to keep anti-aliased edges) set to black."""
+    keep = ndimage.binary_dilation(mask, structure=np.ones((3, 3), dtype=bool))
+    return np.where(keep[..., None], image, 0).astype(np.uint8)
+
+
+def find_objects(image: Image.Image | np.ndarray) -> list[Found]:
+    """Every shape of an RGB image: each 8-connected foreground component of at least ``MIN_PIXELS``,
+    judged alone, in reading order of the components' first pixels."""
+    rgb = _to_array(image)
+    labels, count = ndimage.label(rgb.max(axis=2) > FOREGROUND_MIN, structure=np.ones((3, 3), dtype=bool))
+    found = []
+    for index in range(1, count + 1):
+        mask = labels == index
+        if mask.sum() < MIN_PIXELS:
+            continue
+        rows, cols = np.nonzero(mask)
+        box = (float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))
+        verdict = judge(alone(rgb, mask))
+        found.append(Found(verdict.shape, verdict.colour, verdict.size, box, mask))
+    return found

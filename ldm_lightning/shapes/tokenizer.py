@@ -8,6 +8,7 @@ Run: ``python -m ldm_lightning.shapes.tokenizer --out DIR``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
@@ -20,13 +21,14 @@ BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<unk>"
 MAX_LENGTH = 16  # longest caption ("on the right , a large purple triangle") is 10 tokens with BOS/EOS
 
 
-def build_tokenizer(max_length: int = MAX_LENGTH) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer: lowercase, split on whitespace and punctuation, ``BOS … EOS``, pad = EOS.
+def build_tokenizer(max_length: int = MAX_LENGTH, vocabulary: Sequence[str] = VOCABULARY) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over ``vocabulary`` (the single-shape words by default; ``scene_caption.
+    SCENE_VOCABULARY`` for scenes): lowercase, split on whitespace and punctuation, ``BOS … EOS``, pad = EOS.
 
     Special tokens take the last ids, as in CLIP (49406/49407). This also keeps the EOS id away from 2,
     which ``CLIPTextTransformer`` treats as the legacy signal to pool at ``input_ids.argmax()``.
     """
-    vocab = {word: i for i, word in enumerate(VOCABULARY)}
+    vocab = {word: i for i, word in enumerate(vocabulary)}
     for token in (UNK, BOS, EOS):
         vocab[token] = len(vocab)
     core = Tokenizer(WordLevel(vocab, unk_token=UNK))

@@ -1,6 +1,6 @@
 """Train the tiny ``AutoencoderKL`` (SD v1's VAE anatomy at 64²: 64² → 16²×4) on shapes images.
 
-Run: ``python -m ldm_lightning.shapes.vae --out DIR --minutes M --seed S``. The saved config carries
+Run: ``python -m ldm_lightning.shapes.vae --out DIR --minutes M --seed S [--world scenes]``. The saved config carries
 ``scaling_factor`` = 1 / std of latents, computed as SD did (Rombach et al. 2022, sec. 4.3.2 / app. G).
 """
 
@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 
-from ldm_lightning.shapes.data import Shape, ShapesDataset, Split, eval_shapes, render, to_tensor
+from ldm_lightning.shapes.data import SIZE_PX, Shape, ShapesDataset, Split, eval_shapes, render, to_tensor
 from ldm_lightning.shapes.judge import judge
 from ldm_lightning.shapes.loop import steps_for_minutes, train_loop
+from ldm_lightning.shapes.scene import CANVAS_PX
+from ldm_lightning.shapes.scene_data import ScenesDataset, World
 
 
-def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0) -> AutoencoderKL:
+def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0, sample_size: int = SIZE_PX) -> AutoencoderKL:
     """SD v1's VAE layout scaled down: 3 levels (32, 64, 64), 1 ResNet per level, 4 latent channels.
 
     8 GroupNorm groups keep SD's 4 channels per group at the widest-resolution level (SD: 128 / 32).
@@ -31,13 +33,13 @@ def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0) -> Autoen
 
     The posterior log-variance starts at ``initial_logvar``: with the default logvar ≈ 0 the decoder
     first sees unit noise over tiny means and, under a small KL weight, spends hundreds of steps
-    growing the signal.
+    growing the signal. ``sample_size`` is the training images' side (the network is convolutional).
     """
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
-        sample_size=64,
+        sample_size=sample_size,
         layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
@@ -49,9 +51,14 @@ def build_vae(norm_num_groups: int = 8, initial_logvar: float = -10.0) -> Autoen
     return vae
 
 
-def image_batches(batch_size: int, seed: int, split: Split = "train") -> Iterator[torch.Tensor]:
-    """Endless batches of pixel values in [-1, 1], deterministic in ``seed``."""
-    dataset = ShapesDataset(10**9, split, seed, caption_style="short")
+def image_batches(
+    batch_size: int, seed: int, split: Split = "train", world: World = "shapes"
+) -> Iterator[torch.Tensor]:
+    """Endless batches of pixel values in [-1, 1] from ``world``, deterministic in ``seed``."""
+    if world == "scenes":
+        dataset = ScenesDataset(10**9, split, seed, caption_style="full")
+    else:
+        dataset = ShapesDataset(10**9, split, seed, caption_style="short")
     loader = DataLoader(dataset, batch_size=batch_size)  # sequential indices: no sampler state
     for batch in loader:
         yield batch["pixel_values"]
@@ -91,25 +98,26 @@ def train_vae(
     mse_weight: float = 1.0,
     warmup: int = 50,
     log_every: int = 50,
+    world: World = "shapes",
 ) -> list[float]:
-    """AdamW with linear warm-up and cosine decay to 1% of ``lr``; returns the loss of every step."""
+    """AdamW with linear warm-up and cosine decay to 1% of ``lr`` on ``world``'s images; returns every step's loss."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
     def step_loss(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         return vae_loss(vae, x, kl_weight, edge_weight, mse_weight, generator)
 
-    batches = image_batches(batch_size, seed)
+    batches = image_batches(batch_size, seed, world=world)
     return train_loop(
         vae, batches, step_loss, steps, lr, weight_decay=0.0, warmup=warmup, clip_grad_norm=1.0, log_every=log_every
     )
 
 
 @torch.no_grad()
-def latent_scaling_factor(vae: AutoencoderKL, num_images: int = 512, seed: int = 0) -> float:
+def latent_scaling_factor(vae: AutoencoderKL, num_images: int = 512, seed: int = 0, world: World = "shapes") -> float:
     """1 / std of posterior samples over training images, as SD v1 derived 0.18215."""
     generator = torch.Generator().manual_seed(seed)
-    x = next(image_batches(num_images, seed + 1))
+    x = next(image_batches(num_images, seed + 1, world=world))
     z = vae.encode(x).latent_dist.sample(generator)
     return float(1.0 / z.flatten().std())
 
@@ -148,21 +156,23 @@ def main() -> None:
     parser.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the per-pixel KL term")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--init", type=Path, default=None, help="continue from a saved VAE folder")
+    parser.add_argument("--world", choices=("shapes", "scenes"), default="shapes", help="training images")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    vae = AutoencoderKL.from_pretrained(args.init) if args.init is not None else build_vae()
+    size = CANVAS_PX if args.world == "scenes" else SIZE_PX
+    vae = AutoencoderKL.from_pretrained(args.init) if args.init is not None else build_vae(sample_size=size)
     if (steps := args.steps) is None:
         steps = steps_for_minutes(
             args.minutes,
-            build_vae,
-            lambda probe, n: train_vae(probe, n, args.batch_size, args.lr, args.seed, log_every=0),
+            lambda: build_vae(sample_size=size),
+            lambda probe, n: train_vae(probe, n, args.batch_size, args.lr, args.seed, log_every=0, world=args.world),
         )
     print(f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters, {steps} steps", flush=True)
     start = time.time()
-    train_vae(vae, steps, args.batch_size, args.lr, args.seed, args.kl_weight)
+    train_vae(vae, steps, args.batch_size, args.lr, args.seed, args.kl_weight, world=args.world)
     print(f"trained in {time.time() - start:.0f} s", flush=True)
-    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, seed=args.seed))
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, seed=args.seed, world=args.world))
     vae.save_pretrained(args.out, safe_serialization=True)
     print(f"scaling_factor {vae.config.scaling_factor:.4f}, saved to {args.out}", flush=True)
     for name, split in (("seen", "train"), ("held_out", "held_out")):

@@ -17,6 +17,7 @@ import html
 import inspect
 import io
 import re
+import warnings
 from collections import OrderedDict
 from contextlib import redirect_stderr, redirect_stdout
 
@@ -37,7 +38,8 @@ def _parsers() -> dict:
         def _run_subcommand(self, subcommand: str) -> None:
             pass
 
-    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's and jsonargparse's deprecation notes are not the page's
         cli = make_cli(["predict"], None, Parsed)
     return {name: cli._subcommand_parsers[name] for name in SUBCOMMANDS}
 

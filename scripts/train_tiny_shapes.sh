@@ -9,7 +9,7 @@ BUILD=${1:-build/tiny-shapes}
 CLIP_STEPS=${CLIP_STEPS:-900}
 VAE_STEPS=${VAE_STEPS:-600}
 UNET_STEPS=${UNET_STEPS:-3600}
-# Share of each CLIP batch in position-twin pairs; 0 trains a CLIP that ignores position (docs/tiny-shapes-position.md).
+# Share of each CLIP batch in position-twin pairs; 0 trains a CLIP that ignores position (docs/results/tiny-shapes-position.md).
 CLIP_P_TWINS=${CLIP_P_TWINS:-0.5}
 mkdir -p "$BUILD"
 t0=$(date +%s)

@@ -129,7 +129,7 @@ def test_benchmark_runs_and_our_images_equal_the_pipelines(tiny_model, tmp_path,
 
 
 def test_report_reads_the_gpu_log_in_the_docs():
-    text = (ROOT / "docs/gpu_benchmark_h200.md").read_text()
+    text = (ROOT / "docs/results/gpu-benchmark-h200.md").read_text()
     tables = parse_tables(text)
     # One table per "batch N × M batches" line the log holds, in its order.
     assert [t["batch"] for t in tables] == [int(n) for n in re.findall(r"^batch (\d+) × \d+ batches", text, re.M)]

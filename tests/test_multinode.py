@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 def launch_nodes(args_per_node: list[list[str]]) -> list[subprocess.Popen]:
-    """One `torchrun` per node, as each machine of a cluster would run it (README: "Many GPUs, many machines")."""
+    """One `torchrun` per node, as each machine of a cluster would run it (docs/how-to/many-gpus.md)."""
     port, nodes = free_port(), []
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for rank, args in enumerate(args_per_node):

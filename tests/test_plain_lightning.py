@@ -17,7 +17,7 @@ from ldm_lightning.evaluation.metrics import ClipScore
 from ldm_lightning.generation.guidance import ClassifierFreeGuidance
 from ldm_lightning.generation.sampler import Sampling
 
-README = Path(__file__).parents[1] / "README.md"
+TUTORIAL = Path(__file__).parents[1] / "docs" / "tutorials" / "first-images.md"
 PROMPTS = ["a red circle", "a blue square", "a green star", "a yellow cross", "a purple triangle"]
 SAMPLING = {"num_inference_steps": 3, "height": 32, "width": 32}
 GUIDANCE_SCALE = 3.0
@@ -101,21 +101,21 @@ def test_the_writer_resumes_and_refuses_a_folder_of_another_run(tiny_model, tiny
         trainer(callbacks=[ImageWriter(out)]).test(other, datamodule=PromptDataModule(prompts=PROMPTS))
 
 
-def readme_blocks() -> list[str]:
-    """The Python code blocks of the README's "From Python" section, as written."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("## From Python", 1)[1].split("\n## ", 1)[0]
+def tutorial_blocks() -> list[str]:
+    """The Python code blocks of the first tutorial's "The same from Python" step, as written."""
+    text = TUTORIAL.read_text(encoding="utf-8")
+    section = text.split("## 5. The same from Python", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```python\n(.*?)```", section, re.S)
 
 
 @pytest.mark.ddp
-def test_the_readmes_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
-    blocks = readme_blocks()
+def test_the_tutorials_python_blocks_run_as_written(tmp_path, monkeypatch, capsys):
+    blocks = tutorial_blocks()
     assert len(blocks) == 4
     session, script = "\n".join(blocks[:3]), blocks[3]
     # The first three blocks, as one notebook session: in this process, in a fresh folder.
     monkeypatch.chdir(tmp_path)
-    exec(compile(session, "README.md", "exec"), {"__name__": "__main__"})
+    exec(compile(session, str(TUTORIAL), "exec"), {"__name__": "__main__"})
     assert "a red circle 0 (64, 64, 3)" in capsys.readouterr().out  # the first block's print
     # The DDP script in a process of its own, since DDP starts it again for the second process.
     (tmp_path / "script.py").write_text(textwrap.dedent(script))

@@ -6,7 +6,7 @@ each step as one CUDA graph, removing the per-kernel launch cost that dominates 
 batches. On a CPU there are no CUDA graphs and channels-last is slower, so it is the plain
 `torch.compile`. `python -m ldm_lightning.lab.benchmark --fast` prints the speed-up and the difference
 to the pipeline's images; the first batch of each shape pays the compilation. Measured speed-ups, with
-their hardware, command and date: `docs/gpu_benchmark_h200.md` and the README's benchmark sections.
+their hardware, command and date: `docs/results/gpu-benchmark.md` and `docs/results/cpu-benchmark.md`.
 """
 
 import torch

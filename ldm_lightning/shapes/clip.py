@@ -93,7 +93,7 @@ def clip_batches(
     A share ``p_twins`` of each batch is position-twin pairs: an item and its ``position_twin``, both
     captioned with their position. In random batches 2% of negatives differ from a true caption in
     position alone, and zero-shot position stayed at 37%; with half of each batch in twins it reaches 82%
-    after 461 steps and 100% after 900 (docs/tiny-shapes-position.md).
+    after 461 steps and 100% after 900 (docs/results/tiny-shapes-position.md).
     """
     pairs = int(batch_size * p_twins) // 2
     dataset = ShapesDataset(10**9, "train", seed)

@@ -198,7 +198,7 @@ def caption(shape: Shape, style: CaptionStyle | np.random.Generator = "full", wi
     if rng.random() < 0.8:
         words.insert(0, "a")
     noun = " ".join(words)
-    # Position named in 82.5% of varied captions, so CLIP and U-Net learn it (docs/tiny-shapes-position.md).
+    # Position named in 82.5% of varied captions, so CLIP and U-Net learn it (docs/results/tiny-shapes-position.md).
     if not (full or with_position or rng.random() < 0.75):
         return noun
     phrases = POSITION_PHRASES[shape.position]

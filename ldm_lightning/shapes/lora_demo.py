@@ -3,7 +3,7 @@
     python -m ldm_lightning.shapes.lora_demo --out outputs/lora-green-star [--steps 150]
 
 tiny-shapes never saw a green star in training (`HELD_OUT`); it draws most as stars anyway, but about
-one large green star in eight comes out as another shape (docs/lora-green-star.md). This writes a
+one large green star in eight comes out as another shape (docs/results/lora-green-star.md). This writes a
 folder of drawn green stars with captions (mixed with already-seen pairs), fine-tunes LoRA adapters
 on it with `fit` (image folder, validation scored during training), and measures with the pixel
 judge, before and after, how often the shape and colour are right: on green-star prompts with seeds

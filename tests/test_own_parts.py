@@ -1,4 +1,4 @@
-"""The README's "Your own guidance" and "Your own metric", run as written: the class saved as the README names its
+"""The how-to's "Your own guidance" and "Your own metric", run as written: the class saved as the page names its
 file, the command line as printed; and the own metric on two processes and after a SIGKILL."""
 
 import json
@@ -11,12 +11,12 @@ import pytest
 from helpers import kill_after_rows, manifest, metrics_arg, pixels, run_cli, run_cli_subprocess
 
 ROOT = Path(__file__).parents[1]
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "how-to" / "your-own-parts.md"
 DDP = str(ROOT / "configs" / "devices" / "ddp-cpu-2.yaml")
 
 
 def section(title: str) -> str:
-    text = README.read_text(encoding="utf-8")
+    text = PAGE.read_text(encoding="utf-8")
     start = text.index(f"### {title}\n")
     end = re.compile(r"^#{2,3} ", re.M).search(text, start + 4).start()
     return text[start:end]
@@ -48,13 +48,13 @@ def in_user_folder(tmp_path, monkeypatch):
 
 
 def sharpness(image: np.ndarray) -> float:
-    """The README's metric computed independently: numpy's 2-D correlation with the Laplacian, valid region."""
+    """The page's metric computed independently: numpy's 2-D correlation with the Laplacian, valid region."""
     grey = image.astype(np.float64).mean(axis=2)
     lap = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
     return float(np.abs(lap).mean())
 
 
-def test_own_guidance_as_the_readme_writes_it(in_user_folder):
+def test_own_guidance_as_the_docs_write_it(in_user_folder):
     code = saved_block("Your own guidance", in_user_folder)
     assert len(code.read_text().splitlines()) <= 25
     args = command("Your own guidance")
@@ -68,7 +68,7 @@ def test_own_guidance_as_the_readme_writes_it(in_user_folder):
     assert min(differ) > 1  # another guidance, other images
 
 
-def test_own_metric_as_the_readme_writes_it(in_user_folder):
+def test_own_metric_as_the_docs_write_it(in_user_folder):
     code = saved_block("Your own metric", in_user_folder)
     assert len(code.read_text().splitlines()) <= 25
     args = command("Your own metric")
@@ -91,7 +91,7 @@ from my_metrics import Sharpness
 
 
 class CountedSharpness(Sharpness):
-    """The README's metric, noting each row it scores."""
+    """The page's metric, noting each row it scores."""
 
     def score(self, images, prompts, rows):
         with open(Path(__file__).parent / "scored.txt", "a") as f:

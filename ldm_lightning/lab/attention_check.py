@@ -16,7 +16,8 @@ are scored, per layer resolution and for all layers together, against that mask:
 Each is reported for maps summed over every step (DAAM) and over the late steps alone (`--late`,
 timesteps 0–300 by default), where the image's layout is settled.
 
-Writes `attention.md` (table, settings, time and memory) and `images/attention_overlays.png`.
+Writes `results/attention.md` (table, settings, time and memory) and `images/attention_overlays.png` under `--out`
+(the docs folder by default).
 """
 
 import argparse
@@ -204,7 +205,7 @@ def overlay_figure(rows: list[dict], shapes: list[Shape], path: Path, count: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs", help="folder for attention.md and images/")
+    parser.add_argument("--out", default="docs", help="docs folder: results/attention.md and images/")
     parser.add_argument("--per-set", type=int, default=50, help="prompts per set (seen, held-out)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
@@ -288,7 +289,7 @@ def main() -> None:
         "pointing at its place. IoU: the map thresholded at τ = 0.4 (DAAM's segmentation threshold, Tang et al. "
         "2023) against the mask.",
         "",
-        "![overlays](images/attention_overlays.png)",
+        "![overlays](../images/attention_overlays.png)",
         "",
         "Each row: the image, then the maps (all layers) of its colour, size, shape and position words "
         "(dark = low, yellow = high).",
@@ -305,7 +306,8 @@ def main() -> None:
         f"- Peak resident memory after each batch (MiB): {', '.join(f'{v:.0f}' for v in rss_after_batch)}.",
         "",
     ]
-    (out / "attention.md").write_text("\n".join(text))
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / "attention.md").write_text("\n".join(text))
     print("\n".join(text))
 
 

@@ -171,7 +171,9 @@ def _summary(cls: type) -> str:
     return doc.split("\n\n", 1)[0].replace("\n", " ")
 
 
-def _table(rows: list[dict], subcommands: dict[str, set[str]] | None = None, expanded: set[str] = frozenset()) -> list[str]:
+def _table(
+    rows: list[dict], subcommands: dict[str, set[str]] | None = None, expanded: set[str] = frozenset()
+) -> list[str]:
     out = ["| key | type | default | help |", "|---|---|---|---|"]
     for row in rows:
         key = f"<code>--{row['key']}</code>"
@@ -252,11 +254,18 @@ GROUPS = OrderedDict(
     [
         ("top", ("Run", "Keys of the run itself.")),
         ("model", ("`model.*`: the module", "The constructor arguments of `LatentDiffusionModule`.")),
-        ("data", ("`data.*`: the prompts or images", "The data module: `PromptDataModule` for `predict` and `test`, "
-                  "`ImageCaptionDataModule` for `fit`.")),
+        (
+            "data",
+            (
+                "`data.*`: the prompts or images",
+                "The data module: `PromptDataModule` for `predict` and `test`, `ImageCaptionDataModule` for `fit`.",
+            ),
+        ),
         ("optimizer", ("`optimizer`, `lr_scheduler`", "What `fit` optimizes with (`configs/fit/*.yaml` set both).")),
-        ("trainer", ("`trainer.*`: Lightning's Trainer", "Lightning's own `Trainer` arguments, as Lightning "
-                     "documents them.")),
+        (
+            "trainer",
+            ("`trainer.*`: Lightning's Trainer", "Lightning's own `Trainer` arguments, as Lightning documents them."),
+        ),
     ]
 )
 

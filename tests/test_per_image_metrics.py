@@ -130,3 +130,23 @@ def test_geneval_needs_geneval_prompts_and_named_weight_files(tiny_model, tiny_c
     hpsv2 = metrics_arg("hpsv2", clip=tiny_clip)
     code, err = run_cli([*args, f"--model.metrics={hpsv2}", f"--output_dir={tmp_path / 'b'}"], capsys)
     assert code != 0 and "model.metrics: hpsv2 needs its checkpoint file" in err
+
+
+def test_one_clip_per_name_serves_clipscore_aesthetic_and_genevals_colours(tiny_clip, tmp_path):
+    from ldm_lightning.evaluation.metrics import Aesthetic, ClipScore, GenEval
+    from ldm_lightning.evaluation.scoring import Scoring
+    from ldm_lightning.testing import build_tiny_aesthetic
+
+    head = build_tiny_aesthetic(tmp_path / "head.pth", embed_dim=32)
+    metrics = [
+        ClipScore(model=tiny_clip),
+        Aesthetic(weights=str(head), clip=tiny_clip),
+        GenEval(detector="shapes-judge", clip=tiny_clip),
+    ]
+    scoring = Scoring(metrics, default_clip="tiny-clip")
+    scoring.load()
+    scoring_clip = scoring.networks.clip(tiny_clip)[0].model
+    assert metrics[1]._scorer.clip.model is scoring_clip
+    assert metrics[2]._colours.clip.model is scoring_clip
+    assert scoring.networks.modules() == [scoring_clip]
+    del scoring, metrics, scoring_clip

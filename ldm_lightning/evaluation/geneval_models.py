@@ -173,8 +173,9 @@ class ClipColourClassifier:
         return [COLORS[i] for i in best.tolist()]
 
 
-def load_colour_classifier(name_or_path: str = AESTHETIC_CLIP) -> ColourClassifier:
-    """GenEval's colour classifier: "shapes-judge" (the pixel judge's colours) or a CLIP hub id/folder (ViT-L/14)."""
+def load_colour_classifier(name_or_path: str = AESTHETIC_CLIP, model=None) -> ColourClassifier:
+    """GenEval's colour classifier: "shapes-judge" (the pixel judge's colours) or a CLIP hub id/folder (ViT-L/14);
+    `model`: that CLIP's `CLIPModel` when another metric loaded it already."""
     from transformers import CLIPModel
 
     if name_or_path == "shapes-judge":
@@ -183,7 +184,8 @@ def load_colour_classifier(name_or_path: str = AESTHETIC_CLIP) -> ColourClassifi
         return judge_colours
 
     key, hint = "model.metrics: GenEval.clip", hub_hint(AESTHETIC_CLIP)
-    model = load_or_explain(CLIPModel, name_or_path, key, "CLIP", hint)
+    if model is None:
+        model = load_or_explain(CLIPModel, name_or_path, key, "CLIP", hint)
     return ClipColourClassifier(PreferenceCLIP(frozen(model), load_processor([name_or_path], key, hint)))
 
 

@@ -99,6 +99,7 @@ class Networks:
         """
         self.default_clip = default_clip
         self._clips: dict[str, Any] = {}
+        self._models: dict[str, torch.nn.Module] = {}  # every CLIPModel loaded, by the name it was loaded as
 
     def clip(self, name: str | None = None):
         """The (model, processor) of CLIP `name` (default: `default_clip`)."""
@@ -107,10 +108,19 @@ class Networks:
         name = name or self.default_clip
         if name not in self._clips:
             self._clips[name] = load_clip(name)
+            self._models.setdefault(name, self._clips[name][0].model)
         return self._clips[name]
 
+    def loaded_clip(self, name: str) -> torch.nn.Module | None:
+        """The transformers `CLIPModel` already loaded as `name` (by any metric), or None."""
+        return self._models.get(name)
+
+    def share_clip(self, name: str, model: torch.nn.Module) -> None:
+        """Offer a `CLIPModel` a metric loaded as `name` to the metrics loaded after it."""
+        self._models.setdefault(name, model)
+
     def modules(self) -> list[torch.nn.Module]:
-        return [model for model, _ in self._clips.values()]
+        return list({id(m): m for m in self._models.values()}.values())
 
 
 BROKEN_IMAGE_REASON = "black or non-finite image"
@@ -239,7 +249,9 @@ class Aesthetic(ImageMetric):
     def load(self, networks: Networks) -> None:
         from ldm_lightning.evaluation import preference
 
-        self._scorer = preference.load_aesthetic(self.weights, self.clip or preference.AESTHETIC_CLIP)
+        name = self.clip or preference.AESTHETIC_CLIP
+        self._scorer = preference.load_aesthetic(self.weights, name, model=networks.loaded_clip(name))
+        networks.share_clip(name, self._scorer.clip.model)
 
     def to(self, device) -> None:
         self._scorer.clip.model.to(device)
@@ -276,9 +288,10 @@ class GenEval(ImageMetric):
 
         detector = self.detector or DEFAULT_DETECTOR
         self._detect = load_detector(detector)
-        self._colours = load_colour_classifier(
-            self.clip or ("shapes-judge" if detector == "shapes-judge" else AESTHETIC_CLIP)
-        )
+        name = self.clip or ("shapes-judge" if detector == "shapes-judge" else AESTHETIC_CLIP)
+        self._colours = load_colour_classifier(name, model=networks.loaded_clip(name))
+        if hasattr(self._colours, "clip"):  # a CLIP's classifier, not the pixel judge's
+            networks.share_clip(name, self._colours.clip.model)
 
     def to(self, device) -> None:
         from ldm_lightning.evaluation.geneval_models import networks_of

@@ -247,8 +247,9 @@ def _read_weights(path: str, key: str, download: str) -> dict[str, torch.Tensor]
     return strip_prefix(state)
 
 
-def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP) -> AestheticScorer:
-    """The aesthetic head from `weights` (the published .pth) on the CLIP `clip` (hub id or folder)."""
+def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP, model=None) -> AestheticScorer:
+    """The aesthetic head from `weights` (the published .pth) on the CLIP `clip` (hub id or folder); `model`: that
+    CLIP's `CLIPModel` when another metric loaded it already."""
     from transformers import CLIPModel
 
     key = "model.metrics: Aesthetic.weights"
@@ -261,7 +262,8 @@ def load_aesthetic(weights: str, clip: str = AESTHETIC_CLIP) -> AestheticScorer:
             f"{key}: {weights} is not a LAION aesthetic predictor ({first_line(err)}); "
             f"download {AESTHETIC_FILE} with `{AESTHETIC_DOWNLOAD}`"
         ) from None
-    model = load_or_explain(CLIPModel, clip, "model.metrics: Aesthetic.clip", "CLIP", hub_hint(AESTHETIC_CLIP))
+    if model is None:
+        model = load_or_explain(CLIPModel, clip, "model.metrics: Aesthetic.clip", "CLIP", hub_hint(AESTHETIC_CLIP))
     if model.config.projection_dim != head.layers[0].in_features:
         raise UserError(
             f"model.metrics: Aesthetic.clip: {clip} embeds in {model.config.projection_dim} dimensions, the predictor "

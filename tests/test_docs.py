@@ -74,3 +74,22 @@ def test_the_run_folder_reference_lists_every_file_and_column(tiny_model, tiny_c
     summary = json.loads((out / files.SUMMARY).read_text())
     written = {*row, *settings, *settings["settings"], *summary} - {"kind"}  # `kind` is the prompt table's own
     assert sorted(written - names) == []
+
+
+def test_the_key_reference_names_every_key_help_shows():
+    """The generated reference page holds every option each subcommand's `--help` prints."""
+    import importlib.util
+    import io
+    from contextlib import redirect_stdout
+
+    spec = importlib.util.spec_from_file_location("cli_reference", DOCS / "_hooks" / "cli_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    page = reference.render()
+    for name, parser in reference._parsers().items():
+        with redirect_stdout(io.StringIO()):
+            shown = parser.format_help()
+        keys = set(re.findall(r"^\s+(--[a-z_][\w.]*)", shown, re.M)) - {"--help"}
+        assert len(keys) > 50, shown[:500]
+        missing = sorted(k for k in keys if f"<code>{k}</code>" not in page and f"`{k}`" not in page)
+        assert not missing, f"{name}: not on the reference page: {missing}"

@@ -279,9 +279,25 @@ def _group(key: str) -> str:
     return "top"
 
 
+def _meta_keys(parsers: dict) -> list[str]:
+    """The options that print or read configuration rather than set a key: `--config`, `--print_config`, a group's
+    own YAML (`--model FILE`) and each class-valued key's `--<key>.help`, of any subcommand."""
+    from jsonargparse._actions import ActionConfigFile, _ActionConfigLoad, _ActionHelpClassPath, _ActionPrintConfig
+
+    kinds = (ActionConfigFile, _ActionConfigLoad, _ActionHelpClassPath, _ActionPrintConfig)
+    keys = {
+        action.option_strings[0]
+        for parser in parsers.values()
+        for action in parser._actions
+        if isinstance(action, kinds) and action.option_strings
+    }
+    return sorted(keys)
+
+
 def render() -> str:
     parsers = _parsers()
     rows, where = _merge({sub: _rows(parser) for sub, parser in parsers.items()})
+    meta = ", ".join(f"`{key}`" for key in _meta_keys(parsers))
     lines = [
         "# Command-line keys",
         "",
@@ -294,6 +310,11 @@ def render() -> str:
         "Keys go on the command line (`--model.sampling.num_inference_steps 50`) or into a YAML file given with",
         "`--config` (`model: {sampling: {num_inference_steps: 50}}`); see",
         "[Compose a configuration](../how-to/configure.md).",
+        "",
+        "Options that read or print configuration instead of setting a key: `--config FILE` (a YAML file; several",
+        "are merged in order), `--print_config` (the whole configuration the command would run with, as YAML),",
+        "`--<group> FILE` (a YAML of one group's keys, e.g. `--trainer trainer.yaml`) and `--<key>.help CLASS`",
+        f"(a class's nested keys). All of them: {meta}.",
         "",
     ]
     for name, (title, intro) in GROUPS.items():

@@ -28,7 +28,7 @@ from ldm_lightning.generation.sampler import Sampling
 from ldm_lightning.generation.sampling import report_unknown_words, to_uint8
 from ldm_lightning.inspection.batch import Inspection
 from ldm_lightning.interfaces import PromptSource
-from ldm_lightning.memory import peak_memory_mb
+from ldm_lightning.memory import peak_memory_mb, release_free_heap
 
 DEFAULT_MODEL = "tiny-shapes"
 PART_KEYS = ("sampling", "guidance", "finetune", "inspect", "lora")
@@ -154,6 +154,9 @@ class LatentDiffusionModule(LightningModule):
     def on_predict_start(self) -> None:
         self._apply_fast_mode()
 
+    def on_predict_batch_end(self, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        release_free_heap()  # memory stays flat over a long run (`memory.release_free_heap`)
+
     def _apply_fast_mode(self) -> None:
         # Here, not in `setup`: Lightning moves the module to its device and dtype after `setup`, and
         # fast mode's choices (CUDA graphs, channels-last) depend on where the U-Net lives.
@@ -223,6 +226,9 @@ class LatentDiffusionModule(LightningModule):
         metrics.update({"test/steps_per_second": self.sampling.num_inference_steps / sampling})
         self.log_dict({**metrics, "test/peak_memory_mb": memory}, on_step=True, on_epoch=False, batch_size=n)
         return rows
+
+    def on_test_batch_end(self, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        release_free_heap()
 
     def on_test_epoch_end(self) -> None:
         """Gather every process's rows once and log the summary (`Scoring.summarize`): `test/<metric>` for each

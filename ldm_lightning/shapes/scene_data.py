@@ -10,16 +10,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from ldm_lightning.shapes.data import Split, to_tensor
+from ldm_lightning.shapes.data import ShapesDataset, Split, to_tensor
 from ldm_lightning.shapes.scene import render_scene, scene_at
 from ldm_lightning.shapes.scene_caption import describe, varied
 
 World = Literal["shapes", "scenes"]
 
 
-class ScenesDataset(Dataset):
+class ScenesDataset(ShapesDataset):
     """``num_samples`` scenes of ``split`` with their captions and pixels (3×H×W in [-1, 1]).
 
     Args:
@@ -38,17 +37,9 @@ class ScenesDataset(Dataset):
         p_empty_caption: float = 0.0,
         caption_style: Literal["varied", "full"] = "varied",
     ) -> None:
-        if num_samples < 1 or not 0.0 <= p_empty_caption <= 1.0:
-            raise ValueError(
-                f"need num_samples >= 1 and p_empty_caption in [0, 1], got {num_samples} and {p_empty_caption}"
-            )
-        if caption_style not in ("varied", "full"):
-            raise ValueError(f"caption_style must be 'varied' or 'full', got {caption_style!r}")
-        self.num_samples, self.split, self.seed = num_samples, split, seed
-        self.p_empty_caption, self.caption_style = p_empty_caption, caption_style
-
-    def __len__(self) -> int:
-        return self.num_samples
+        super().__init__(num_samples, split, seed, p_empty_caption, caption_style)
+        if self.caption_style not in ("varied", "full"):
+            raise ValueError(f"caption_style must be 'varied' or 'full', got {self.caption_style!r}")
 
     def __getitem__(self, index: int) -> dict[str, str | torch.Tensor]:
         scene = scene_at(index, self.split, self.seed)
